@@ -1,0 +1,47 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tl_core.sample_data import SAMPLE_DIR, fashion_mnist_available, write_fashion_mnist_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _workspace(tmp_path, monkeypatch):
+    """Every test gets its own workspace, so runs and caches never leak between tests."""
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "workspace"))
+    return tmp_path / "workspace"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The bundled sample: 30 Fashion-MNIST PNGs per class, 10 classes."""
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory) -> Path:
+    """4 classes × 8 images of the bundled sample: enough to train in seconds."""
+    dest = tmp_path_factory.mktemp("small_sample")
+    for name in ("Trouser", "Bag", "Sneaker", "Dress"):
+        (dest / name).mkdir()
+        for f in sorted((SAMPLE_DIR / name).glob("*.png"))[:8]:
+            shutil.copy(f, dest / name / f.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def fashion_test_dir(tmp_path_factory) -> Path:
+    """Held-out Fashion-MNIST test images (Debian's dataset-fashion-mnist), 10 per class."""
+    if not fashion_mnist_available():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    return write_fashion_mnist_folder(tmp_path_factory.mktemp("fashion_test"), "test", per_class=10, seed=1)
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

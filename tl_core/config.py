@@ -1,0 +1,106 @@
+"""RunConfig: everything that defines one training run, as plain data."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+AUGMENTATIONS = ("none", "light", "strong")
+SCHEDULES = ("cosine", "onecycle")
+BN_POLICIES = ("frozen_eval", "train")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_FREEZE_RE = re.compile(r"^(head|all|top-\d+|[\w.\-]+(,[\w.\-]+)*)$")
+
+
+class ConfigError(ValueError):
+    """A setting a user gave is out of range; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. `freeze` says which layer groups train:
+
+    - "head": feature extraction, only the new classifier trains;
+    - "top-N": the head and the N layer groups below it train;
+    - "all": full fine-tune, every group trains;
+    - "a,b,c": exactly these group names train (the head is always trained).
+    """
+
+    dataset_dir: str
+    val_dataset_dir: str | None = None
+    backbone: str = "efficientnet_lite0"
+    weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors
+    freeze: str = "head"
+    bn_policy: str = "frozen_eval"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    augment: str = "none"
+    image_size: int | None = None  # None: the backbone's own input size
+    early_stopping: int = 5  # epochs without improvement before stopping; 0 turns it off
+    val_fraction: float = 0.2
+    device: str = "auto"
+    seed: int = 0
+    probe_first: bool = True  # fit the head on frozen features before unfreezing anything
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ConfigError(message)
+
+        need(bool(self.dataset_dir), "dataset_dir: choose a dataset first")
+        need(bool(self.backbone), "backbone: choose a backbone")
+        need(_FREEZE_RE.match(self.freeze or "") is not None,
+             f"freeze: {self.freeze!r} is not one of head, all, top-N or a comma-separated list of group names")
+        need(self.bn_policy in BN_POLICIES, f"bn_policy: {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
+        need(1 <= self.epochs <= 1000, f"epochs: {self.epochs} is outside 1..1000")
+        need(1 <= self.batch_size <= 4096, f"batch_size: {self.batch_size} is outside 1..4096")
+        need(0 < self.lr <= 1, f"lr: {self.lr} is outside (0, 1]")
+        need(0 <= self.weight_decay <= 1, f"weight_decay: {self.weight_decay} is outside [0, 1]")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing: {self.label_smoothing} is outside [0, 1)")
+        need(self.schedule in SCHEDULES, f"schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        need(0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs: {self.warmup_epochs} is outside 0..epochs")
+        need(self.augment in AUGMENTATIONS, f"augment: {self.augment!r} is not one of {', '.join(AUGMENTATIONS)}")
+        need(self.image_size is None or 32 <= self.image_size <= 1024,
+             f"image_size: {self.image_size} is outside 32..1024")
+        need(self.early_stopping >= 0, f"early_stopping: {self.early_stopping} must be 0 (off) or more")
+        need(0 < self.val_fraction < 1, f"val_fraction: {self.val_fraction} is outside (0, 1)")
+        need(self.device in DEVICES, f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunConfig":
+        """Read a run folder's config.json (which also holds versions and device, set aside here)."""
+        data = json.loads((Path(run_dir) / "config.json").read_text())
+        return cls.from_dict(data.get("config", data))
