@@ -30,7 +30,7 @@ class RunConfig:
 
     dataset_dir: str
     val_dataset_dir: str | None = None
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite0"  # with weights="embedded": the TF port whose weights ship here
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors
     freeze: str = "head"
     bn_policy: str = "frozen_eval"
@@ -61,7 +61,8 @@ class RunConfig:
 
         need(bool(self.dataset_dir), "dataset_dir: choose a dataset first")
         need(bool(self.backbone), "backbone: choose a backbone")
-        need(_FREEZE_RE.match(self.freeze or "") is not None,
+        need(_FREEZE_RE.match(self.freeze or "") is not None
+             and (not self.freeze.startswith("top-") or self.freeze[4:].isdigit()),
              f"freeze: {self.freeze!r} is not one of head, all, top-N or a comma-separated list of group names")
         need(self.bn_policy in BN_POLICIES, f"bn_policy: {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         need(1 <= self.epochs <= 1000, f"epochs: {self.epochs} is outside 1..1000")

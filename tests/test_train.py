@@ -1,0 +1,176 @@
+"""The fit loop and the run folder, on the bundled Fashion-MNIST sample with the embedded EfficientNet-Lite0."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tl_core import train
+from tl_core.config import RunConfig
+from tl_core.datasets import ingest_folder
+from tl_core.jobs import JobManager
+from tl_core.runs import create_run, read_events, read_status
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT = ["config.json", "status.json", "events.jsonl", "metrics.json", "predictions.csv",
+            "model.safetensors", "labels.json", "preprocess.json"]
+
+
+def _cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tl_core", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_cli_train_evaluate_predict(small_sample, fashion_test_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    done = _cli("train", "--data", small_sample, "--freeze", "head", "--epochs", 3, "--image-size", 128,
+                "--run-dir", run_dir)
+    assert done.returncode == 0, done.stderr
+    assert str(run_dir) in done.stdout.splitlines()[-1]
+    for name in CONTRACT:
+        assert (run_dir / name).exists(), name
+    assert read_status(run_dir)["state"] == "done"
+    events = read_events(run_dir)
+    assert events[0]["event"] == "fit_start" and events[-1]["event"] == "fit_end"
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [1, 2, 3]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # Trouser, Bag, Sneaker, Dress are far apart: ImageNet features separate them easily.
+    assert metrics["val_acc"] >= 0.75
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    assert len(rows) == metrics["n_val"] == sum(sum(r) for r in metrics["confusion"])
+    assert sum(r["label"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(metrics["val_acc"])
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["device"].startswith("CPU") and record["versions"]["torch"]
+
+    evaluated = _cli("evaluate", run_dir, "--data", fashion_test_dir)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["images"] == 40  # 10 held-out test images for each of the 4 classes; 6 classes skipped
+    assert len(report["skipped"]) == 6
+    assert report["accuracy"] >= 0.7
+
+    images = sorted((fashion_test_dir / "Trouser").glob("*.png"))[:2]
+    predicted = _cli("predict", run_dir, *images, "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    lines = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in images]
+    for line in lines:
+        probs = [t["prob"] for t in line["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        assert line["top"][0]["label"] == "Trouser"
+
+
+def test_finetune_trains_only_the_chosen_groups(small_sample):
+    dataset = ingest_folder(small_sample)
+    config = RunConfig(dataset_dir=str(dataset.root), freeze="top-1", augment="light", epochs=2,
+                       image_size=96, batch_size=16, early_stopping=0)
+    run_dir = create_run(config)
+    metrics = train.run(run_dir)
+    events = read_events(run_dir)
+    phases = [e["phase"] for e in events if e["event"] == "epoch_end"]
+    assert phases == ["probe"] * train.PROBE_EPOCHS_BEFORE_FINETUNE + ["finetune"] * 2
+    assert any(e["event"] == "batch_end" and e.get("phase") == "finetune" for e in events)
+    assert metrics["trainable_groups"][-1] == "head" and len(metrics["trainable_groups"]) == 2
+
+    from tl_core import backbones, layers
+
+    pretrained = backbones.create_model("efficientnet_lite0", 4, weights="embedded").state_dict()
+    trained = load_file(run_dir / "model.safetensors")
+    groups = layers.layer_groups(backbones.create_model("efficientnet_lite0", 4, weights="none"))
+    frozen = [n for g in groups if g.name not in metrics["trainable_groups"] for n in g.param_names]
+    assert frozen and all(torch.equal(trained[n], pretrained[n]) for n in frozen)
+    if metrics["best_epoch"] > train.PROBE_EPOCHS_BEFORE_FINETUNE:  # the best weights come from fine-tuning
+        below_head = [n for n in groups[-2].param_names if n.endswith("weight")]
+        assert any(not torch.equal(trained[n], pretrained[n]) for n in below_head)
+
+
+def _wait_for(predicate, timeout=120, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _long_config(small_sample):
+    dataset = ingest_folder(small_sample)
+    return RunConfig(dataset_dir=str(dataset.root), freeze="all", probe_first=False, epochs=50,
+                     image_size=64, batch_size=4, early_stopping=0)
+
+
+def _saw_batch(run_dir):
+    return any(e["event"] == "batch_end" and e.get("phase") == "finetune" for e in read_events(run_dir))
+
+
+def test_queue_is_fifo_and_stop_file_cancels_within_a_batch(small_sample, _workspace):
+    jobs = JobManager(_workspace, slots=1, poll_s=0.2, background=False)
+    config = _long_config(small_sample)
+    first, second = jobs.submit(config), jobs.submit(config)
+    assert read_status(first)["state"] == "running"
+    assert read_status(second)["state"] == "queued" and jobs.queue_position(second) == 1
+    _wait_for(lambda: _saw_batch(first), what="the first batch")
+
+    jobs.cancel(first)
+    status = jobs.wait(first, timeout=60)
+    assert status["state"] == "cancelled"
+    events = read_events(first)
+    assert events[-1]["event"] == "cancelled"
+    # "within one batch": after STOP appeared, at most one more batch finished.
+    stop_time = (first / "STOP").stat().st_mtime
+    assert sum(e["event"] == "batch_end" and e["t"] > stop_time for e in events) <= 1
+
+    # The slot frees when the cancelled worker has exited (its memory released); then the queued run starts.
+    _wait_for(lambda: jobs.tick() or read_status(second)["state"] == "running", timeout=30, what="the second run")
+    jobs.cancel(second)
+    assert jobs.wait(second, timeout=60)["state"] == "cancelled"
+
+
+def test_a_killed_worker_is_marked_failed_with_the_reason(small_sample, _workspace):
+    jobs = JobManager(_workspace, slots=1, poll_s=0.2, background=False)
+    run_dir = jobs.submit(_long_config(small_sample))
+    _wait_for(lambda: _saw_batch(run_dir), what="the first batch")
+    os.kill(read_status(run_dir)["pid"], signal.SIGKILL)
+    status = jobs.wait(run_dir, timeout=30)
+    assert status["state"] == "failed"
+    assert "SIGKILL" in status["error"]
+
+
+def test_an_orphaned_running_run_is_marked_failed(small_sample, _workspace):
+    dataset = ingest_folder(small_sample)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root)))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    from tl_core.runs import write_status
+
+    write_status(run_dir, state="running", pid=dead.pid)
+    JobManager(_workspace, background=False).tick()  # a new server finds the run
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and "gone" in status["error"]
+
+
+def test_a_bad_config_fails_with_a_clear_status(small_sample):
+    dataset = ingest_folder(small_sample)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="no_such_group"))
+    with pytest.raises(ValueError):
+        train.run(run_dir)
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and "no_such_group" in status["error"]
+    assert read_events(run_dir)[-1]["event"] == "error"
+
+
+def test_tl_core_never_imports_streamlit():
+    code = ("import sys, tl_core.train, tl_core.jobs, tl_core.predict, tl_core.plots, tl_core.__main__;"
+            "print('streamlit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    for path in (ROOT / "tl_core").rglob("*.py"):
+        assert "import streamlit" not in path.read_text(), path

@@ -1,0 +1,151 @@
+"""Command line: python -m tl_core {train, evaluate, predict, export, runs}."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tl_core", description="Transfer Learning Studio engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a prepared run folder, or prepare and train one from --data")
+    train.add_argument("run_dir", nargs="?", help="a prepared run folder (what the app starts)")
+    train.add_argument("--data", help="a folder of class folders")
+    train.add_argument("--val-data", help="a separate folder of class folders for validation")
+    train.add_argument("--backbone", default="efficientnet_lite0")
+    train.add_argument("--weights", default=None,
+                       help="embedded | hub | none | FILE.safetensors (default: embedded where the app ships weights, else hub)")
+    train.add_argument("--freeze", default="head", help="head | top-N | all | GROUP,GROUP (the groups that train)")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--image-size", type=int, default=None)
+    train.add_argument("--augment", default="none", choices=["none", "light", "strong"])
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--run-dir", dest="new_run_dir", help="where to put the run folder (default: the workspace's runs/)")
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a finished run on a labelled folder")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", required=True, help="a folder of class folders")
+
+    predict = commands.add_parser("predict", help="top-k classes of images")
+    predict.add_argument("run_dir")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+
+    export = commands.add_parser("export", help="export a finished run, verified against PyTorch")
+    export.add_argument("run_dir")
+    export.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"])
+    export.add_argument("--out", default=None, help="the bundle's folder (default: RUN_DIR/export/FORMAT)")
+
+    runs = commands.add_parser("runs", help="list the runs of the workspace")
+    runs.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict,
+                "export": _export, "runs": _runs}[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from . import train
+    from .runs import read_status
+
+    if args.run_dir and not args.data:
+        try:
+            train.run(args.run_dir)
+        except Exception:
+            print(f"error: {read_status(Path(args.run_dir)).get('error')}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.data:
+        print("error: give a prepared RUN_DIR, or --data DIR to prepare one", file=sys.stderr)
+        return 2
+    run_dir = _prepare_run(args)
+    print(f"run folder: {run_dir}", flush=True)
+    from .callbacks import ConsoleProgress
+
+    try:
+        metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()])
+    except Exception:
+        print(f"error: {read_status(run_dir).get('error')}", file=sys.stderr)
+        print(run_dir)
+        return 1
+    state = read_status(run_dir).get("state")
+    if metrics:
+        print(f"{state}: validation accuracy {metrics['val_acc']:.1%} in {metrics['wall_s']:.1f} s")
+    else:
+        print(state)
+    print(run_dir)
+    return 0 if state == "done" else 1
+
+
+def _prepare_run(args) -> Path:
+    from .config import RunConfig
+    from .datasets import ingest_or_reuse_folder
+    from .runs import create_run
+
+    train_set = ingest_or_reuse_folder(args.data)
+    val_set = ingest_or_reuse_folder(args.val_data) if args.val_data else None
+    from .backbones import default_weights
+
+    weights = args.weights or default_weights(args.backbone)
+    config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
+                       backbone=args.backbone, weights=weights, freeze=args.freeze, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, augment=args.augment,
+                       device=args.device, seed=args.seed)
+    return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
+
+
+def _evaluate(args) -> int:
+    from .predict import evaluate_folder
+
+    print(json.dumps(evaluate_folder(args.run_dir, args.data), indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor(args.run_dir)
+    for image, top in zip(args.images, predictor.predict_files(args.images, top_k=args.top_k)):
+        if args.json:
+            print(json.dumps({"image": image, **top}))
+        elif "error" in top:
+            print(f"{image}: {top['error']}")
+        else:
+            print(f"{image}: " + ", ".join(f"{t['label']} {t['prob']:.1%}" for t in top["top"]))
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_run
+
+    report = export_run(args.run_dir, args.format, out_dir=args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _runs(args) -> int:
+    from .runs import list_runs, summarize
+
+    rows = [summarize(p) for p in list_runs()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        acc = f"{row['val_acc']:.1%}" if row["val_acc"] is not None else "-"
+        print(f"{row['run_id']:45s} {row['state']:9s} {row['backbone'] or '':22s} freeze={row['freeze']:8s} val_acc={acc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

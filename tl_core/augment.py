@@ -1,0 +1,40 @@
+"""Augmentation presets that work on the decoded uint8 image tensors.
+
+Images are decoded and resized once (datasets.decode_images); augmenting those tensors keeps
+that saving, where timm's PIL pipelines would decode every image again every epoch.
+The presets follow timm's train recipe in spirit: random-resized crop and flip ("light"),
+plus RandAugment and random erasing ("strong").
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+PRESETS = ("none", "light", "strong")
+
+
+def make_augment(preset: str, size: int):
+    """A function uint8 N×3×H×W → uint8 N×3×H×W, different at every call; None for "none"."""
+    if preset == "none":
+        return None
+    steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if preset == "strong":
+        steps = [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                 v2.RandAugment(num_ops=2, magnitude=9),
+                 v2.RandomErasing(p=0.25, value=127)]
+    elif preset != "light":
+        raise ValueError(f"augmentation preset {preset!r} is not one of {', '.join(PRESETS)}")
+    per_image = v2.Compose(steps)
+
+    def augment(batch: torch.Tensor) -> torch.Tensor:
+        # One draw per image: applying v2 to the whole batch would crop every image alike.
+        return torch.stack([per_image(image) for image in batch])
+
+    return augment
+
+
+def normalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 images → float, scaled and normalised with the backbone's mean and std."""
+    mean = torch.as_tensor(mean, device=batch.device).view(1, -1, 1, 1) * 255
+    std = torch.as_tensor(std, device=batch.device).view(1, -1, 1, 1) * 255
+    return (batch.float() - mean) / std

@@ -1,0 +1,140 @@
+"""Listeners of the fit loop: the event log, cancel, early stopping, best checkpoint, NaN guard.
+
+The loop announces a closed list of events (EVENTS); everything that is not training itself
+listens here. Cancelling is an exception (CancelFit) so the loop's "after" events still run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+EVENTS = ("fit_start", "batch_end", "epoch_end", "checkpoint", "notice", "fit_end", "cancelled", "error")
+
+
+class CancelFit(Exception):
+    """Raised by a callback to stop training cleanly (the STOP file, the user)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Callback:
+    def __call__(self, event: str, info: dict, fit) -> None:
+        handler = getattr(self, f"on_{event}", None)
+        if handler is not None:
+            handler(info, fit)
+
+
+class EventLog(Callback):
+    """Appends one JSON line per event to events.jsonl, flushed at once so a reader sees it live."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event: str, info: dict, fit) -> None:
+        line = {"t": round(time.time(), 3), "event": event, **info}
+        self.file.write(json.dumps(line, default=_jsonable) + "\n")
+        self.file.flush()
+        if event in ("fit_end", "cancelled", "error"):
+            self.file.close()
+
+
+class StopFile(Callback):
+    """Cancels when the run folder holds a STOP file; checked every batch and epoch."""
+
+    def __init__(self, run_dir: Path):
+        self.stop_path = Path(run_dir) / "STOP"
+
+    def _check(self, info, fit):
+        if self.stop_path.exists():
+            raise CancelFit("stopped by the user")
+
+    on_batch_end = on_epoch_end = on_fit_start = _check
+
+
+class NanGuard(Callback):
+    """Fails fast with advice when the loss stops being a number."""
+
+    def on_batch_end(self, info, fit):
+        self._check(info.get("loss"), info)
+
+    def on_epoch_end(self, info, fit):
+        self._check(info.get("train_loss"), info)
+
+    @staticmethod
+    def _check(loss, info):
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} at epoch {info.get('epoch')}, step {info.get('step')}: "
+                "lower the learning rate, or train fewer layers")
+
+
+class BestCheckpoint(Callback):
+    """Keeps a copy of the weights of the best epoch (highest val accuracy, then lowest val loss)."""
+
+    def __init__(self):
+        self.best_key = None
+        self.best_state = None
+        self.best_epoch = None
+
+    def on_epoch_end(self, info, fit):
+        key = (info["val_acc"], -info["val_loss"])
+        if self.best_key is None or key > self.best_key:
+            self.best_key = key
+            self.best_epoch = info["epoch"]
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in fit.model.state_dict().items()}
+            fit.emit("checkpoint", epoch=info["epoch"], phase=info.get("phase"),
+                     val_acc=info["val_acc"], val_loss=info["val_loss"])
+
+
+class EarlyStopping(Callback):
+    """Ends a phase after `patience` epochs without a better validation loss."""
+
+    def __init__(self, patience: int, min_delta: float = 1e-4):
+        self.patience = patience
+        self.min_delta = min_delta
+        self.reset()
+
+    def reset(self):
+        self.best_loss = math.inf
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, info, fit):
+        if self.patience <= 0:
+            return
+        if info["val_loss"] < self.best_loss - self.min_delta:
+            self.best_loss = info["val_loss"]
+            self.bad_epochs = 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            fit.stop_phase = True
+            fit.emit("notice", message=f"early stopping: validation loss did not improve for {self.patience} epochs",
+                     epoch=info["epoch"])
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class ConsoleProgress(Callback):
+    """Prints a line per epoch (and the notices) for the command line."""
+
+    def on_fit_start(self, info, fit):
+        print(f"training on {info['device']}: {info['n_train']} train / {info['n_val']} validation images, "
+              f"{info['trainable_params']:,} of {info['total_params']:,} parameters trainable", flush=True)
+
+    def on_notice(self, info, fit):
+        print(f"  {info['message']}", flush=True)
+
+    def on_epoch_end(self, info, fit):
+        print(f"  epoch {info['epoch']:3d} [{info.get('phase', '')}] train loss {info['train_loss']:.3f} "
+              f"acc {info['train_acc']:.1%} | val loss {info['val_loss']:.3f} acc {info['val_acc']:.1%} "
+              f"| {info['seconds']:.1f} s", flush=True)

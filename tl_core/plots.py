@@ -1,0 +1,89 @@
+"""Plotly figures built from a run's events and metrics; plain data in, figures out, no browser needed."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+PHASE_NAMES = {"probe": "head on frozen features", "finetune": "fine-tune"}
+_LAYOUT = dict(margin=dict(l=40, r=10, t=40, b=40), height=320, legend=dict(orientation="h", y=-0.25))
+
+
+def epoch_rows(events: list[dict]) -> list[dict]:
+    return [e for e in events if e.get("event") == "epoch_end"]
+
+
+def loss_figure(events: list[dict]) -> go.Figure:
+    """Training and validation loss per epoch, with the loss of every fine-tune batch behind them."""
+    fig = go.Figure()
+    batches = [e for e in events if e.get("event") == "batch_end" and "loss" in e]
+    if batches:
+        per_epoch = {e["epoch"]: e.get("batches", 1) for e in batches}
+        x = [e["epoch"] - 1 + e["batch"] / per_epoch[e["epoch"]] for e in batches]
+        fig.add_scatter(x=x, y=[e["loss"] for e in batches], name="batch loss", mode="lines",
+                        line=dict(width=1, color="rgba(120,120,120,0.45)"))
+    epochs = epoch_rows(events)
+    fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["train_loss"] for e in epochs], name="train loss",
+                    mode="lines+markers")
+    fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["val_loss"] for e in epochs], name="validation loss",
+                    mode="lines+markers")
+    _mark_phases(fig, epochs)
+    fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="cross-entropy", **_LAYOUT)
+    return fig
+
+
+def accuracy_figure(events: list[dict]) -> go.Figure:
+    """Training and validation accuracy per epoch."""
+    epochs = epoch_rows(events)
+    fig = go.Figure()
+    fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["train_acc"] for e in epochs], name="train accuracy",
+                    mode="lines+markers")
+    fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["val_acc"] for e in epochs], name="validation accuracy",
+                    mode="lines+markers")
+    _mark_phases(fig, epochs)
+    fig.update_layout(title="Accuracy", xaxis_title="epoch", yaxis=dict(tickformat=".0%", range=[0, 1.02]),
+                      **_LAYOUT)
+    return fig
+
+
+def compare_figure(runs: dict[str, list[dict]], metric: str = "val_acc") -> go.Figure:
+    """One line per run of an epoch metric, overlaid, for comparing runs."""
+    fig = go.Figure()
+    for name, events in runs.items():
+        epochs = epoch_rows(events)
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e[metric] for e in epochs], name=name,
+                        mode="lines+markers")
+    title = {"val_acc": "Validation accuracy", "val_loss": "Validation loss",
+             "train_loss": "Training loss", "train_acc": "Training accuracy"}.get(metric, metric)
+    fig.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
+    if metric.endswith("acc"):
+        fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def confusion_figure(metrics: dict) -> go.Figure:
+    """The confusion matrix: rows the true class, columns the predicted one."""
+    classes = metrics["classes"]
+    matrix = metrics["confusion"]
+    fig = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", showscale=False,
+                               text=matrix, texttemplate="%{text}",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true",
+                      yaxis=dict(autorange="reversed"), margin=dict(l=40, r=10, t=40, b=40),
+                      height=120 + 32 * len(classes))
+    return fig
+
+
+def counts_figure(counts: dict[str, int]) -> go.Figure:
+    """Images per class as bars."""
+    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values()),
+                           textposition="outside"))
+    fig.update_layout(title="Images per class", yaxis_title="images", margin=dict(l=40, r=10, t=40, b=40),
+                      height=300)
+    return fig
+
+
+def _mark_phases(fig: go.Figure, epochs: list[dict]) -> None:
+    """A dotted line where fine-tuning starts after the head was fitted on frozen features."""
+    for before, after in zip(epochs, epochs[1:]):
+        if before.get("phase") == "probe" and after.get("phase") == "finetune":
+            fig.add_vline(x=before["epoch"] + 0.5, line_dash="dot", line_color="grey",
+                          annotation_text="fine-tune starts", annotation_position="top left")

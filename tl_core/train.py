@@ -1,0 +1,467 @@
+"""The fit loop: from a run folder's RunConfig to a trained model and every file of the run contract.
+
+Two phases, both announced through callbacks:
+- "probe": the frozen backbone's features are computed once and the new head is fitted on them
+  with L-BFGS (a well-fitted logistic regression, milliseconds an epoch). With the head as the
+  only trainable group and no augmentation this is the whole run.
+- "finetune": the chosen groups train on images with AdamW, lower learning rates for earlier
+  groups, warm-up then cosine (or one-cycle). Frozen layers build no autograd graph, because
+  neither their parameters nor their inputs require grad.
+The best epoch of either phase is kept, so a fine-tune that makes things worse cannot hurt.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import backbones, layers
+from .augment import make_augment, normalize
+from .callbacks import (BestCheckpoint, CancelFit, EarlyStopping, EventLog, NanGuard, StopFile)
+from .config import RunConfig
+from .datasets import decode_images, load_dataset, stratified_split
+from .devices import autocast_dtype, describe, pick_device
+from .evaluate import classification_metrics
+from .runs import update_config_record, write_status
+from .split import PrefixSplit, stage_split_point
+from .storage import atomic_write_bytes, atomic_write_json, workspace_root
+
+LAYER_LR_DECAY = 0.7          # each group below the head learns at 0.7× the rate of the one above
+PROBE_ITERS_PER_EPOCH = 20    # L-BFGS iterations that make one "epoch" of the probe
+PROBE_EPOCHS_BEFORE_FINETUNE = 5
+PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the whole run
+ACTIVATION_CACHE_LIMIT = 3 << 30  # bytes of cached frozen-prefix activations, beyond which the prefix reruns
+PROBE_L2 = 1e-3               # L2 penalty of the probe's logistic regression (mean loss + l2·‖W‖²)
+
+
+def run(run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
+    """Train the prepared run in `run_dir` and keep status.json true whatever happens."""
+    run_dir = Path(run_dir)
+    write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
+    log = EventLog(run_dir / "events.jsonl")
+    fit = None
+    try:
+        config = RunConfig.load(run_dir)
+        fit = Fit(config, run_dir, [log, StopFile(run_dir), NanGuard(), BestCheckpoint(),
+                                    EarlyStopping(config.early_stopping), *(extra_callbacks or [])])
+        metrics = fit.run()
+    except CancelFit as stop:
+        fit.emit("cancelled", reason=str(stop))
+        fit.save_outputs()
+        write_status(run_dir, state="cancelled", ended=time.time())
+        return {}
+    except Exception as error:  # the worker's last word: status.json says what went wrong
+        message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        log("error", {"message": message, "traceback": traceback.format_exc(limit=8)}, fit)
+        write_status(run_dir, state="failed", ended=time.time(), error=message)
+        raise
+    write_status(run_dir, state="done", ended=time.time())
+    return metrics
+
+
+class Fit:
+    """One training run; `emit` tells every callback what happened."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, callbacks: list):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.callbacks = callbacks
+        self.stop_phase = False
+        self.epoch = 0
+        self.step = 0
+        self.features = None
+        self.model = None
+        self.split = None  # set while fine-tuning on cached frozen-prefix activations
+
+    def emit(self, event: str, **info) -> None:
+        for callback in self.callbacks:
+            callback(event, info, self)
+
+    # ---- setup ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.amp_dtype = autocast_dtype(self.device)
+        self._load_data()
+        self.model = backbones.create_model(cfg.backbone, len(self.classes), weights=cfg.weights)
+        self.preprocess = backbones.data_config(self.model, cfg.image_size)
+        self.size = self.preprocess["input_size"][-1]
+        self.pixels = decode_images(self.paths, self.size, self.preprocess["crop_pct"],
+                                    self.preprocess["interpolation"], cache_dir=workspace_root() / "cache" / "pixels")
+        if self.device.type == "cuda" and self.pixels.numel() < PIXELS_ON_GPU_LIMIT:
+            self.pixels = self.pixels.to(self.device)  # small sets: no host→device copy per batch
+        self.labels = self.labels.to(self.device)
+        self.model.to(self.device)
+        self.channels_last = _channels_last_helps(cfg.backbone, self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.groups = layers.layer_groups(self.model)
+        self.trainable = layers.parse_freeze(cfg.freeze, self.groups)
+        self.head_name = self.groups[-1].name
+        update_config_record(self.run_dir, device=describe(self.device), device_type=self.device.type,
+                             classes=self.classes, preprocess=self.preprocess,
+                             n_train=len(self.train_idx), n_val=len(self.val_idx))
+
+    def _load_data(self) -> None:
+        cfg = self.config
+        train_set = load_dataset(cfg.dataset_dir)
+        self.classes = list(train_set.classes)
+        self.paths = train_set.paths()
+        labels = train_set.labels()
+        if cfg.val_dataset_dir:
+            val_set = load_dataset(cfg.val_dataset_dir)
+            unknown = sorted(set(val_set.classes) - set(self.classes))
+            if unknown:
+                raise ValueError(f"the validation set has classes the training set lacks: {', '.join(unknown)}")
+            self.train_idx = list(range(len(labels)))
+            self.val_idx = list(range(len(labels), len(labels) + len(val_set.items)))
+            self.paths = self.paths + val_set.paths()
+            labels = labels + [self.classes.index(val_set.classes[k]) for k in val_set.labels()]
+        else:
+            self.train_idx, self.val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    # ---- the run ------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.t0 = time.time()
+        self.prepare()
+        cfg = self.config
+        head_only = self.trainable == {self.head_name}
+        loop_needed = not (head_only and cfg.augment == "none")
+        probe_epochs = (PROBE_EPOCHS_BEFORE_FINETUNE if cfg.probe_first else 0) if loop_needed else cfg.epochs
+        counts = layers.apply_freeze(self.model, self.groups, self.trainable, cfg.bn_policy)
+        self.counts = counts
+        self.emit("fit_start", epochs=(probe_epochs + (cfg.epochs if loop_needed else 0)),
+                  probe_epochs=probe_epochs, n_train=len(self.train_idx), n_val=len(self.val_idx),
+                  classes=self.classes, device=describe(self.device), image_size=self.size,
+                  trainable_params=counts["trainable_params"], total_params=counts["total_params"],
+                  trainable_groups=counts["trainable_groups"])
+        if probe_epochs:
+            self.probe(probe_epochs)
+        if loop_needed:
+            self.finetune(cfg.epochs)
+        metrics = self.save_outputs()
+        self.emit("fit_end", val_acc=metrics["val_acc"], val_loss=metrics["val_loss"],
+                  best_epoch=metrics["best_epoch"], wall_s=metrics["wall_s"])
+        return metrics
+
+    def _start_phase(self, phase: str, epochs: int, **info) -> None:
+        self.stop_phase = False
+        for callback in self.callbacks:
+            if isinstance(callback, EarlyStopping):
+                callback.reset()
+        self.emit("notice", phase=phase, message=info.pop("message"), epochs=epochs, **info)
+
+    # ---- phase 1: the head on frozen features -------------------------------------------
+    def probe(self, epochs: int) -> None:
+        self._start_phase("probe", epochs, message="fitting the new head on the backbone's frozen features")
+        feats = self._frozen_features()
+        head = self.model.get_classifier()
+        x_train, y_train = feats[self.train_idx], self.labels[self.train_idx]
+        x_val, y_val = feats[self.val_idx], self.labels[self.val_idx]
+        optimizer = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=PROBE_ITERS_PER_EPOCH,
+                                      history_size=20, line_search_fn="strong_wolfe")
+        weights = [p for p in head.parameters() if p.ndim > 1]
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(head(x_train), y_train, label_smoothing=self.config.label_smoothing)
+            loss = loss + PROBE_L2 * sum(w.pow(2).sum() for w in weights)
+            loss.backward()
+            return loss
+
+        for _ in range(epochs):
+            t_epoch = time.time()
+            with torch.enable_grad():
+                optimizer.step(closure)
+            with torch.no_grad():
+                train_loss, train_acc = _loss_acc(head(x_train), y_train)
+                val_loss, val_acc = _loss_acc(head(x_val), y_val)
+            self.epoch += 1
+            self.step += PROBE_ITERS_PER_EPOCH
+            self.emit("epoch_end", phase="probe", epoch=self.epoch, step=self.step,
+                      train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                      seconds=time.time() - t_epoch, elapsed=time.time() - self.t0,
+                      images_per_s=len(self.train_idx) / max(time.time() - t_epoch, 1e-9))
+            if self.stop_phase:
+                break
+
+    @torch.no_grad()  # not inference_mode: the probe's backward needs these as ordinary tensors
+    def _frozen_features(self) -> torch.Tensor:
+        """Pooled backbone features of every image, computed once and cached on disk by backbone,
+        weights, preprocessing and images."""
+        cache = workspace_root() / "cache" / "features" / f"{self._feature_key()}.npy"
+        if cache.exists():
+            self.emit("notice", message="reusing frozen features computed by an earlier run")
+            self.features = torch.from_numpy(np.load(cache)).to(self.device)
+            return self.features
+        self.model.eval()
+        chunks = []
+        n = len(self.paths)
+        for start in range(0, n, self.config.batch_size):
+            x = self._to_device(self.pixels[start:start + self.config.batch_size])
+            with self._autocast():
+                chunks.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).float())
+            self.emit("batch_end", phase="features", epoch=0, batch=start // self.config.batch_size,
+                      done=min(start + self.config.batch_size, n), total=n)
+        self.features = torch.cat(chunks)
+        buffer = io.BytesIO()
+        np.save(buffer, self.features.cpu().numpy())
+        atomic_write_bytes(cache, buffer.getvalue())
+        return self.features
+
+    def _feature_key(self) -> str:
+        cfg = self.config
+        weights = cfg.weights
+        if os.path.isfile(weights):
+            stat = os.stat(weights)
+            weights = f"{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}"
+        parts = [cfg.backbone, weights, repr(sorted(self.preprocess.items())), *map(str, self.paths)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+    # ---- phase 2: fine-tune on images ------------------------------------------------------
+    def finetune(self, epochs: int) -> None:
+        cfg = self.config
+        names = [g.name for g in self.groups if g.name in self.trainable]
+        self._start_phase("finetune", epochs, message=f"training {', '.join(names)} on images", groups=names)
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._cache_frozen_prefix()
+        batch_size = self._batch_size_that_fits(optimizer)
+        n_train = len(self.train_idx)
+        drop_last = n_train % batch_size == 1 and n_train > 1  # BatchNorm cannot train on a batch of one
+        steps_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+        scheduler = _schedule(optimizer, cfg, steps_per_epoch, epochs)
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        augment = make_augment(cfg.augment, self.size)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_idx = torch.tensor(self.train_idx)
+        for _ in range(epochs):
+            self.epoch += 1
+            t_epoch = time.time()
+            layers.set_train_mode(self.model, cfg.bn_policy)
+            order = train_idx[torch.randperm(n_train, generator=generator)]
+            total_loss = total_correct = seen = 0
+            for b in range(steps_per_epoch):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                y = self.labels[idx]
+                with self._autocast():
+                    logits = self._forward(idx, augment)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                self.step += 1
+                batch_loss = loss.item()
+                total_loss += batch_loss * len(idx)
+                total_correct += (logits.argmax(1) == y).sum().item()
+                seen += len(idx)
+                self.emit("batch_end", phase="finetune", epoch=self.epoch, step=self.step, batch=b + 1,
+                          batches=steps_per_epoch, loss=batch_loss, lr=optimizer.param_groups[-1]["lr"],
+                          images_per_s=seen / max(time.time() - t_epoch, 1e-9))
+            val_loss, val_acc = self._evaluate(self.val_idx)
+            seconds = time.time() - t_epoch
+            self.emit("epoch_end", phase="finetune", epoch=self.epoch, step=self.step,
+                      train_loss=total_loss / seen, train_acc=total_correct / seen,
+                      val_loss=val_loss, val_acc=val_acc, seconds=seconds, elapsed=time.time() - self.t0,
+                      images_per_s=seen / seconds)
+            if self.stop_phase:
+                break
+
+    def _forward(self, idx, augment=None) -> torch.Tensor:
+        """Logits of the images `idx`: from cached prefix activations when there are, else from pixels."""
+        if self.split is not None:
+            with self.split.rest() as rest:
+                return rest(self.activations[idx])
+        images = self.pixels[idx]
+        if augment is not None:
+            images = augment(images)
+        return self.model(self._to_device(images))
+
+    @torch.no_grad()
+    def _cache_frozen_prefix(self) -> None:
+        """With no augmentation, frozen BatchNorm and a stage-shaped frozen prefix, run that prefix once."""
+        cfg = self.config
+        k = stage_split_point(self.model, self.groups, self.trainable)
+        if k is None or cfg.augment != "none" or cfg.bn_policy != "frozen_eval":
+            return
+        split = PrefixSplit(self.model, k)
+        self.model.eval()
+        chunks, size = [], 0
+        for start in range(0, len(self.paths), cfg.batch_size):
+            with self._autocast():
+                chunk = split.prefix(self._to_device(self.pixels[start:start + cfg.batch_size]))
+            chunks.append(chunk)
+            size += chunk.numel() * chunk.element_size()
+            if size > ACTIVATION_CACHE_LIMIT:
+                return
+        self.activations = torch.cat(chunks)
+        self.split = split
+        self.emit("notice", message=f"the frozen layers run once: {len(self.paths)} images' activations after "
+                                    f"stage {k} cached ({size / 2**20:.0f} MiB)")
+
+    def _param_groups(self) -> list[dict]:
+        """One optimizer group per trainable layer group, the learning rate lower the further from the head."""
+        params = dict(self.model.named_parameters())
+        head_index = self.groups[-1].index
+        groups = []
+        for group in self.groups:
+            if group.name not in self.trainable:
+                continue
+            scale = LAYER_LR_DECAY ** (head_index - group.index)
+            decay = [params[n] for n in group.param_names if params[n].ndim > 1]
+            no_decay = [params[n] for n in group.param_names if params[n].ndim <= 1]
+            groups.append({"params": decay, "lr": self.config.lr * scale, "name": group.name})
+            # Norm scales and biases are not weights to shrink.
+            groups.append({"params": no_decay, "lr": self.config.lr * scale, "weight_decay": 0.0,
+                           "name": group.name + ".no_decay"})
+        return [g for g in groups if g["params"]]
+
+    def _batch_size_that_fits(self, optimizer) -> int:
+        """On CUDA, halve the batch size until a forward+backward fits in memory, and say so."""
+        batch_size = min(self.config.batch_size, len(self.train_idx))
+        if self.device.type != "cuda":
+            return batch_size
+        while True:
+            try:
+                layers.set_train_mode(self.model, self.config.bn_policy)
+                idx = torch.tensor(self.train_idx[:batch_size])
+                with self._autocast():
+                    loss = self._forward(idx).float().mean()
+                loss.backward()
+                optimizer.zero_grad(set_to_none=True)
+                return batch_size
+            except torch.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                if batch_size == 1:
+                    raise
+                self.emit("notice", message=f"batch size {batch_size} does not fit in GPU memory; "
+                                            f"using {batch_size // 2}")
+                batch_size //= 2
+
+    # ---- evaluation and outputs -------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_probs(self, idx: list[int]) -> torch.Tensor:
+        """Class probabilities of the images `idx`, in eval mode; from cached features while the body is untouched."""
+        self.model.eval()
+        if self.features is not None and not self._body_trained():
+            return self.model.get_classifier()(self.features[idx]).float().softmax(1).cpu()
+        out = []
+        for start in range(0, len(idx), self.config.batch_size):
+            with self._autocast():
+                out.append(self._forward(idx[start:start + self.config.batch_size]).float().softmax(1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def _evaluate(self, idx: list[int]) -> tuple[float, float]:
+        probs = self.predict_probs(idx)
+        return _loss_acc(probs.clamp_min(1e-12).log(), self.labels[idx], log_probs=True)
+
+    def _body_trained(self) -> bool:
+        return self.trainable != {self.head_name} or self.config.augment != "none"
+
+    def save_outputs(self) -> dict:
+        """Best weights, labels, preprocessing, predictions on validation and the final metrics."""
+        if self.model is None or not hasattr(self, "groups"):
+            return {}
+        best = next((c for c in self.callbacks if isinstance(c, BestCheckpoint)), None)
+        if best is None or best.best_state is None:
+            return {}
+        self.model.load_state_dict(best.best_state)
+        _save_weights(self.model, self.run_dir / "model.safetensors")
+        atomic_write_json(self.run_dir / "labels.json", {"classes": self.classes})
+        atomic_write_json(self.run_dir / "preprocess.json", {
+            "backbone": backbones.architecture(self.model), "num_classes": len(self.classes), **self.preprocess})
+        probs = self.predict_probs(self.val_idx)
+        y_val = self.labels[self.val_idx].cpu()
+        confidence, predicted = probs.max(1)
+        _write_predictions(self.run_dir / "predictions.csv", [self.paths[i] for i in self.val_idx],
+                           [self.classes[k] for k in y_val], [self.classes[k] for k in predicted],
+                           confidence.tolist())
+        wall = time.time() - self.t0
+        val_loss, _ = _loss_acc(probs.clamp_min(1e-12).log(), y_val, log_probs=True)
+        metrics = classification_metrics(y_val.tolist(), predicted.tolist(), self.classes)
+        metrics = {"val_acc": metrics.pop("accuracy"), "val_loss": val_loss, **metrics,
+                   "best_epoch": best.best_epoch, "epochs_run": self.epoch, "wall_s": round(wall, 2),
+                   "images_per_s": round(len(self.train_idx) * self.epoch / wall, 1),
+                   "n_train": len(self.train_idx), "n_val": len(self.val_idx),
+                   "device": describe(self.device), **getattr(self, "counts", {})}
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+    # ---- small helpers ------------------------------------------------------------------------
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type == "cpu" and self.device.type == "cuda":
+            images = images.pin_memory()
+        x = normalize(images.to(self.device, non_blocking=True), self.preprocess["mean"], self.preprocess["std"])
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def _loss_acc(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) -> tuple[float, float]:
+    y = y.to(logits.device)
+    loss = F.nll_loss(logits, y) if log_probs else F.cross_entropy(logits, y)
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def _schedule(optimizer, cfg: RunConfig, steps_per_epoch: int, epochs: int):
+    total = max(steps_per_epoch * epochs, 1)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=min(max(cfg.warmup_epochs / epochs, 0.05), 0.5))
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _channels_last_helps(backbone: str, device: torch.device) -> bool:
+    """Convnets gain from channels-last on CUDA; ViTs have no convs to speed up, ConvNeXt loses on CPU."""
+    if any(k in backbone for k in ("vit", "deit", "swin", "eva", "beit")):
+        return False
+    if device.type == "cuda":
+        return True
+    return False
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_predictions(path: Path, paths, labels, predicted, confidence) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "predicted", "confidence"])
+    for row in zip(paths, labels, predicted, confidence):
+        writer.writerow([str(row[0]), row[1], row[2], f"{row[3]:.6f}"])
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
