@@ -1,0 +1,23 @@
+"""Transfer Learning Studio: turn a small labelled image set into an image classifier, without code.
+
+`streamlit run app.py`. Each step of the flow is one page in pages/; the engine is tl_core.
+"""
+import streamlit as st
+
+from pages import common
+
+st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
+common.init_state()
+
+steps = [
+    st.Page(common.BACKBONE_PAGE, title="1 · Backbone", icon=":material/neurology:", default=True),
+    st.Page(common.DATA_PAGE, title="2 · Data", icon=":material/photo_library:"),
+    st.Page(common.LAYERS_PAGE, title="3 · Layers", icon=":material/layers:"),
+    st.Page(common.TRAIN_PAGE, title="4 · Train", icon=":material/model_training:"),
+    st.Page(common.RESULTS_PAGE, title="5 · Results", icon=":material/insights:"),
+]
+current_page = st.navigation(steps)
+st.sidebar.title("Transfer Learning Studio")
+common.sidebar()
+common.job_manager()  # started with the server, so runs queued before a restart start again
+current_page.run()

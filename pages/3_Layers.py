@@ -1,0 +1,146 @@
+"""Step 3: choose which layer groups of the backbone learn and which stay frozen."""
+import copy
+import time
+
+import streamlit as st
+import torch
+
+from pages import common
+from tl_core import layers
+
+PRESETS = {
+    "head": "Feature extraction: only the new head learns (fastest; best with few images)",
+    "top": "Fine-tune the top layer groups and the head",
+    "all": "Full fine-tune: every layer learns (needs more images and time)",
+    "custom": "Custom: choose with the switches below",
+}
+TIMING_BATCH = 8
+state = st.session_state
+common.init_state()  # idempotent; makes the page work even when run on its own
+
+st.title("3 · Choose which layers learn")
+st.write("The backbone is a stack of layer groups, from the input image (top) to the head that names your "
+         "classes (bottom). Frozen groups keep what they learnt on ImageNet; trainable groups adapt to your images.")
+
+with st.spinner(f"Building {state.backbone}…"):
+    try:
+        model = common.structure_model(state.backbone)
+    except common.USER_ERRORS as error:
+        common.show_error(error)
+        common.need_first("Choose another backbone first.", common.BACKBONE_PAGE, "1 · Backbone")
+groups = layers.layer_groups(model)
+body, head = groups[:-1], groups[-1]
+toggle_key = {group.name: f"learns::{state.backbone}::{group.name}" for group in groups}
+
+
+def freeze_spec_from_preset() -> str:
+    if state.freeze_preset == "top":
+        return f"top-{min(state.freeze_top_n, len(body))}"
+    return state.freeze_preset if state.freeze_preset in ("head", "all") else state.freeze
+
+
+def freeze_spec_from_switches() -> str:
+    learning = [group.name for group in body if state.get(toggle_key[group.name])]
+    if not learning:
+        return "head"
+    return "all" if len(learning) == len(body) else ",".join(learning)
+
+
+def switch_flipped() -> None:
+    state.freeze_preset = "custom"
+    state.freeze = freeze_spec_from_switches()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def seconds_per_image(backbone: str, image_size: int, trainable: frozenset, bn_policy: str) -> tuple[float, float]:
+    """(forward seconds per image, forward+backward seconds per image), measured on one small batch here."""
+    timed = copy.deepcopy(common.structure_model(backbone))
+    timed_groups = layers.layer_groups(timed)
+    layers.apply_freeze(timed, timed_groups, set(trainable), bn_policy)
+    images = torch.randn(TIMING_BATCH, 3, image_size, image_size)
+    timed.eval()
+    with torch.no_grad():
+        timed(images[:2])  # warm-up: first calls allocate
+        start = time.perf_counter()
+        timed(images)
+        forward = (time.perf_counter() - start) / TIMING_BATCH
+    if trainable == {timed_groups[-1].name}:
+        return forward, forward
+    layers.set_train_mode(timed, bn_policy)
+    start = time.perf_counter()
+    timed(images).logsumexp(1).mean().backward()
+    return forward, (time.perf_counter() - start) / TIMING_BATCH
+
+
+# ---------------------------------------------------------------- the plan
+try:
+    layers.parse_freeze(state.freeze, groups)
+except ValueError:  # a plan made for another backbone's groups
+    state.freeze, state.freeze_preset = "head", "head"
+if state.freeze_top_n > len(body):
+    state.freeze_top_n = max(1, len(body))
+
+st.radio("Plan", list(PRESETS), key="freeze_preset", format_func=PRESETS.get)
+if state.freeze_preset == "top":
+    st.slider("Layer groups below the head that learn", 1, max(len(body), 1), key="freeze_top_n")
+if state.freeze_preset != "custom":
+    state.freeze = freeze_spec_from_preset()
+trainable = layers.parse_freeze(state.freeze, groups)
+for group in groups:  # the switches show the plan; flipping one makes the plan custom
+    state[toggle_key[group.name]] = group.name in trainable
+
+state.bn_policy = "frozen_eval" if state.bn_keep_eval else "train"
+
+# ---------------------------------------------------------------- what the plan costs
+common.sync_image_size()
+dataset = common.active_dataset()
+n_images = len(dataset.items) if dataset is not None else 100
+n_val = 0 if state.val_source == "separate" else round(n_images * state.val_fraction)
+n_train = n_images - n_val
+with st.spinner("Timing one small batch on this computer…"):
+    forward_s, train_s = seconds_per_image(state.backbone, state.image_size, frozenset(trainable), state.bn_policy)
+head_only = trainable == {head.name}
+epoch_s = forward_s * n_images if head_only else train_s * n_train + forward_s * n_val
+
+trainable_params = sum(group.num_params for group in groups if group.name in trainable)
+total_params = sum(group.num_params for group in groups)
+params_col, groups_col, time_col = st.columns(3)
+params_col.metric("Trainable parameters", f"{trainable_params:,}", delta_arrow="off", delta_color="off",
+                  delta=f"{trainable_params / total_params:.1%} of {total_params:,}")
+groups_col.metric("Groups that learn", f"{len(trainable)} of {len(groups)}", delta_arrow="off", delta_color="off",
+                  delta=f"plan: {state.freeze}")
+time_col.metric("Estimated time per epoch", common.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
+                delta=f"{n_train} + {n_val} images at {state.image_size} px")
+if head_only:
+    st.write(f"Only the head learns, so each image goes through the frozen backbone **once** (about "
+             f"{common.format_seconds(epoch_s)}); after that an epoch takes well under a second. With augmentation "
+             "(next step) every epoch runs the images through again.")
+on_gpu = "CUDA" in common.device_name()
+st.caption(f"An estimate, from timing one batch of {TIMING_BATCH} images on this computer's CPU"
+           + (f"; training runs on the {common.device_name()}, which is much faster." if on_gpu else ".")
+           + ("" if dataset is not None else " No dataset chosen yet, so it assumes 100 images."))
+if dataset is None:
+    st.page_link(common.DATA_PAGE, label="Choose your images (step 2) for a real estimate",
+                 icon=":material/photo_library:")
+
+# ---------------------------------------------------------------- the stack
+largest = max(group.num_params for group in groups) or 1
+st.caption(":material/image: Input image")
+for group in groups:
+    learns = group.name in trainable
+    with st.container(border=True):
+        name_col, size_col, count_col, switch_col = st.columns([2, 4, 1.8, 1.2], vertical_alignment="center")
+        icon = ":material/school:" if learns else ":material/ac_unit:"
+        name_col.markdown(f"{icon} **{group.name}**" + ("  \n*new, for your classes*" if group.is_head else ""))
+        size_col.progress(group.num_params / largest)
+        count_col.markdown(f"{group.num_params:,} parameters")
+        switch_col.toggle("learns", key=toggle_key[group.name], disabled=group.is_head, on_change=switch_flipped,
+                          help="The head always learns: it is new." if group.is_head else None)
+st.caption(":material/label: Your classes")
+
+st.toggle("Keep frozen BatchNorm layers in eval mode", key="bn_keep_eval",
+          help="Frozen layers then compute exactly what they computed on ImageNet (their running statistics stay). "
+               "Turn off only for large datasets that differ a lot from photos.")
+
+st.divider()
+st.page_link(common.TRAIN_PAGE, label="Next: train", icon=":material/arrow_forward:")

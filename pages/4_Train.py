@@ -1,0 +1,191 @@
+"""Step 4: set the hyper-parameters, start a run, and watch it learn live."""
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from pages import common
+from tl_core import plots, runs
+from tl_core.augment import make_augment
+from tl_core.config import RunConfig
+from tl_core.datasets import decode_images
+
+LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+BATCH_SIZES = [8, 16, 32, 64, 128]
+PREVIEW_IMAGES = 8
+state = st.session_state
+common.init_state()  # idempotent; makes the page work even when run on its own
+
+st.title("4 · Train")
+dataset = common.active_dataset()
+if dataset is None:
+    common.need_first("Choose your images first: training needs a dataset.", common.DATA_PAGE, "2 · Data")
+try:
+    common.sync_image_size()
+    default_size, fixed_size = common.backbone_input_size(state.backbone)
+except common.USER_ERRORS as error:
+    common.show_error(error)
+    common.need_first("Choose a backbone that builds first.", common.BACKBONE_PAGE, "1 · Backbone")
+if not state.run_dir or not Path(state.run_dir).is_dir():  # a reload or a second tab finds the live run again
+    active = common.newest_active_run()
+    state.run_dir = str(active) if active else None
+
+validation = ("a separate validation set" if state.val_source == "separate" and state.val_dataset_dir
+              else f"{state.val_fraction:.0%} held out")
+st.markdown(f"**Data** {common.dataset_label(dataset)}, {validation} · **Backbone** `{state.backbone}` "
+            f"({common.weights_label(state.weights)}) · **Learns** `{state.freeze}`")
+
+
+@st.cache_data(show_spinner="Preparing preview images…", max_entries=8)
+def preview_pixels(paths: tuple[str, ...], size: int) -> torch.Tensor:
+    """The images decoded as training decodes them: uint8 N×3×S×S."""
+    return decode_images([Path(path) for path in paths], size)
+
+
+def start_run() -> None:
+    """Queue a run with the choices of every page; the job manager starts it when the device is free."""
+    try:
+        config = RunConfig(
+            dataset_dir=state.dataset_dir,
+            val_dataset_dir=state.val_dataset_dir if state.val_source == "separate" else None,
+            backbone=state.backbone, weights=state.weights, freeze=state.freeze, bn_policy=state.bn_policy,
+            epochs=int(state.epochs), batch_size=int(state.batch_size), lr=float(state.lr), augment=state.augment,
+            image_size=None if state.image_size == default_size else int(state.image_size),
+            early_stopping=int(state.early_stopping), val_fraction=float(state.val_fraction),
+            name=state.run_name.strip())
+        if state.val_source == "separate" and not state.val_dataset_dir:
+            raise ValueError("validation: upload the separate validation set on the Data page, "
+                             "or choose to hold out part of the images")
+        state.run_dir = str(common.job_manager().submit(config))
+    except common.USER_ERRORS as error:
+        state.start_error = str(error)
+
+
+# ---------------------------------------------------------------- settings
+run_status = runs.read_status(Path(state.run_dir)) if state.run_dir else {}
+run_active = run_status.get("state") in common.ACTIVE_STATES
+with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
+    epochs_col, lr_col, batch_col = st.columns(3)
+    epochs_col.number_input("Epochs", 1, 500, step=1, key="epochs",
+                            help="How many times training goes through every image. More helps up to a point.")
+    lr_col.select_slider("Learning rate", LEARNING_RATES, key="lr", format_func=lambda lr: f"{lr:g}",
+                         help="How big each learning step is: 0.001 suits a new head; "
+                              "0.0003 or less when deeper layers learn too.")
+    batch_col.select_slider("Batch size", BATCH_SIZES, key="batch_size",
+                            help="Images per step. Bigger is faster on a GPU and needs more memory.")
+    size_col, stop_col, name_col = st.columns(3)
+    size_col.number_input("Image size (px)", 32, 1024, step=16, key="image_size", disabled=fixed_size,
+                          help=f"Images are resized to this square. The backbone learnt at {default_size} px; "
+                               "smaller is much faster, larger sees finer detail.")
+    stop_col.number_input("Early stopping patience (epochs)", 0, 100, step=1, key="early_stopping",
+                          help="Stop when validation loss has not improved for this many epochs; 0 never stops early.")
+    name_col.text_input("Run name (optional)", key="run_name", placeholder="e.g. first try",
+                        help="A name to find this run again among the results.")
+    st.radio("Augmentation", ["none", "light", "strong"], key="augment", horizontal=True,
+             format_func={"none": "None", "light": "Light: crops and flips",
+                          "strong": "Strong: plus colour, shape and erasing"}.get,
+             help="Random changes to the training images make more varied examples and less over-fitting; "
+                  "slower, because every epoch processes the images again.")
+    augment = make_augment(state.augment, int(state.image_size))
+    if augment is not None:
+        try:
+            first_of_class = {}
+            for item in dataset.items:
+                first_of_class.setdefault(item["label"], str(dataset.root / item["path"]))
+            pixels = preview_pixels(tuple(first_of_class.values())[:PREVIEW_IMAGES], int(state.image_size))
+        except common.USER_ERRORS as error:
+            common.show_error(error)
+        else:
+            st.caption("What training sees: the same images, randomly changed every epoch.")
+            st.image([image.permute(1, 2, 0).numpy() for image in augment(pixels)], width=110)
+            st.button("Show other random changes", key="reshuffle_preview", icon=":material/shuffle:")
+    st.button("Start training", key="start_training", type="primary", icon=":material/play_arrow:",
+              on_click=start_run)
+    if error := state.pop("start_error", None):
+        st.error(error)
+
+
+# ---------------------------------------------------------------- the run
+def read_run_events(run_dir: str) -> list[dict]:
+    """Every event so far; only new lines are read at each redraw (one reader per run and session)."""
+    key = f"events::{run_dir}"
+    if key not in state:
+        state[key] = {"reader": runs.EventReader(Path(run_dir)), "events": []}
+    state[key]["events"] += state[key]["reader"].read_new()
+    return state[key]["events"]
+
+
+def progress_line(events: list[dict], status: dict) -> tuple[float, str]:
+    """(fraction done, text with epoch, ETA and speed) from the events."""
+    fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
+    if fit_start is None:
+        return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
+    total = max(fit_start["epochs"], 1)
+    epoch_ends = [e for e in events if e["event"] == "epoch_end"]
+    done = epoch_ends[-1]["epoch"] if epoch_ends else 0
+    last = events[-1]
+    if last["event"] == "batch_end" and last.get("phase") == "features":
+        return (last.get("done", 0) / max(last.get("total", 1), 1),
+                f"Passing every image through the frozen backbone once: {last.get('done')} of {last.get('total')}")
+    fraction = done / total
+    if last["event"] == "batch_end" and last.get("batches"):
+        fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
+    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")] if epoch_ends else []
+    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
+    eta = common.format_seconds((total - done) * mean_epoch_s) if mean_epoch_s is not None else "–"
+    speed = last.get("images_per_s") or (epoch_ends[-1].get("images_per_s") if epoch_ends else None)
+    speed_text = f" · {speed:,.0f} images/s" if speed else ""
+    return min(fraction, 1.0), f"Epoch {done} of {total} · about {eta} left{speed_text}"
+
+
+def charts(run_dir: str, events: list[dict]) -> None:
+    loss_col, accuracy_col = st.columns(2)
+    loss_col.plotly_chart(plots.loss_figure(events), key=f"loss::{run_dir}")
+    accuracy_col.plotly_chart(plots.accuracy_figure(events), key=f"accuracy::{run_dir}")
+
+
+@st.fragment(run_every=1.0)
+def live_run(run_dir: str) -> None:
+    """Redrawn every second while the run is queued or running."""
+    status = runs.read_status(Path(run_dir))
+    if status.get("state") not in common.ACTIVE_STATES:
+        st.rerun()  # the whole page: shows the outcome and stops this timer
+    events = read_run_events(run_dir)
+    if status["state"] == "queued":
+        position = common.job_manager().queue_position(Path(run_dir))
+        st.info(f"Waiting in the queue (position {position}): another run is using {common.device_name()}. "
+                "This one starts when it ends.", icon=":material/hourglass_top:")
+    fraction, text = progress_line(events, status)
+    st.progress(fraction, text=text)
+    notices = [e for e in events if e["event"] == "notice"]
+    if notices:
+        st.caption(notices[-1]["message"])
+    st.button("Stop", key=f"stop::{run_dir}", icon=":material/stop:",
+              on_click=common.job_manager().cancel, args=(Path(run_dir),))
+    if any(e["event"] == "epoch_end" for e in events):
+        charts(run_dir, events)
+
+
+def finished_run(run_dir: str, status: dict) -> None:
+    events = read_run_events(run_dir)
+    if status.get("state") == "done":
+        metrics = runs.read_metrics(Path(run_dir)) or {}
+        st.success(f"Finished: final validation accuracy **{metrics.get('val_acc', 0):.1%}** "
+                   f"(best epoch {metrics.get('best_epoch')}, {common.format_seconds(metrics.get('wall_s'))}).",
+                   icon=":material/check_circle:")
+        st.page_link(common.RESULTS_PAGE, label="See the results: per class, confusion matrix, mistakes",
+                     icon=":material/insights:")
+    elif status.get("state") == "failed":
+        st.error(f"The run failed: {status.get('error') or 'no reason given'}")
+    elif status.get("state") == "cancelled":
+        st.warning("The run was stopped before it finished.", icon=":material/stop_circle:")
+    if any(e["event"] == "epoch_end" for e in events):
+        charts(run_dir, events)
+
+
+if state.run_dir:
+    st.subheader(f"Run {common.run_label(state.run_dir)}")
+    if run_active:
+        live_run(state.run_dir)
+    else:
+        finished_run(state.run_dir, run_status)

@@ -1,0 +1,225 @@
+"""What every page of the studio shares: session state, the job manager, cached models, links, upload helpers.
+
+Not a page: app.py does not register it with st.navigation.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from tl_core import backbones, devices, jobs, runs
+from tl_core.config import ConfigError
+from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
+from tl_core.storage import workspace_root
+
+BACKBONE_PAGE = "pages/1_Backbone.py"
+DATA_PAGE = "pages/2_Data.py"
+LAYERS_PAGE = "pages/3_Layers.py"
+TRAIN_PAGE = "pages/4_Train.py"
+RESULTS_PAGE = "pages/5_Results.py"
+
+# Errors a user can cause; pages show their message, never a traceback.
+USER_ERRORS = (DatasetError, ConfigError, backbones.WeightsUnavailable, ValueError, FileNotFoundError)
+ACTIVE_STATES = ("queued", "running")
+
+# The choices that make a run, kept across pages. Widgets bound to these keys would lose their value
+# when the user leaves their page (Streamlit cleans up widget state), so keep_state() re-assigns them.
+DEFAULTS = {
+    "backbone": backbones.EMBEDDED_MODEL,
+    "weights": "embedded",
+    "dataset_dir": None,
+    "val_dataset_dir": None,
+    "val_source": "split",
+    "val_fraction": 0.2,
+    "freeze": "head",
+    "freeze_preset": "head",
+    "freeze_top_n": 1,
+    "bn_policy": "frozen_eval",
+    "bn_keep_eval": True,
+    "epochs": 10,
+    "lr": 1e-3,
+    "batch_size": 32,
+    "image_size": None,  # set from the backbone on first use
+    "image_size_backbone": None,  # the backbone image_size was set for
+    "augment": "none",
+    "early_stopping": 5,
+    "run_name": "",
+    "run_dir": None,
+    "webcam_shots": [],
+    "manual_class_ids": [0, 1],
+}
+
+
+def init_state() -> None:
+    """Give every shared key its default once, and keep widget-bound keys alive across pages."""
+    for key, value in DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = list(value) if isinstance(value, list) else value
+        else:
+            st.session_state[key] = st.session_state[key]  # stops Streamlit's widget clean-up
+
+
+@st.cache_resource(show_spinner=False)
+def _job_manager_for(workspace: str) -> jobs.JobManager:
+    return jobs.JobManager(Path(workspace))
+
+
+def job_manager() -> jobs.JobManager:
+    """The server's one job manager (per workspace): it starts queued runs one at a time."""
+    return _job_manager_for(str(workspace_root()))
+
+
+@st.cache_resource(show_spinner=False)
+def device_name() -> str:
+    """Where training runs: the GPU's name, or the CPU."""
+    return devices.describe()
+
+
+@st.cache_resource(show_spinner="Building the model…", max_entries=4)
+def structure_model(backbone: str):
+    """The backbone with random weights: enough for layer groups, sizes and timing, which weights do not change."""
+    return backbones.create_model(backbone, num_classes=2, weights="none")
+
+
+def backbone_input_size(backbone: str) -> tuple[int, bool]:
+    """(the image size the backbone's weights expect, whether it takes only that size)."""
+    model = structure_model(backbone)
+    size = backbones.data_config(model)["input_size"][-1]
+    return size, bool((getattr(model, "pretrained_cfg", {}) or {}).get("fixed_input_size", False))
+
+
+def sync_image_size() -> None:
+    """Reset the image size to the backbone's own when the backbone changed."""
+    state = st.session_state
+    if state.image_size is None or state.image_size_backbone != state.backbone:
+        state.image_size = backbone_input_size(state.backbone)[0]
+        state.image_size_backbone = state.backbone
+
+
+def active_dataset(key: str = "dataset_dir") -> Dataset | None:
+    """The dataset chosen in session state, or None (also when its folder is gone)."""
+    root = st.session_state.get(key)
+    if not root:
+        return None
+    try:
+        return load_dataset(root)
+    except DatasetError:
+        st.session_state[key] = None
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(path: str, size: int = 96):
+    """A small RGB copy of an image file for galleries; None when it cannot be read."""
+    try:
+        image = open_image(path, draft_size=2 * size)
+    except (ImageRefused, OSError):
+        return None
+    image.thumbnail((size, size))
+    return image
+
+
+def dataset_label(dataset: Dataset) -> str:
+    return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.classes)} classes)"
+
+
+def weights_label(weights: str) -> str:
+    return {"embedded": "embedded (offline)", "hub": "from the hub", "none": "random (from scratch)"}.get(
+        weights, f"file {Path(weights).name}")
+
+
+def run_label(run_dir) -> str:
+    row = runs.summarize(Path(run_dir))
+    accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
+    name = f"{row['name']} · " if row.get("name") else ""
+    return f"{name}{row['run_id']} ({row['state']}{accuracy})"
+
+
+def newest_active_run() -> Path | None:
+    """The newest run still queued or running, so a reload or a second tab finds it again."""
+    for run_dir in runs.list_runs():
+        if runs.read_status(run_dir).get("state") in ACTIVE_STATES:
+            return run_dir
+    return None
+
+
+def need_first(message: str, page: str, label: str) -> None:
+    """Say which earlier step to do first, link to it, and stop this page."""
+    st.info(message)
+    st.page_link(page, label=label, icon=":material/arrow_back:")
+    st.stop()
+
+
+def show_error(error: BaseException) -> None:
+    """A user's mistake as a message; a DatasetError also lists the files it refused."""
+    st.error(str(error))
+    refused = getattr(error, "refused", None)
+    if refused:
+        st.dataframe(refused, hide_index=True, column_config={"name": "file", "reason": "why it was refused"})
+
+
+def progress_callback(bar):
+    """A tl_core progress(done, total) callback that moves a st.progress bar."""
+    def report(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Checking images: {done} of {total}")
+    return report
+
+
+def files_from_folder_upload(uploads) -> list[tuple[str, bytes, str]]:
+    """Uploaded files of a folder of class folders → (name, bytes, class) for ingest_files.
+
+    A folder upload names each file by its path below the chosen folder ("fashion/Bag/a.png").
+    As for folders and zips, an optional single top folder wraps the class folders; a file that
+    is not directly inside a class folder gets no class, so the engine refuses it with a reason.
+    """
+    paths = [[part for part in upload.name.replace("\\", "/").split("/") if part not in ("", ".")]
+             for upload in uploads]
+    tops = {parts[0] for parts in paths if parts}
+    depth = 1 if len(tops) == 1 and all(len(parts) >= 3 for parts in paths) else 0
+    files = []
+    for upload, parts in zip(uploads, paths):
+        inner = parts[depth:]
+        label = inner[0] if len(inner) == 2 else ""
+        files.append(("/".join(parts) or upload.name, upload.getvalue(), label))
+    return files
+
+
+def upload_name(uploads, fallback: str) -> str:
+    """A dataset name from a folder upload's top folder."""
+    for upload in uploads:
+        parts = [p for p in upload.name.replace("\\", "/").split("/") if p not in ("", ".")]
+        if len(parts) > 1:
+            return parts[0]
+    return fallback or time.strftime("upload %Y-%m-%d %H:%M")
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def sidebar() -> None:
+    """Where the user is: the choices made so far, the active run and the device."""
+    state = st.session_state
+    with st.sidebar:
+        st.markdown("**Your classifier so far**")
+        st.markdown(f":material/neurology: Backbone: `{state.backbone}`  \n"
+                    f":material/key: Weights: {weights_label(state.weights)}")
+        dataset = active_dataset()
+        st.markdown(f":material/photo_library: Data: {dataset_label(dataset) if dataset else '*not chosen yet*'}")
+        st.markdown(f":material/layers: Trains: `{state.freeze}`")
+        if state.run_dir and Path(state.run_dir).is_dir():
+            st.markdown(f":material/model_training: Run: {run_label(state.run_dir)}")
+        else:
+            st.markdown(":material/model_training: Run: *none yet*")
+        st.caption(f"Device: {device_name()}")
