@@ -756,6 +756,27 @@ def stratified_split(labels: list[int], val_fraction: float = 0.2, seed: int = 0
     return sorted(train), sorted(val)
 
 
+def stratified_folds(labels: list[int], k: int = 5, seed: int = 0) -> list[list[int]]:
+    """Seeded stratified k-fold partition: each class's shuffled images dealt round-robin into k folds.
+
+    Every image is in exactly one fold; for cross-validation, each fold is in turn the validation set.
+    """
+    if k < 2:
+        raise ValueError(f"k-fold cross-validation needs k >= 2, got {k}")
+    indices_of = defaultdict(list)
+    for index, label in enumerate(labels):
+        indices_of[label].append(index)
+    folds = [[] for _ in range(k)]
+    offset = 0
+    for label, indices in sorted(indices_of.items()):
+        shuffled = list(indices)
+        random.Random(f"{seed}/{label}").shuffle(shuffled)
+        for j, index in enumerate(shuffled):
+            folds[(offset + j) % k].append(index)
+        offset += len(shuffled)  # start the next class where this one stopped, so folds stay even
+    return [sorted(f) for f in folds]
+
+
 # ---------------------------------------------------------------- decoded-image cache
 
 def decode_images(paths: list[Path], size: int, crop_pct: float = 0.875, interpolation: str = "bicubic",

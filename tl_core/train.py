@@ -18,7 +18,7 @@ import math
 import os
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from . import backbones, layers
 from .augment import make_augment, normalize
 from .callbacks import (BestCheckpoint, CancelFit, EarlyStopping, EventLog, NanGuard, StopFile)
 from .config import RunConfig
-from .datasets import decode_images, load_dataset, stratified_split
+from .datasets import decode_images, load_dataset, stratified_folds, stratified_split
 from .devices import autocast_dtype, describe, pick_device
 from .evaluate import classification_metrics
 from .runs import update_config_record, write_status
@@ -37,11 +37,14 @@ from .split import PrefixSplit, stage_split_point
 from .storage import atomic_write_bytes, atomic_write_json, workspace_root
 
 LAYER_LR_DECAY = 0.7          # each group below the head learns at 0.7× the rate of the one above
-PROBE_ITERS_PER_EPOCH = 20    # L-BFGS iterations that make one "epoch" of the probe
+PROBE_ITERS_PER_EPOCH = 30    # L-BFGS iterations that make one "epoch" of the probe
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
+CV_FOLDS = 5                  # head-only runs validate by k-fold cross-validation on the cached features
 PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the whole run
 ACTIVATION_CACHE_LIMIT = 3 << 30  # bytes of cached frozen-prefix activations, beyond which the prefix reruns
-PROBE_L2 = 1e-3               # L2 penalty of the probe's logistic regression (mean loss + l2·‖W‖²)
+# The probe's L2 penalty (mean loss + l2·‖W‖², standardised features) walks down from 0.3, halving each
+# epoch. Measured on Fashion-MNIST (200 train / 500 test, Lite0): fixed 1e-3 gave 77-79 %, 0.03-0.1 gave 81 %.
+PROBE_L2_START, PROBE_L2_STEP = 0.3, 0.5
 
 
 def run(run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
@@ -81,6 +84,9 @@ class Fit:
         self.step = 0
         self.features = None
         self.model = None
+        self.folds = None  # set when head-only training validates by cross-validation
+        self.validation = "held-out split"
+        self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
         self.split = None  # set while fine-tuning on cached frozen-prefix activations
 
     def emit(self, event: str, **info) -> None:
@@ -110,8 +116,7 @@ class Fit:
         self.trainable = layers.parse_freeze(cfg.freeze, self.groups)
         self.head_name = self.groups[-1].name
         update_config_record(self.run_dir, device=describe(self.device), device_type=self.device.type,
-                             classes=self.classes, preprocess=self.preprocess,
-                             n_train=len(self.train_idx), n_val=len(self.val_idx))
+                             classes=self.classes, preprocess=self.preprocess)
 
     def _load_data(self) -> None:
         cfg = self.config
@@ -140,10 +145,15 @@ class Fit:
         head_only = self.trainable == {self.head_name}
         loop_needed = not (head_only and cfg.augment == "none")
         probe_epochs = (PROBE_EPOCHS_BEFORE_FINETUNE if cfg.probe_first else 0) if loop_needed else cfg.epochs
+        if not loop_needed and not cfg.val_dataset_dir:
+            self._use_cross_validation()
         counts = layers.apply_freeze(self.model, self.groups, self.trainable, cfg.bn_policy)
         self.counts = counts
+        update_config_record(self.run_dir, n_train=len(self.train_idx), n_val=len(self.val_idx),
+                             validation=self.validation)
         self.emit("fit_start", epochs=(probe_epochs + (cfg.epochs if loop_needed else 0)),
                   probe_epochs=probe_epochs, n_train=len(self.train_idx), n_val=len(self.val_idx),
+                  validation=self.validation,
                   classes=self.classes, device=describe(self.device), image_size=self.size,
                   trainable_params=counts["trainable_params"], total_params=counts["total_params"],
                   trainable_groups=counts["trainable_groups"])
@@ -164,33 +174,52 @@ class Fit:
         self.emit("notice", phase=phase, message=info.pop("message"), epochs=epochs, **info)
 
     # ---- phase 1: the head on frozen features -------------------------------------------
+    def _use_cross_validation(self) -> None:
+        """Head-only runs fit in milliseconds on cached features, so every image can serve both ways:
+        k-fold cross-validation gives each image an out-of-fold prediction, and the head that is kept
+        is fitted on all images."""
+        labels = self.labels.tolist()
+        k = min(CV_FOLDS, min(labels.count(c) for c in set(labels)))
+        self.folds = stratified_folds(labels, k, self.config.seed)
+        self.train_idx = self.val_idx = list(range(len(labels)))
+        self.validation = f"{k}-fold cross-validation (out-of-fold predictions)"
+
     def probe(self, epochs: int) -> None:
+        """Fit the head as a logistic regression on standardised frozen features.
+
+        Each epoch is one step down a regularisation path, from strong to weak L2, warm-started from
+        the step before: validation (early stopping, best checkpoint) picks how much regularisation
+        this data set needs, instead of one fixed guess.
+        """
         self._start_phase("probe", epochs, message="fitting the new head on the backbone's frozen features")
         feats = self._frozen_features()
-        head = self.model.get_classifier()
-        x_train, y_train = feats[self.train_idx], self.labels[self.train_idx]
-        x_val, y_val = feats[self.val_idx], self.labels[self.val_idx]
-        optimizer = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=PROBE_ITERS_PER_EPOCH,
-                                      history_size=20, line_search_fn="strong_wolfe")
-        weights = [p for p in head.parameters() if p.ndim > 1]
+        if self.folds:
+            everything = set(range(len(self.paths)))
+            fits = [_HeadFit(feats, self.labels, sorted(everything - set(f)), f) for f in self.folds]
+            fits.append(_HeadFit(feats, self.labels, sorted(everything), None))  # the head that is kept
+        else:
+            fits = [_HeadFit(feats, self.labels, self.train_idx, self.val_idx)]
+        kept, head = fits[-1], self.model.get_classifier()
+        with _one_thread(self.device):
+            self._walk_l2_path(fits, kept, head, epochs)
 
-        def closure():
-            optimizer.zero_grad()
-            loss = F.cross_entropy(head(x_train), y_train, label_smoothing=self.config.label_smoothing)
-            loss = loss + PROBE_L2 * sum(w.pow(2).sum() for w in weights)
-            loss.backward()
-            return loss
-
-        for _ in range(epochs):
+    def _walk_l2_path(self, fits: list["_HeadFit"], kept: "_HeadFit", head, epochs: int) -> None:
+        for k in range(epochs):
             t_epoch = time.time()
-            with torch.enable_grad():
-                optimizer.step(closure)
-            with torch.no_grad():
-                train_loss, train_acc = _loss_acc(head(x_train), y_train)
-                val_loss, val_acc = _loss_acc(head(x_val), y_val)
+            l2 = PROBE_L2_START * PROBE_L2_STEP ** k
+            val_log_probs = torch.zeros(len(self.paths), len(self.classes), device=self.device)
+            for fit in fits:
+                fit.step(l2, self.config.label_smoothing)
+                if fit.val is not None:
+                    val_log_probs[fit.val] = fit.val_log_probs()
+            kept.copy_to(head)
+            val_log_probs = val_log_probs[self.val_idx]
+            train_loss, train_acc = kept.train_loss_acc()
+            val_loss, val_acc = _loss_acc(val_log_probs, self.labels[self.val_idx], log_probs=True)
             self.epoch += 1
             self.step += PROBE_ITERS_PER_EPOCH
-            self.emit("epoch_end", phase="probe", epoch=self.epoch, step=self.step,
+            self.val_probs_at[self.epoch] = val_log_probs.exp().cpu()
+            self.emit("epoch_end", phase="probe", epoch=self.epoch, step=self.step, l2=l2,
                       train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                       seconds=time.time() - t_epoch, elapsed=time.time() - self.t0,
                       images_per_s=len(self.train_idx) / max(time.time() - t_epoch, 1e-9))
@@ -275,12 +304,13 @@ class Fit:
                 self.emit("batch_end", phase="finetune", epoch=self.epoch, step=self.step, batch=b + 1,
                           batches=steps_per_epoch, loss=batch_loss, lr=optimizer.param_groups[-1]["lr"],
                           images_per_s=seen / max(time.time() - t_epoch, 1e-9))
+            train_seconds = time.time() - t_epoch
             val_loss, val_acc = self._evaluate(self.val_idx)
             seconds = time.time() - t_epoch
             self.emit("epoch_end", phase="finetune", epoch=self.epoch, step=self.step,
                       train_loss=total_loss / seen, train_acc=total_correct / seen,
-                      val_loss=val_loss, val_acc=val_acc, seconds=seconds, elapsed=time.time() - self.t0,
-                      images_per_s=seen / seconds)
+                      val_loss=val_loss, val_acc=val_acc, seconds=seconds, train_seconds=train_seconds,
+                      elapsed=time.time() - self.t0, images_per_s=seen / train_seconds)
             if self.stop_phase:
                 break
 
@@ -388,7 +418,9 @@ class Fit:
         atomic_write_json(self.run_dir / "labels.json", {"classes": self.classes})
         atomic_write_json(self.run_dir / "preprocess.json", {
             "backbone": backbones.architecture(self.model), "num_classes": len(self.classes), **self.preprocess})
-        probs = self.predict_probs(self.val_idx)
+        probs = self.val_probs_at.get(best.best_epoch)
+        if probs is None:
+            probs = self.predict_probs(self.val_idx)
         y_val = self.labels[self.val_idx].cpu()
         confidence, predicted = probs.max(1)
         _write_predictions(self.run_dir / "predictions.csv", [self.paths[i] for i in self.val_idx],
@@ -400,7 +432,7 @@ class Fit:
         metrics = {"val_acc": metrics.pop("accuracy"), "val_loss": val_loss, **metrics,
                    "best_epoch": best.best_epoch, "epochs_run": self.epoch, "wall_s": round(wall, 2),
                    "images_per_s": round(len(self.train_idx) * self.epoch / wall, 1),
-                   "n_train": len(self.train_idx), "n_val": len(self.val_idx),
+                   "n_train": len(self.train_idx), "n_val": len(self.val_idx), "validation": self.validation,
                    "device": describe(self.device), **getattr(self, "counts", {})}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         return metrics
@@ -416,6 +448,62 @@ class Fit:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+@contextmanager
+def _one_thread(device: torch.device):
+    """Tiny matrices gain nothing from threads, and OpenMP threads that spin on a busy CPU made
+    the probe 7x slower (measured: 2 threads 6.8 s, 1 thread 1.0 s, on a loaded 2-core machine)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _HeadFit:
+    """A logistic-regression head on standardised features of the `train` images, validated on `val`."""
+
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train: list[int], val: list[int] | None):
+        x = feats[train]
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-6
+        self.x, self.y = (x - self.mean) / self.std, labels[train]
+        self.val = val
+        self.x_val = (feats[val] - self.mean) / self.std if val is not None else None
+        self.linear = torch.nn.Linear(feats.shape[1], int(labels.max()) + 1).to(feats.device)
+        self.optimizer = torch.optim.LBFGS(self.linear.parameters(), lr=1, max_iter=PROBE_ITERS_PER_EPOCH,
+                                           history_size=20, line_search_fn="strong_wolfe")
+
+    def step(self, l2: float, label_smoothing: float) -> None:
+        """Continue the fit (warm start) at penalty `l2`."""
+        def closure():
+            self.optimizer.zero_grad()
+            loss = F.cross_entropy(self.linear(self.x), self.y, label_smoothing=label_smoothing)
+            loss = loss + l2 * self.linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            self.optimizer.step(closure)
+
+    @torch.no_grad()
+    def val_log_probs(self) -> torch.Tensor:
+        return self.linear(self.x_val).log_softmax(1)
+
+    @torch.no_grad()
+    def train_loss_acc(self) -> tuple[float, float]:
+        return _loss_acc(self.linear(self.x), self.y)
+
+    @torch.no_grad()
+    def copy_to(self, head: torch.nn.Linear) -> None:
+        """Fold the standardisation into a plain Linear on raw features: W' = W/std, b' = b - W'·mean."""
+        weight = self.linear.weight / self.std
+        head.weight.copy_(weight)
+        head.bias.copy_(self.linear.bias - weight @ self.mean)
 
 
 def _loss_acc(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) -> tuple[float, float]:
@@ -441,12 +529,11 @@ def _schedule(optimizer, cfg: RunConfig, steps_per_epoch: int, epochs: int):
 
 
 def _channels_last_helps(backbone: str, device: torch.device) -> bool:
-    """Convnets gain from channels-last on CUDA; ViTs have no convs to speed up, ConvNeXt loses on CPU."""
-    if any(k in backbone for k in ("vit", "deit", "swin", "eva", "beit")):
+    """Convnets gain from channels-last (measured: Lite0 on a 2-core CPU, 27 → 36 images/s forward);
+    ViTs have no convolutions to speed up, and ConvNeXt's LayerNorm is slower that way on a CPU."""
+    if any(k in backbone for k in ("vit", "deit", "swin", "eva", "beit", "levit")):
         return False
-    if device.type == "cuda":
-        return True
-    return False
+    return device.type == "cuda" or "convnext" not in backbone
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
