@@ -1,0 +1,493 @@
+"""Export a finished run as a self-contained bundle (ONNX, TorchScript or safetensors), verified against PyTorch.
+
+A bundle folder holds the model file, labels.json, preprocess.json, MODEL_CARD.md, verification.json and a
+tiny predict_example.py; a zip of it sits beside it for download. Before anything is kept, the exported file
+is loaded back the way a user would load it and run on the run's validation images: its probabilities must
+match the PyTorch model's, or export_run raises ExportMismatch and keeps nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import io
+import math
+import os
+import secrets
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+BUNDLE_FILES = ("labels.json", "preprocess.json", "MODEL_CARD.md", "verification.json", "predict_example.py")
+ONNX_OPSET = 18
+PROB_TOLERANCE = 1e-3  # fp32 exports differ from PyTorch by ~1e-5; a real fault differs by far more
+MAX_VERIFY_IMAGES = 256  # enough to catch a faulty export; bounds the time on big validation sets
+_VERIFY_BATCH = 32
+
+
+class ExportMismatch(RuntimeError):
+    """The exported model does not reproduce the PyTorch model's predictions; `report` holds the figures."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | None = None,
+               images=None) -> dict:
+    """Write the bundle of `fmt` for the finished run in `run_dir`, verify it, zip it; return the report.
+
+    `out_dir` defaults to RUN_DIR/export/FMT; the zip is written beside it as FMT.zip (OUT_DIR.zip).
+    `images` (paths, or uint8 N×3×S×S pixels) replaces the validation images used for the check.
+    Raises ExportMismatch, keeping no model file, when the export disagrees with PyTorch.
+    """
+    from .predict import Predictor
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    predictor = Predictor(run_dir)
+    pixels, source = _verification_pixels(predictor, images)
+    reference = predictor.predict_pixels(pixels)  # before exporting: an exporter must not be able to move it
+    out_dir = Path(out_dir).resolve() if out_dir else (run_dir / "export" / fmt).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / MODEL_FILES[fmt]
+    # Written under a temporary name first: a file that fails verification is never published.
+    staged = out_dir / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        t0 = time.time()
+        exporter = _EXPORTERS[fmt](predictor, staged)
+        export_s = round(time.time() - t0, 2)
+        check = verify_export(staged, predictor, pixels, fmt=fmt, reference=reference)
+        check.update(source=source, exporter=exporter, export_s=export_s)
+        if not check["verified"]:
+            raise ExportMismatch(_mismatch_message(final.name, check), check)
+        os.replace(staged, final)
+    finally:
+        staged.unlink(missing_ok=True)
+    zip_path = out_dir.with_name(out_dir.name + ".zip")
+    _write_bundle(run_dir, predictor, out_dir, fmt, check)
+    _write_zip(out_dir, zip_path, f"{run_dir.name}-{fmt}", fmt)
+    return {"format": fmt, "path": str(final), "zip": str(zip_path), "bundle": str(out_dir), **check,
+            "size_bytes": final.stat().st_size}
+
+
+def verify_export(model_path: str | Path, predictor, pixels: torch.Tensor, fmt: str | None = None,
+                  tolerance: float = PROB_TOLERANCE, reference: torch.Tensor | None = None) -> dict:
+    """Compare an exported model with `predictor`'s PyTorch model on uint8 N×3×S×S `pixels`.
+
+    A near-tie (the two classes within `tolerance` of each other in PyTorch) counts as agreeing on top-1:
+    to the precision checked, either answer is the model's. `reference`: the PyTorch probabilities, if known.
+    """
+    model_path = Path(model_path)
+    fmt = fmt or _format_of(model_path)
+    if not len(pixels):
+        raise ValueError("no images to verify the export with")
+    t0 = time.time()
+    reference = (predictor.predict_pixels(pixels) if reference is None else reference).double()
+    run = _RUNNERS[fmt](model_path, predictor)
+    exported = torch.cat([run(predictor.normalize(pixels[i:i + _VERIFY_BATCH]).cpu()).double().softmax(1)
+                          for i in range(0, len(pixels), _VERIFY_BATCH)])
+    chosen = exported.argmax(1)
+    best = reference.max(1).values
+    agree = reference.gather(1, chosen[:, None])[:, 0] >= best - tolerance
+    max_diff = float((exported - reference).abs().max())
+    agreement = float(agree.double().mean())
+    return {
+        "format": fmt, "images": len(pixels), "top1_agreement": agreement,
+        "top1_exact": int((chosen == reference.argmax(1)).sum()), "max_prob_diff": max_diff,
+        "tolerance": tolerance, "verified": agreement == 1.0 and max_diff <= tolerance,
+        "verify_s": round(time.time() - t0, 2),
+    }
+
+
+# ---------------------------------------------------------------- exporters: model → file
+
+def _export_onnx(predictor, path: Path) -> str:
+    """torch.export-based exporter (dynamo=True, the supported path); the TorchScript-based one if that fails."""
+    import onnx
+
+    model, example = predictor.model, _example_input(predictor)
+    try:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=ONNX_OPSET,
+                                    input_names=["input"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        program.save(str(path), external_data=False)
+        exporter = "torch.onnx (dynamo)"
+    except Exception as dynamo_error:  # onnxscript missing, or an op torch.export cannot capture
+        path.unlink(missing_ok=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+                torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        except Exception as legacy_error:
+            raise RuntimeError(f"ONNX export failed: torch.export-based exporter: {_first_line(dynamo_error)}; "
+                               f"TorchScript-based exporter: {_first_line(legacy_error)}") from legacy_error
+        exporter = f"torch.onnx (TorchScript-based; the dynamo exporter failed: {_first_line(dynamo_error)})"
+    onnx.checker.check_model(str(path))
+    return exporter
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{type(error).__name__}: {text[:limit]}"
+
+
+def _export_torchscript(predictor, path: Path) -> str:
+    """Traced, not scripted: tracing works for any timm model; the verification shows it generalises."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic, torch.jit's deprecation notice
+        traced = torch.jit.trace(predictor.model, _example_input(predictor), check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return "torch.jit.trace"
+
+
+def _export_safetensors(predictor, path: Path) -> str:
+    from safetensors.torch import save_model
+
+    save_model(predictor.model, str(path))
+    return "safetensors.torch.save_model"
+
+
+def _example_input(predictor) -> torch.Tensor:
+    # Batch 2, not 1: an exporter may specialise a dimension of size 1 into a constant.
+    size = predictor.size
+    return torch.zeros(2, 3, size, size)
+
+
+_EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript, "safetensors": _export_safetensors}
+
+
+# ---------------------------------------------------------------- runners: file → logits, as a user loads it
+
+def _run_onnx(path: Path, predictor):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def _run_torchscript(path: Path, predictor):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        model = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x):
+        with torch.no_grad():
+            return model(x)
+    return run
+
+
+def _run_safetensors(path: Path, predictor):
+    from safetensors.torch import load_model
+
+    from . import backbones
+
+    model = backbones.create_model(predictor.preprocess["backbone"], len(predictor.classes), weights="none")
+    load_model(model, str(path))
+    model.eval()
+
+    def run(x):
+        with torch.no_grad():
+            return model(x)
+    return run
+
+
+_RUNNERS = {"onnx": _run_onnx, "torchscript": _run_torchscript, "safetensors": _run_safetensors}
+
+
+def _format_of(path: Path) -> str:
+    for fmt in ("torchscript", "onnx", "safetensors"):  # ".torchscript.pt" before a bare ".pt" could match
+        if path.name.endswith(MODEL_FILES[fmt].removeprefix("model")):
+            return fmt
+    raise ValueError(f"{path.name}: cannot tell the format from the name; pass fmt= ({', '.join(FORMATS)})")
+
+
+# ---------------------------------------------------------------- verification images
+
+def _verification_pixels(predictor, images) -> tuple[torch.Tensor, str]:
+    """(uint8 N×3×S×S, where they came from): `images`, else the run's validation images, else seeded noise."""
+    size = predictor.size
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"images: expected uint8 N×3×{size}×{size} pixels, got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        return images[:MAX_VERIFY_IMAGES], "given"
+    if images is not None:
+        pixels = _decode(predictor, [Path(p) for p in images][:MAX_VERIFY_IMAGES])
+        if not len(pixels):
+            raise ValueError("images: none of the given files is a readable image")
+        return pixels, "given"
+    paths = [p for p in _validation_paths(predictor.run_dir) if p.is_file()][:MAX_VERIFY_IMAGES]
+    if paths:
+        pixels = _decode(predictor, paths)
+        if len(pixels):
+            return pixels, "validation"
+    # The validation images are gone (dataset deleted or moved): noise still exercises every weight.
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (16, 3, size, size), dtype=torch.uint8, generator=generator), "synthetic"
+
+
+def _validation_paths(run_dir: Path) -> list[Path]:
+    try:
+        with open(run_dir / "predictions.csv", newline="") as f:
+            return [Path(row["path"]) for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+
+
+def _decode(predictor, paths: list[Path]) -> torch.Tensor:
+    from .datasets import ImageRefused, decode_images, open_image
+
+    pre = predictor.preprocess
+    try:
+        return decode_images(paths, predictor.size, pre["crop_pct"], pre["interpolation"])
+    except (ImageRefused, OSError):  # one bad file: decode the rest one by one, skipping it
+        good = []
+        for path in paths:
+            with contextlib.suppress(ImageRefused, OSError):
+                good.append(predictor.prepare(open_image(path, name=str(path))))
+        size = predictor.size
+        return torch.stack(good) if good else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+
+
+def _mismatch_message(name: str, report: dict) -> str:
+    n = report["images"]
+    wrong = round((1 - report["top1_agreement"]) * n)
+    return (f"{name} does not reproduce the PyTorch model: top-1 differs on {wrong} of {n} images "
+            f"(agreement {report['top1_agreement']:.1%}), largest probability difference "
+            f"{report['max_prob_diff']:.2g} (allowed {report['tolerance']:g}); the export was not kept")
+
+
+# ---------------------------------------------------------------- the bundle
+
+def _write_bundle(run_dir: Path, predictor, out_dir: Path, fmt: str, report: dict) -> None:
+    atomic_write_json(out_dir / "labels.json", {"classes": predictor.classes})
+    atomic_write_json(out_dir / "preprocess.json", predictor.preprocess)
+    atomic_write_json(out_dir / "verification.json", {"model_file": MODEL_FILES[fmt], **report})
+    atomic_write_text(out_dir / "MODEL_CARD.md", model_card(run_dir, fmt, report))
+    atomic_write_text(out_dir / "predict_example.py", _PREDICT_EXAMPLE.replace("{{RUN}}", _EXAMPLE_RUN[fmt]))
+
+
+def _write_zip(out_dir: Path, zip_path: Path, folder: str, fmt: str) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name in (MODEL_FILES[fmt], *BUNDLE_FILES):
+            archive.write(out_dir / name, f"{folder}/{name}")
+    atomic_write_bytes(zip_path, buffer.getvalue())
+
+
+def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str:
+    """MODEL_CARD.md: what the model is, what it was trained on, how well it did, and what it is not for."""
+    run_dir = Path(run_dir)
+    record = read_json(run_dir / "config.json", {})
+    config = record.get("config", {})
+    metrics = read_json(run_dir / "metrics.json", {}) or {}
+    preprocess = read_json(run_dir / "preprocess.json", {})
+    classes = read_json(run_dir / "labels.json", {}).get("classes", [])
+    per_class = metrics.get("per_class", {})
+    n_val = metrics.get("n_val") or sum(c.get("support", 0) for c in per_class.values())
+    counts = _train_counts(config)
+    weights = config.get("weights", "?")
+    weights = {"embedded": "ImageNet weights shipped with the app (offline)",
+               "hub": "timm's pretrained weights (Hugging Face hub)",
+               "none": "random initialisation (no pretraining)"}.get(weights, f"the file {Path(weights).name}")
+    size = preprocess.get("input_size", ["?", "?", "?"])
+    lines = [
+        f"# Model card: {config.get('name') or run_dir.name}",
+        "",
+        f"An image classifier for {len(classes)} classes, fine-tuned with Transfer Learning Studio "
+        f"and exported as {fmt} ({MODEL_FILES.get(fmt, '')}).",
+        "",
+        "## Model",
+        f"- Backbone: `{preprocess.get('backbone') or config.get('backbone')}` (timm), starting from {weights}.",
+        f"- Training: freeze plan `{config.get('freeze', '?')}` (which layer groups trained), "
+        f"BatchNorm `{config.get('bn_policy', '?')}`, augmentation `{config.get('augment', '?')}`, "
+        f"{metrics.get('epochs_run', '?')} epochs (best at epoch {metrics.get('best_epoch', '?')}), "
+        f"learning rate {config.get('lr', '?')}, seed {config.get('seed', '?')}.",
+        f"- Input: RGB {size[-2]}×{size[-1]} px; shorter side resized to {size[-1]}/crop_pct "
+        f"({preprocess.get('interpolation', '?')}), centre-cropped, scaled to 0..1, then normalised with "
+        f"mean {preprocess.get('mean')} and std {preprocess.get('std')} (see preprocess.json).",
+        "- Output: one logit per class, in the order of labels.json; softmax gives probabilities.",
+        "",
+        "## Data",
+        f"- Dataset: {_dataset_name(config.get('dataset_dir'))}"
+        + (f"; validation set: {_dataset_name(config.get('val_dataset_dir'))}" if config.get("val_dataset_dir")
+           else f"; {config.get('val_fraction', '?')} of it held out for validation (stratified, seeded)") + ".",
+        f"- {metrics.get('n_train', '?')} training and {n_val} validation images.",
+        "",
+        "| class | images | validation F1 |",
+        "|---|---:|---:|",
+    ]
+    for name in classes:
+        f1 = per_class.get(name, {}).get("f1")
+        lines.append(f"| {name} | {counts.get(name, '?')} | {'?' if f1 is None else f'{f1:.3f}'} |")
+    acc = metrics.get("val_acc")
+    lines += [
+        "",
+        "## Results (validation)",
+        f"- Accuracy: {_pct(acc)}" + (f" on {n_val} images; 95% interval {_pct(_wilson(acc, n_val)[0])} to "
+                                       f"{_pct(_wilson(acc, n_val)[1])}" if acc is not None and n_val else ""),
+        f"- Macro F1: {metrics.get('macro_f1', float('nan')):.3f}",
+    ]
+    if report:
+        lines.append(f"- Export check: on {report['images']} images ({report.get('source', '?')}) the {fmt} file "
+                     f"agrees with PyTorch on top-1 for {report['top1_agreement']:.0%}, largest probability "
+                     f"difference {report['max_prob_diff']:.1e} (verification.json).")
+    versions = {**record.get("versions", {}), **_export_versions(fmt)}
+    lines += [
+        "",
+        "## Intended use and limits",
+        f"- It sorts an image into exactly one of: {', '.join(classes)}. It has no \"none of these\": "
+        "an image of anything else still gets one of these labels, often with high confidence.",
+        "- The accuracy above was measured on images from the same source as the training images. "
+        "Expect it to be lower on photos from other cameras, lighting, backgrounds or framing; "
+        "check on your own images before relying on it.",
+        "- With few validation images the accuracy is a rough estimate (see the interval above).",
+        "- Not for decisions about people, health, safety or money without a person reviewing each result.",
+        "",
+        "## Provenance",
+        f"- Run: `{run_dir.name}`; trained on {record.get('device', '?')}; "
+        f"exported {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _train_counts(config: dict) -> dict:
+    """Images per class in the training dataset (all of it, before the validation split)."""
+    from .datasets import load_dataset
+
+    try:
+        return load_dataset(config["dataset_dir"]).counts()
+    except Exception:  # the dataset may have been deleted since; the card still gets written
+        return {}
+
+
+def _dataset_name(root) -> str:
+    from .datasets import load_dataset
+
+    if not root:
+        return "?"
+    try:
+        return f"\"{load_dataset(root).name}\""
+    except Exception:
+        return f"\"{Path(root).name}\""
+
+
+def _pct(x) -> str:
+    return "?" if x is None else f"{x:.1%}"
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: honest even for tiny validation sets."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _export_versions(fmt: str) -> dict:
+    import importlib.metadata as md
+
+    names = {"onnx": ("torch", "onnx", "onnxscript", "onnxruntime"), "torchscript": ("torch",),
+             "safetensors": ("torch", "timm", "safetensors")}[fmt]
+    versions = {}
+    for name in names:
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[name] = md.version(name)
+    return versions
+
+
+# ---------------------------------------------------------------- predict_example.py
+
+_PREDICT_EXAMPLE = '''"""Classify images with this bundle: python predict_example.py IMAGE [IMAGE ...]
+
+Needs numpy and pillow, plus the runtime of the model file (see below). The preprocessing is the one the
+model was trained with (preprocess.json): resize the shorter side, centre-crop, normalise.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+PRE = json.loads((HERE / "preprocess.json").read_text())
+CLASSES = json.loads((HERE / "labels.json").read_text())["classes"]
+
+
+def prepare(path):
+    """float32 1x3xSxS, as in training."""
+    size = PRE["input_size"][-1]
+    short = math.floor(size / PRE["crop_pct"])
+    image = ImageOps.exif_transpose(Image.open(path))
+    if image.mode in ("RGBA", "LA", "PA", "P"):
+        rgba = image.convert("RGBA")  # transparency on white
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    image = image.convert("RGB")
+    w, h = image.size
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if new != image.size:
+        image = image.resize(new, getattr(Image.Resampling, PRE["interpolation"].upper()))
+    left, top = round((image.width - size) / 2), round((image.height - size) / 2)
+    x = np.asarray(image.crop((left, top, left + size, top + size)), np.float32).transpose(2, 0, 1)
+    mean = np.array(PRE["mean"], np.float32)[:, None, None] * 255
+    std = np.array(PRE["std"], np.float32)[:, None, None] * 255
+    return ((x - mean) / std)[None]
+
+{{RUN}}
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        logits = predict(prepare(path))[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        top = probs.argsort()[::-1][:3]
+        print(path + ": " + ", ".join(f"{CLASSES[i]} {probs[i]:.1%}" for i in top))
+'''
+
+_EXAMPLE_RUN = {
+    "onnx": '''import onnxruntime  # pip install onnxruntime
+
+SESSION = onnxruntime.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def predict(x):
+    return SESSION.run(None, {SESSION.get_inputs()[0].name: x})[0]''',
+    "torchscript": '''import torch  # pip install torch
+
+MODEL = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu").eval()
+
+
+def predict(x):
+    with torch.no_grad():
+        return MODEL(torch.from_numpy(x)).numpy()''',
+    "safetensors": '''import timm  # pip install timm safetensors
+import torch
+from safetensors.torch import load_model
+
+MODEL = timm.create_model(PRE["backbone"], pretrained=False, num_classes=len(CLASSES))
+load_model(MODEL, str(HERE / "model.safetensors"))
+MODEL.eval()
+
+
+def predict(x):
+    with torch.no_grad():
+        return MODEL(torch.from_numpy(x)).numpy()''',
+}
