@@ -37,7 +37,9 @@ from .split import PrefixSplit, stage_split_point
 from .storage import atomic_write_bytes, atomic_write_json, workspace_root
 
 LAYER_LR_DECAY = 0.7          # each group below the head learns at 0.7× the rate of the one above
-PROBE_ITERS_PER_EPOCH = 30    # L-BFGS iterations that make one "epoch" of the probe
+# L-BFGS iterations that make one "epoch" of the probe. Warm-started down the L2 path, 5 did as well
+# as 30 on Fashion-MNIST (test 81.4 % vs 81.0 %) in a fifth of the time; 8 leaves a margin.
+PROBE_ITERS_PER_EPOCH = 8
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
 CV_FOLDS = 5                  # head-only runs validate by k-fold cross-validation on the cached features
 PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the whole run
@@ -116,7 +118,8 @@ class Fit:
         self.trainable = layers.parse_freeze(cfg.freeze, self.groups)
         self.head_name = self.groups[-1].name
         update_config_record(self.run_dir, device=describe(self.device), device_type=self.device.type,
-                             classes=self.classes, preprocess=self.preprocess)
+                             precision=str(self.amp_dtype or torch.float32).replace("torch.", ""),
+                             channels_last=self.channels_last, classes=self.classes, preprocess=self.preprocess)
 
     def _load_data(self) -> None:
         cfg = self.config
@@ -192,30 +195,37 @@ class Fit:
         this data set needs, instead of one fixed guess.
         """
         self._start_phase("probe", epochs, message="fitting the new head on the backbone's frozen features")
-        feats = self._frozen_features()
-        if self.folds:
-            everything = set(range(len(self.paths)))
-            fits = [_HeadFit(feats, self.labels, sorted(everything - set(f)), f) for f in self.folds]
-            fits.append(_HeadFit(feats, self.labels, sorted(everything), None))  # the head that is kept
+        feats = self._frozen_features().float()
+        n = len(self.paths)
+        if self.folds:  # one fit per fold (validated on that fold), then the kept one on every image
+            train_masks = torch.ones(len(self.folds) + 1, n, dtype=torch.bool)
+            for f, fold in enumerate(self.folds):
+                train_masks[f, fold] = False
+            val_sets = [torch.tensor(fold) for fold in self.folds]
         else:
-            fits = [_HeadFit(feats, self.labels, self.train_idx, self.val_idx)]
-        kept, head = fits[-1], self.model.get_classifier()
+            train_masks = torch.zeros(1, n, dtype=torch.bool)
+            train_masks[0, self.train_idx] = True
+            val_sets = [torch.tensor(self.val_idx)]
+        fits = _HeadFits(feats, self.labels, train_masks.to(feats.device), len(self.classes))
         with _one_thread(self.device):
-            self._walk_l2_path(fits, kept, head, epochs)
+            self._walk_l2_path(fits, val_sets, epochs)
 
-    def _walk_l2_path(self, fits: list["_HeadFit"], kept: "_HeadFit", head, epochs: int) -> None:
+    def _walk_l2_path(self, fits: "_HeadFits", val_sets: list[torch.Tensor], epochs: int) -> None:
+        head = self.model.get_classifier()
         for k in range(epochs):
             t_epoch = time.time()
             l2 = PROBE_L2_START * PROBE_L2_STEP ** k
-            val_log_probs = torch.zeros(len(self.paths), len(self.classes), device=self.device)
-            for fit in fits:
-                fit.step(l2, self.config.label_smoothing)
-                if fit.val is not None:
-                    val_log_probs[fit.val] = fit.val_log_probs()
-            kept.copy_to(head)
-            val_log_probs = val_log_probs[self.val_idx]
-            train_loss, train_acc = kept.train_loss_acc()
-            val_loss, val_acc = _loss_acc(val_log_probs, self.labels[self.val_idx], log_probs=True)
+            fits.step(l2, self.config.label_smoothing)
+            fits.copy_to(head)
+            with torch.no_grad():
+                log_probs = fits.logits().log_softmax(-1)  # fits × images × classes
+                val_log_probs = torch.zeros(len(self.paths), len(self.classes), device=self.device)
+                for f, val in enumerate(val_sets):  # fit f is validated on the images it did not see
+                    val_log_probs[val] = log_probs[f, val.to(self.device)]
+                val_log_probs = val_log_probs[self.val_idx]
+                kept_train = fits.train_masks[-1]
+                train_loss, train_acc = _loss_acc(log_probs[-1][kept_train], self.labels[kept_train], log_probs=True)
+                val_loss, val_acc = _loss_acc(val_log_probs, self.labels[self.val_idx], log_probs=True)
             self.epoch += 1
             self.step += PROBE_ITERS_PER_EPOCH
             self.val_probs_at[self.epoch] = val_log_probs.exp().cpu()
@@ -434,6 +444,8 @@ class Fit:
                    "images_per_s": round(len(self.train_idx) * self.epoch / wall, 1),
                    "n_train": len(self.train_idx), "n_val": len(self.val_idx), "validation": self.validation,
                    "device": describe(self.device), **getattr(self, "counts", {})}
+        if self.device.type == "cuda":
+            metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
@@ -465,25 +477,39 @@ def _one_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-class _HeadFit:
-    """A logistic-regression head on standardised features of the `train` images, validated on `val`."""
+class _HeadFits:
+    """Logistic-regression heads on standardised features, one per training set in `train_masks`
+    (fits × images), fitted side by side: their objectives are independent, so their sum is one
+    convex problem and one L-BFGS drives them all, with one set of per-step overheads, not one per fit."""
 
-    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train: list[int], val: list[int] | None):
-        x = feats[train]
-        self.mean, self.std = x.mean(0), x.std(0) + 1e-6
-        self.x, self.y = (x - self.mean) / self.std, labels[train]
-        self.val = val
-        self.x_val = (feats[val] - self.mean) / self.std if val is not None else None
-        self.linear = torch.nn.Linear(feats.shape[1], int(labels.max()) + 1).to(feats.device)
-        self.optimizer = torch.optim.LBFGS(self.linear.parameters(), lr=1, max_iter=PROBE_ITERS_PER_EPOCH,
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, num_classes: int):
+        weights = train_masks.float()
+        count = weights.sum(1, keepdim=True)
+        self.mean = weights @ feats / count
+        variance = (weights @ feats.pow(2) / count - self.mean.pow(2)).clamp_min(0) * count / (count - 1).clamp_min(1)
+        self.std = variance.sqrt() + 1e-6
+        self.x = (feats[None] - self.mean[:, None]) / self.std[:, None]  # fits × images × features
+        self.y = labels
+        self.train_masks = train_masks
+        self.sample_weights = weights / count  # each fit's loss is the mean over its own training images
+        fits, dim = self.mean.shape
+        self.weight = torch.zeros(fits, dim, num_classes, device=feats.device, requires_grad=True)
+        self.bias = torch.zeros(fits, 1, num_classes, device=feats.device, requires_grad=True)
+        self.optimizer = torch.optim.LBFGS([self.weight, self.bias], lr=1, max_iter=PROBE_ITERS_PER_EPOCH,
                                            history_size=20, line_search_fn="strong_wolfe")
 
+    def logits(self) -> torch.Tensor:
+        return torch.baddbmm(self.bias, self.x, self.weight)
+
     def step(self, l2: float, label_smoothing: float) -> None:
-        """Continue the fit (warm start) at penalty `l2`."""
+        """Continue every fit (warm start) at penalty `l2`."""
+        y = self.y.expand(len(self.x), -1)
+
         def closure():
             self.optimizer.zero_grad()
-            loss = F.cross_entropy(self.linear(self.x), self.y, label_smoothing=label_smoothing)
-            loss = loss + l2 * self.linear.weight.pow(2).sum()
+            losses = F.cross_entropy(self.logits().transpose(1, 2), y, label_smoothing=label_smoothing,
+                                     reduction="none")
+            loss = (losses * self.sample_weights).sum() + l2 * self.weight.pow(2).sum()
             loss.backward()
             return loss
 
@@ -491,19 +517,11 @@ class _HeadFit:
             self.optimizer.step(closure)
 
     @torch.no_grad()
-    def val_log_probs(self) -> torch.Tensor:
-        return self.linear(self.x_val).log_softmax(1)
-
-    @torch.no_grad()
-    def train_loss_acc(self) -> tuple[float, float]:
-        return _loss_acc(self.linear(self.x), self.y)
-
-    @torch.no_grad()
-    def copy_to(self, head: torch.nn.Linear) -> None:
-        """Fold the standardisation into a plain Linear on raw features: W' = W/std, b' = b - W'·mean."""
-        weight = self.linear.weight / self.std
-        head.weight.copy_(weight)
-        head.bias.copy_(self.linear.bias - weight @ self.mean)
+    def copy_to(self, head: torch.nn.Linear, fit: int = -1) -> None:
+        """Fold fit's standardisation into a plain Linear on raw features: W' = W/std, b' = b - (mean/std)·W."""
+        weight, mean, std = self.weight[fit], self.mean[fit], self.std[fit]
+        head.weight.copy_((weight / std[:, None]).T)
+        head.bias.copy_(self.bias[fit, 0] - (mean / std) @ weight)
 
 
 def _loss_acc(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) -> tuple[float, float]:
