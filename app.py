@@ -15,6 +15,9 @@ steps = [
     st.Page(common.LAYERS_PAGE, title="3 · Layers", icon=":material/layers:"),
     st.Page(common.TRAIN_PAGE, title="4 · Train", icon=":material/model_training:"),
     st.Page(common.RESULTS_PAGE, title="5 · Results", icon=":material/insights:"),
+    st.Page(common.PREDICT_PAGE, title="6 · Predict", icon=":material/image_search:"),
+    st.Page(common.EXPORT_PAGE, title="7 · Export", icon=":material/package_2:"),
+    st.Page(common.RUNS_PAGE, title="8 · Runs", icon=":material/table_chart:"),
 ]
 current_page = st.navigation(steps)
 st.sidebar.title("Transfer Learning Studio")

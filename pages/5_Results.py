@@ -1,14 +1,15 @@
-"""Step 5: how good is the classifier, where does it go wrong, and how do the runs compare."""
-import csv
+"""Step 5: how good is the classifier, where and why does it go wrong, and did pretraining help."""
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from pages import common
-from tl_core import plots, runs
+from tl_core import compare, evaluate, plots, runs
 
 MISTAKES_SHOWN = 24
+CELL_SHOWN = 48
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
 
@@ -26,15 +27,37 @@ def default_run() -> str:
     return (done or all_runs)[0]
 
 
-def wrong_predictions(run_dir: Path) -> list[dict]:
-    """Validation images the model got wrong, the most confident mistakes first."""
+def on_confusion_click() -> None:
+    """A click on a confusion-matrix cell chooses that cell in the two select boxes below it."""
+    points = state.confusion_chart.selection.points
+    if points and points[0].get("customdata"):
+        state.cell_true, state.cell_predicted = points[0]["customdata"][:2]
+
+
+def gallery(rows: list[dict], captions: list[str], run_dir: Path, heat_maps: bool) -> None:
+    """The images of `rows`, or their heat maps: where the run's model looked to choose its class."""
+    shown = []
+    for row, caption in zip(rows, captions):
+        if heat_maps:
+            explained = common.explanation(str(run_dir), row["path"])
+            image = explained["overlay"] if explained else None
+            if explained and explained["class"] != row["predicted"]:
+                caption += f" · final model: {explained['class']} ({explained['prob']:.0%})"
+        else:
+            image = common.thumbnail(row["path"], 128)
+        if image is not None:
+            shown.append((image, caption))
+    if shown:
+        st.image([image for image, _ in shown], width=128, caption=[caption for _, caption in shown])
+    else:
+        st.warning("The image files of this run's validation set are no longer on disk.")
+
+
+def start_baseline(run_dir: Path) -> None:
     try:
-        with open(run_dir / "predictions.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-    wrong = [row for row in rows if row["label"] != row["predicted"]]
-    return sorted(wrong, key=lambda row: float(row["confidence"]), reverse=True)
+        state.run_dir = str(compare.start_scratch_baseline(common.job_manager(), run_dir))
+    except common.USER_ERRORS as error:
+        state.baseline_error = str(error)
 
 
 if state.get("results_run") not in all_runs:
@@ -64,7 +87,16 @@ if metrics:
                      help="Training images processed per second")
     trained = (f"; {metrics['trainable_params']:,} of {metrics['total_params']:,} parameters learnt"
                if "trainable_params" in metrics else "")
-    st.caption(f"Trained on {metrics.get('device', 'unknown device')}{trained}.")
+    st.caption(f"Trained on {metrics.get('device', 'unknown device')}{trained}. "
+               f"{common.validation_words(metrics)}")
+
+    predictions = evaluate.read_predictions(run_dir)
+    classes = metrics.get("classes", [])
+    if state.get("cell_run") != str(run_dir) or state.get("cell_true") not in classes \
+            or state.get("cell_predicted") not in classes:  # a new run: start at its biggest confusion
+        first = (classes[0], classes[0]) if classes else (None, None)
+        state.cell_true, state.cell_predicted = evaluate.most_confused_pair(metrics) or first
+        state.cell_run = str(run_dir)
 
     table_col, confusion_col = st.columns([1, 1])
     with table_col:
@@ -81,23 +113,57 @@ if metrics:
         })
     with confusion_col:
         if metrics.get("confusion"):
-            st.plotly_chart(plots.confusion_figure(metrics), key="confusion_chart")
+            figure = common.clickable_confusion(plots.confusion_figure(metrics), metrics,
+                                                (state.cell_true, state.cell_predicted))
+            st.plotly_chart(figure, key="confusion_chart", on_select=on_confusion_click, selection_mode="points")
+            st.caption("Click a cell to see its images below.")
 
-    st.subheader("Validation images it got wrong")
-    mistakes = wrong_predictions(run_dir)
+    heat_maps = st.toggle("Show why (heat maps)", key="results_heatmaps",
+                          help="Grad-CAM: red marks the parts of each image that made the model choose its "
+                               "class. Computed once per image, then remembered.")
+    if heat_maps and "cross-validation" in metrics.get("validation", ""):
+        st.caption("The predictions shown are cross-validated: each came from a head fitted without that image. "
+                   "The heat maps come from the final model, fitted on every image; where it answers "
+                   "differently, the caption says so.")
+
+    st.subheader("Images of one cell of the confusion matrix")
+    true_col, predicted_col = st.columns(2)
+    true_col.selectbox("True class", classes, key="cell_true")
+    predicted_col.selectbox("Predicted class", classes, key="cell_predicted")
+    in_cell = evaluate.cell(predictions, state.cell_true, state.cell_predicted)
+    if not in_cell:
+        st.info(f"No validation image of {state.cell_true} was predicted as {state.cell_predicted}.")
+    else:
+        verdict = "right" if state.cell_true == state.cell_predicted else "wrong"
+        st.caption(f"{len(in_cell)} images of {state.cell_true} predicted as {state.cell_predicted} ({verdict}), "
+                   f"the most confident first" + (f" (showing {CELL_SHOWN})" if len(in_cell) > CELL_SHOWN else "")
+                   + ". Caption: file (confidence).")
+        with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
+            gallery(in_cell[:CELL_SHOWN], [f"{Path(row['path']).name} ({row['confidence']:.0%})"
+                                           for row in in_cell[:CELL_SHOWN]], run_dir, heat_maps)
+
+    st.subheader("Validation images it got wrong, the most confident first")
+    mistakes = evaluate.most_confidently_wrong(predictions, n=None)
     if not mistakes:
         st.success("None: every validation image was classified correctly.", icon=":material/celebration:")
     else:
         st.caption(f"{len(mistakes)} mistakes, the most confident first"
                    + (f" (showing {MISTAKES_SHOWN})" if len(mistakes) > MISTAKES_SHOWN else "")
                    + ". Caption: true class → predicted class (confidence).")
-        shown = [(common.thumbnail(row["path"], 128), row) for row in mistakes[:MISTAKES_SHOWN]]
-        shown = [(image, row) for image, row in shown if image is not None]
-        if shown:
-            st.image([image for image, _ in shown], width=128, caption=[
-                f"{row['label']} → {row['predicted']} ({float(row['confidence']):.0%})" for _, row in shown])
-        else:
-            st.warning("The image files of this run's validation set are no longer on disk.")
+        with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
+            gallery(mistakes[:MISTAKES_SHOWN], [f"{row['label']} → {row['predicted']} ({row['confidence']:.0%})"
+                                                for row in mistakes[:MISTAKES_SHOWN]], run_dir, heat_maps)
+
+    st.subheader("Can you trust its confidence?")
+    calibration = evaluate.run_calibration(run_dir)
+    if calibration["count"]:
+        reliability_col, words_col = st.columns([3, 2])
+        reliability_col.plotly_chart(plots.reliability_figure(calibration["table"]), key="reliability_chart")
+        words_col.markdown(calibration["text"])
+        words_col.caption("Each point is a group of images with about the same confidence; on the dotted line, "
+                          "a model that says 80 % is right 80 % of the time.")
+    else:
+        st.info(calibration["text"])
 elif status.get("state") == "done":
     st.warning("This run has no metrics.json: its results were not saved.")
 
@@ -107,24 +173,43 @@ if any(event.get("event") == "epoch_end" for event in events):
     loss_col.plotly_chart(plots.loss_figure(events), key="results_loss_chart")
     accuracy_col.plotly_chart(plots.accuracy_figure(events), key="results_accuracy_chart")
 
-st.header("All runs")
-summaries = pd.DataFrame([runs.summarize(Path(path)) for path in all_runs])
-st.dataframe(
-    summaries, hide_index=True, key="runs_table",
-    column_order=["run_id", "name", "state", "val_acc", "val_loss", "backbone", "weights", "freeze", "epochs",
-                  "augment", "dataset", "device", "wall_s", "error"],
-    column_config={
-        "run_id": "Run", "name": "Name", "state": "State", "backbone": "Backbone", "weights": "Weights",
-        "freeze": "Learns", "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
-        "val_acc": st.column_config.NumberColumn("Val. accuracy", format="percent"),
-        "val_loss": st.column_config.NumberColumn("Val. loss", format="%.3f"),
-        "wall_s": st.column_config.NumberColumn("Seconds", format="%.0f"),
-        "error": st.column_config.TextColumn("Error", width="large"),
-    })
-finished = [path for path in all_runs if runs.read_status(Path(path)).get("state") == "done"]
-if len(finished) > 1:
-    compared = st.multiselect("Compare validation accuracy of runs", finished, default=finished[:3],
-                              key="compare_runs", format_func=common.run_label)
-    if compared:
-        curves = {common.run_label(path): runs.read_events(Path(path)) for path in compared}
-        st.plotly_chart(plots.compare_figure(curves, "val_acc"), key="compare_chart")
+if metrics and status.get("state") == "done":
+    st.subheader("Did pretraining help?")
+    config = runs.read_config_record(run_dir).get("config", {})
+    twin_of = config.get("extra", {}).get("baseline_of")  # set when this run is itself a from-scratch baseline
+    if twin_of:
+        pretrained_dir, baseline = run_dir.parent / twin_of, run_dir
+    else:
+        pretrained_dir, baseline = run_dir, compare.find_baseline(run_dir)
+    if config.get("weights") == "none" and not twin_of:
+        st.caption("This run started from random weights itself: there is no pretraining to compare.")
+    elif baseline is None:
+        st.caption("Train the same network on the same images and budget from random weights, every layer "
+                   "learning: the difference is what the pretrained weights bring.")
+        st.button("Compare with training from scratch", key="start_baseline", icon=":material/compare_arrows:",
+                  on_click=start_baseline, args=(run_dir,))
+        if error := state.pop("baseline_error", None):
+            st.error(error)
+    else:
+        baseline_state = runs.read_status(baseline).get("state")
+        pretrained_metrics, baseline_metrics = runs.read_metrics(pretrained_dir), runs.read_metrics(baseline)
+        if baseline_state in common.ACTIVE_STATES:
+            st.info(f"The from-scratch run {common.run_label(baseline)} is {baseline_state}; "
+                    "the comparison appears here when it ends.", icon=":material/hourglass_top:")
+            st.page_link(common.TRAIN_PAGE, label="Watch it on the Train page", icon=":material/model_training:")
+        elif baseline_state == "done" and pretrained_metrics and baseline_metrics:
+            verdict = compare.transfer_verdict(pretrained_metrics, baseline_metrics)
+            {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(verdict["text"])
+            curves = compare.curves([pretrained_dir, baseline], ["pretrained", "from scratch"])
+            st.plotly_chart(plots.compare_figure(curves, "val_acc"), key="transfer_chart")
+            st.page_link(common.RUNS_PAGE, label="Compare the two runs setting by setting on the Runs page",
+                         icon=":material/table_chart:")
+        elif twin_of:
+            st.caption(f"This run trained from scratch as the baseline of {twin_of}, whose results are gone.")
+        else:
+            st.warning(f"The from-scratch run {common.run_label(baseline)} ended without results "
+                       f"({baseline_state}).", icon=":material/stop_circle:")
+            st.button("Train from scratch again", key="start_baseline", icon=":material/replay:",
+                      on_click=start_baseline, args=(run_dir,))
+
+st.page_link(common.RUNS_PAGE, label="All runs, side by side", icon=":material/table_chart:")

@@ -12,6 +12,8 @@ import streamlit as st
 from tl_core import backbones, devices, jobs, runs
 from tl_core.config import ConfigError
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
+from tl_core.explain import explain_image
+from tl_core.predict import Predictor
 from tl_core.storage import workspace_root
 
 BACKBONE_PAGE = "pages/1_Backbone.py"
@@ -19,6 +21,9 @@ DATA_PAGE = "pages/2_Data.py"
 LAYERS_PAGE = "pages/3_Layers.py"
 TRAIN_PAGE = "pages/4_Train.py"
 RESULTS_PAGE = "pages/5_Results.py"
+PREDICT_PAGE = "pages/6_Predict.py"
+EXPORT_PAGE = "pages/7_Export.py"
+RUNS_PAGE = "pages/8_Runs.py"
 
 # Errors a user can cause; pages show their message, never a traceback.
 USER_ERRORS = (DatasetError, ConfigError, backbones.WeightsUnavailable, ValueError, FileNotFoundError)
@@ -143,6 +148,77 @@ def newest_active_run() -> Path | None:
         if runs.read_status(run_dir).get("state") in ACTIVE_STATES:
             return run_dir
     return None
+
+
+def finished_runs() -> list[str]:
+    """Runs that finished with a model to use, newest first."""
+    return [str(run_dir) for run_dir in runs.list_runs()
+            if runs.read_status(run_dir).get("state") == "done" and (run_dir / "model.safetensors").exists()]
+
+
+def pick_finished_run(key: str, label: str = "Model (a finished run)") -> Path:
+    """A select box of the finished runs, the session's run first chosen; stops the page when there is none."""
+    finished = finished_runs()
+    if not finished:
+        need_first("No finished run yet: train a model first.", TRAIN_PAGE, "4 · Train")
+    if st.session_state.get(key) not in finished:
+        st.session_state[key] = st.session_state.run_dir if st.session_state.run_dir in finished else finished[0]
+    st.selectbox(label, finished, key=key, format_func=run_label)
+    return Path(st.session_state[key])
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=3)
+def predictor(run_dir: str) -> Predictor:
+    """A finished run's model, loaded once per server and shared by the sessions (a run never changes once done)."""
+    return Predictor(run_dir)
+
+
+@st.cache_data(show_spinner=False, max_entries=1000)
+def explanation(run_dir: str, source: str | bytes, class_name: str | None = None, name: str = "") -> dict | None:
+    """Grad-CAM of one image (a path, or an upload's bytes) for `class_name` (default: the class the run's model
+    predicts): {"overlay": the heat map over the image, "class", "prob"}; None when the image cannot be read."""
+    model = predictor(run_dir)
+    try:
+        image = open_image(source, name=name or (source if isinstance(source, str) else "upload"))
+    except (ImageRefused, OSError):
+        return None
+    index = model.classes.index(class_name) if class_name in model.classes else None
+    result = explain_image(model, image, class_index=index)
+    return {"overlay": result["overlay"], "class": result["class"], "prob": result["prob"]}
+
+
+def clickable_confusion(fig, metrics: dict, selected: tuple[str, str] | None = None):
+    """Make each confusion-matrix cell clickable with st.plotly_chart(on_select=...).
+
+    Plotly reports no selection for heatmap cells (streamlit#8760), so an invisible marker sits on every
+    cell and takes the clicks: customdata is [true class, predicted class]; the chosen cell gets a frame.
+    """
+    classes = metrics["classes"]
+    cells = [(true, predicted, metrics["confusion"][i][j])
+             for i, true in enumerate(classes) for j, predicted in enumerate(classes)]
+    chosen = [k for k, (true, predicted, _) in enumerate(cells) if (true, predicted) == selected]
+    fig.update_traces(hoverinfo="skip", hovertemplate=None, selector=dict(type="heatmap"))
+    fig.add_scatter(x=[c[1] for c in cells], y=[c[0] for c in cells], customdata=[list(c) for c in cells],
+                    mode="markers", showlegend=False, name="cells",
+                    marker=dict(symbol="square-open", size=34, color="darkorange", line=dict(width=3)),
+                    selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=0)),
+                    selectedpoints=chosen,
+                    hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>"
+                                  "%{customdata[2]} images: click to see them<extra></extra>")
+    fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select", dragmode=False)
+    return fig
+
+
+def validation_words(metrics: dict) -> str:
+    """How the validation scores were measured, in a sentence (metrics["validation"] names the method)."""
+    how = metrics.get("validation") or "held out"
+    n_train, n_val = metrics.get("n_train"), metrics.get("n_val")
+    if "cross-validation" in how:
+        return (f"Validated by {how}: each of the {n_val} images was scored by a head fitted without it, "
+                f"and the head kept was then fitted on all of them.")
+    if "separate" in how:
+        return f"Validated on a separate validation set of {n_val} images; {n_train} other images trained the model."
+    return f"Validated on {n_val} images held out from training ({how}); {n_train} images trained the model."
 
 
 def need_first(message: str, page: str, label: str) -> None:

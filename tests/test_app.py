@@ -330,13 +330,37 @@ def test_results_show_metrics_and_the_images_it_got_wrong():
     values = metric_values(at)
     assert values["Validation accuracy"] == "80.0%" and values["Macro F1"] == "0.790"
     assert at.dataframe[0].value["class"].tolist() == dataset.classes
-    captions = at.image[0].captions
+    captions = at.image[-1].captions  # the mistakes, after the images of the chosen confusion cell
     assert len(captions) == 2
     assert captions[0] == f"{dataset.classes[-1]} → {dataset.classes[0]} (87%)"
-    assert len(at.get("plotly_chart")) == 3  # confusion matrix, loss, accuracy
-    assert at.dataframe[-1].value["run_id"].tolist() == [run_dir.name]
+    assert len(at.get("plotly_chart")) == 4  # confusion matrix, reliability, loss, accuracy
+    assert any(link.value == "All runs, side by side" for link in at.page_link)
 
 
 def test_results_without_runs_point_to_training():
     at = open_page("pages/5_Results.py")
     assert any(link.value == "4 · Train" for link in at.page_link)
+
+
+# ---------------------------------------------------------------- 6 Predict, 7 Export, 8 Runs
+@pytest.mark.parametrize("page", ["pages/6_Predict.py", "pages/7_Export.py"])
+def test_predict_and_export_first_ask_for_a_finished_run(page):
+    dataset = small_dataset()
+    fake_run(dataset, state="running")  # not finished: nothing to predict with or export yet
+    at = open_page(page)
+    assert any("No finished run yet" in info.value for info in at.info)
+    assert any(link.value == "4 · Train" for link in at.page_link)
+
+
+def test_runs_page_lists_every_run_and_compares_two_or_more():
+    dataset = small_dataset()
+    first, second = fake_run(dataset), fake_run(dataset)
+    finish_run(first, dataset)
+    finish_run(second, dataset)
+    at = open_page("pages/8_Runs.py")
+    assert sorted(at.dataframe[0].value["run_id"]) == sorted([first.name, second.name])
+    assert sorted(at.multiselect(key="runs_compare").value) == sorted([str(first), str(second)])
+    settings = at.dataframe[1].value.set_index("setting")
+    assert not settings["differs"].any()  # the same settings twice
+    assert settings.loc["val_acc"].drop("differs").tolist() == ["80.0%", "80.0%"]
+    assert len(at.get("plotly_chart")) == 3

@@ -14,6 +14,31 @@ Modules, one idea each:
 
 Command line: python -m tl_core {train, evaluate, predict, export, runs}.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# The public API, by module; imported on first use so `import tl_core` stays cheap.
+_API = {
+    "config": ["RunConfig", "ConfigError"],
+    "backbones": ["CATALOGUE", "catalogue_rows", "search_models", "create_model", "data_config",
+                  "weights_available_offline", "WeightsUnavailable"],
+    "layers": ["layer_groups", "parse_freeze", "apply_freeze"],
+    "datasets": ["ingest_folder", "ingest_zip", "ingest_files", "load_dataset", "list_datasets", "audit",
+                 "open_image", "DatasetError", "ImageRefused"],
+    "runs": ["create_run", "list_runs", "read_status", "read_events", "read_metrics", "request_stop"],
+    "train": ["run"],
+    "jobs": ["JobManager"],
+    "predict": ["Predictor", "evaluate_folder"],
+    "export": ["export_run", "ExportMismatch"],
+    "explain": ["explain_image"],
+    "compare": ["scratch_config", "transfer_verdict"],
+}
+_MODULE_OF = {name: module for module, names in _API.items() for name in names}
+__all__ = ["__version__", *_MODULE_OF]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'tl_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

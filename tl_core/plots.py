@@ -87,3 +87,18 @@ def _mark_phases(fig: go.Figure, epochs: list[dict]) -> None:
         if before.get("phase") == "probe" and after.get("phase") == "finetune":
             fig.add_vline(x=before["epoch"] + 0.5, line_dash="dot", line_color="grey",
                           annotation_text="fine-tune starts", annotation_position="top left")
+
+
+def reliability_figure(table: list[dict]) -> go.Figure:
+    """Accuracy against confidence per bin, beside the diagonal of perfect calibration."""
+    rows = [r for r in table if r["count"]]
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                    line=dict(dash="dot", color="grey"))
+    fig.add_scatter(x=[r["confidence"] for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
+                    name="this model", text=[f"{r['count']} images" for r in rows],
+                    hovertemplate="confidence %{x:.0%}<br>right %{y:.0%}<br>%{text}<extra></extra>")
+    fig.update_layout(title="Reliability: is it right as often as it is sure?", xaxis_title="confidence",
+                      yaxis_title="accuracy", xaxis=dict(tickformat=".0%", range=[0, 1]),
+                      yaxis=dict(tickformat=".0%", range=[0, 1.02]), **_LAYOUT)
+    return fig

@@ -58,7 +58,7 @@ class Predictor:
         results, images, where = [], [], []
         for f in files:
             try:
-                images.append(open_image(f, name=str(f)))
+                images.append(open_image(f, name=str(f) if isinstance(f, (str, Path)) else "uploaded image"))
                 where.append(len(results))
                 results.append(None)
             except (ImageRefused, OSError) as error:

@@ -87,7 +87,7 @@ class Fit:
         self.features = None
         self.model = None
         self.folds = None  # set when head-only training validates by cross-validation
-        self.validation = "held-out split"
+        self.validation = ""  # in words: held out, a separate set, or cross-validation
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
         self.split = None  # set while fine-tuning on cached frozen-prefix activations
 
@@ -114,6 +114,8 @@ class Fit:
         self.channels_last = _channels_last_helps(cfg.backbone, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            # Stored that way once, each batch normalises straight into the layout the convolutions want.
+            self.pixels = self.pixels.contiguous(memory_format=torch.channels_last)
         self.groups = layers.layer_groups(self.model)
         self.trainable = layers.parse_freeze(cfg.freeze, self.groups)
         self.head_name = self.groups[-1].name
@@ -134,10 +136,12 @@ class Fit:
                 raise ValueError(f"the validation set has classes the training set lacks: {', '.join(unknown)}")
             self.train_idx = list(range(len(labels)))
             self.val_idx = list(range(len(labels), len(labels) + len(val_set.items)))
+            self.validation = "separate validation set"
             self.paths = self.paths + val_set.paths()
             labels = labels + [self.classes.index(val_set.classes[k]) for k in val_set.labels()]
         else:
             self.train_idx, self.val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+            self.validation = f"{cfg.val_fraction:.0%} held out"
         self.labels = torch.tensor(labels, dtype=torch.long)
 
     # ---- the run ------------------------------------------------------------------------

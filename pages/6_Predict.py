@@ -1,0 +1,53 @@
+"""Step 6: use a trained model on new images: the classes it sees, and where it looked."""
+import streamlit as st
+
+from pages import common
+from tl_core.datasets import ImageRefused, open_image
+
+state = st.session_state
+common.init_state()  # idempotent; makes the page work even when run on its own
+
+st.title("6 · Predict")
+st.write("Give the model images it has never seen: it answers with its most likely classes, and a heat map "
+         "shows which parts of the image made it choose the first one.")
+run_dir = common.pick_finished_run("predict_run")
+try:
+    model = common.predictor(str(run_dir))
+except common.USER_ERRORS as error:
+    common.show_error(error)
+    st.stop()
+if state.get("predict_top_k", 0) > len(model.classes):
+    del state["predict_top_k"]  # chosen for a model with more classes
+top_k = st.slider("Classes to show per image", 1, len(model.classes), min(3, len(model.classes)),
+                  key="predict_top_k")
+
+upload_tab, webcam_tab = st.tabs([":material/upload: Upload images", ":material/photo_camera: Webcam"])
+with upload_tab:
+    uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="predict_uploads",
+                               help="PNG, JPEG, WebP, BMP, GIF or TIFF; anything else is refused with a reason.")
+with webcam_tab:
+    shot = st.camera_input("Take a picture to classify", key="predict_camera")
+files = list(uploads or []) + ([shot] if shot is not None else [])
+if not files:
+    st.info("Upload images or take a picture to see what the model makes of them.", icon=":material/image_search:")
+    st.stop()
+
+accepted = []  # (upload, decoded image)
+for upload in files:
+    try:
+        accepted.append((upload, open_image(upload.getvalue(), name=upload.name)))
+    except ImageRefused as error:
+        st.warning(f"{upload.name}: {error.reason}; skipped.", icon=":material/block:")
+probabilities = model.predict_images([image for _, image in accepted]) if accepted else []
+
+for (upload, image), probs in zip(accepted, probabilities):
+    top = model.top(probs, top_k)
+    st.subheader(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})")
+    image_col, heat_col, classes_col = st.columns([1, 1, 2])
+    image_col.image(image, caption="the image", width=200)
+    with st.spinner("Computing the heat map…"):
+        explained = common.explanation(str(run_dir), upload.getvalue(), top[0]["label"], name=upload.name)
+    if explained:
+        heat_col.image(explained["overlay"], caption=f"where it looked to say {top[0]['label']}", width=200)
+    for rank, guess in enumerate(top):
+        classes_col.progress(guess["prob"], text=f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}")

@@ -1,0 +1,106 @@
+"""Comparing runs: what differs between them, the from-scratch baseline, and what transfer bought."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RunConfig
+from .runs import read_config_record, read_events, read_metrics
+
+# Settings a person compares; the rest (paths, seeds) only clutters the table.
+COMPARED_SETTINGS = ("backbone", "weights", "freeze", "epochs", "lr", "batch_size", "augment", "image_size",
+                     "bn_policy", "schedule", "label_smoothing", "weight_decay", "probe_first")
+
+
+def settings_table(run_dirs: list[Path]) -> list[dict]:
+    """One row per setting and score, one column per run; `differs` marks the rows that are not all alike."""
+    records = [{**read_config_record(d).get("config", {}), **_built(d)} for d in run_dirs]
+    metrics = [read_metrics(d) or {} for d in run_dirs]
+    rows = []
+    for key in COMPARED_SETTINGS:
+        values = [r.get(key) for r in records]
+        rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
+    for key in ("val_acc", "macro_f1", "val_loss", "best_epoch", "wall_s", "trainable_params"):
+        values = [m.get(key) for m in metrics]
+        rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
+    return rows
+
+
+def _built(run_dir: Path) -> dict:
+    """The architecture a finished run really built ("efficientnet_lite0" + embedded is the TF port)."""
+    from .storage import read_json
+
+    built = (read_json(Path(run_dir) / "preprocess.json") or {}).get("backbone")
+    return {"backbone": built} if built else {}
+
+
+def curves(run_dirs: list[Path], names: list[str] | None = None) -> dict[str, list[dict]]:
+    """{run name: its events}, for tl_core.plots.compare_figure."""
+    names = names or [Path(d).name for d in run_dirs]
+    return {name: read_events(d) for name, d in zip(names, run_dirs)}
+
+
+def scratch_config(config: RunConfig, of_run: str) -> RunConfig:
+    """The same architecture, data and budget without pretrained weights: every layer must learn.
+
+    A frozen random backbone would be meaningless, so the whole network trains, with no probe phase
+    (random features have nothing to probe) and the epochs the transfer run had in all.
+    """
+    probe = 5 if config.freeze != "head" and config.probe_first else 0
+    epochs = config.epochs + probe
+    from .backbones import architecture_for
+
+    # The architecture the pretrained run really built (efficientnet_lite0 + embedded is the TF port).
+    return config.replace(backbone=architecture_for(config.backbone, config.weights), weights="none", freeze="all", probe_first=False, augment=config.augment,
+                          epochs=epochs, warmup_epochs=min(config.warmup_epochs, epochs),
+                          name=f"{config.name or config.backbone} from scratch",
+                          extra={**config.extra, "baseline_of": of_run})
+
+
+def start_scratch_baseline(jobs, run_dir: Path) -> Path:
+    """Queue the from-scratch twin of a finished run; returns the new run folder."""
+    return jobs.submit(scratch_config(RunConfig.load(run_dir), of_run=Path(run_dir).name))
+
+
+def find_baseline(run_dir: Path, workspace: Path | None = None) -> Path | None:
+    """The newest from-scratch run made for `run_dir`, if any."""
+    from .runs import list_runs
+
+    for candidate in list_runs(workspace):
+        config = read_config_record(candidate).get("config", {})
+        if config.get("extra", {}).get("baseline_of") == Path(run_dir).name:
+            return candidate
+    return None
+
+
+def transfer_verdict(pretrained: dict, scratch: dict) -> dict:
+    """What the pretrained weights bought, in plain words, from the two runs' metrics.
+
+    A gap counts only beyond about two standard errors of the difference of the two validation
+    accuracies (and at least 2 points): on 40 validation images one image is 2.5 points.
+    """
+    gain = round(pretrained["val_acc"] - scratch["val_acc"], 6)
+    margin = max(0.02, 1.96 * _difference_se(pretrained, scratch))
+    if gain > margin:
+        text = (f"Transfer helped: the pretrained backbone reached {pretrained['val_acc']:.0%} against "
+                f"{scratch['val_acc']:.0%} from scratch on the same data and budget (+{gain:.0%}).")
+        kind = "positive"
+    elif gain < -margin:
+        text = (f"Negative transfer: training from scratch did better ({scratch['val_acc']:.0%} against "
+                f"{pretrained['val_acc']:.0%}). The pretrained features may fit these images poorly; "
+                "try unfreezing more layers, another backbone, or more data.")
+        kind = "negative"
+    else:
+        text = (f"No clear difference: {pretrained['val_acc']:.0%} pretrained against {scratch['val_acc']:.0%} "
+                f"from scratch, within what chance moves on this many validation images (±{margin:.0%}). "
+                "More validation images would tell them apart.")
+        kind = "neutral"
+    return {"gain": gain, "margin": margin, "kind": kind, "text": text}
+
+
+def _difference_se(a: dict, b: dict) -> float:
+    """Standard error of the difference of two accuracies measured on n_val images each."""
+    def variance(m):
+        p, n = m["val_acc"], m.get("n_val") or 0
+        return p * (1 - p) / n if n else 0.0
+
+    return (variance(a) + variance(b)) ** 0.5
