@@ -1,4 +1,4 @@
-"""The CUDA path: AMP, channels-last, memory, out-of-memory back-off. Skipped without a CUDA GPU."""
+"""The CUDA path: AMP, channels-last only where it pays, memory, out-of-memory back-off. Skipped without CUDA."""
 import json
 
 import pytest
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def test_cuda_fine_tune_runs_in_mixed_precision_and_channels_last(small_sample):
+def test_cuda_fine_tune_runs_in_mixed_precision(small_sample):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-2", augment="light", epochs=3,
                                    device="cuda", early_stopping=0))
@@ -21,7 +21,8 @@ def test_cuda_fine_tune_runs_in_mixed_precision_and_channels_last(small_sample):
     record = json.loads((run_dir / "config.json").read_text())
     assert "CUDA" in record["device"]
     expected = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    assert record["precision"] == expected and record["channels_last"] is True
+    assert record["precision"] == expected
+    assert record["channels_last"] is False  # 32 images × 3 epochs: too short to repay its start-up
     assert 0 < metrics["gpu_peak_memory_mb"] < 4096
     assert metrics["val_acc"] >= 0.75
 
@@ -54,3 +55,12 @@ def test_out_of_memory_backs_off_and_says_so(small_sample, monkeypatch):
     assert any("batch size 8 does not fit" in m for m in notices)
     batches = [e for e in read_events(run_dir) if e["event"] == "batch_end" and e.get("phase") == "finetune"]
     assert batches and all(e["batches"] == 6 for e in batches)  # 24 training images in batches of 4
+
+
+def test_long_cuda_runs_use_channels_last(small_sample, monkeypatch):
+    monkeypatch.setattr(train, "CUDA_CHANNELS_LAST_MIN_PASSES", 32)
+    dataset = ingest_folder(small_sample)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-1", epochs=1, image_size=64,
+                                   device="cuda", early_stopping=0))
+    train.run(run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["channels_last"] is True

@@ -32,17 +32,18 @@ class PrefixSplit:
         self.container_name = container_name
         self.stem_names = stem_names
         self.container = getattr(model, container_name)
+        self.stem = [getattr(model, name) for name in stem_names]  # held here: rest() swaps them out
 
     @torch.no_grad()
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.stem_names:
-            x = getattr(self.model, name)(x)
+        for module in self.stem:
+            x = module(x)
         return self.container[:self.k](x)
 
     @contextmanager
     def rest(self):
         """Within this block, model(activations) runs only the stages after the prefix, the tail and the head."""
-        saved = {name: getattr(self.model, name) for name in self.stem_names}
+        saved = dict(zip(self.stem_names, self.stem))
         try:
             for name in self.stem_names:
                 setattr(self.model, name, nn.Identity())

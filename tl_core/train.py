@@ -43,6 +43,7 @@ LAYER_LR_DECAY = 0.7          # each group below the head learns at 0.7× the ra
 PROBE_ITERS_PER_EPOCH = 30
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
 CV_FOLDS = 5                  # head-only runs validate by k-fold cross-validation on the cached features
+CUDA_CHANNELS_LAST_MIN_PASSES = 50_000  # images × epochs from which channels-last repays its start-up on CUDA
 PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the whole run
 ACTIVATION_CACHE_LIMIT = 3 << 30  # bytes of cached frozen-prefix activations, beyond which the prefix reruns
 # The probe's L2 penalty (mean loss + l2·‖W‖², standardised features) walks down from 0.3, halving each
@@ -112,7 +113,7 @@ class Fit:
             self.pixels = self.pixels.to(self.device)  # small sets: no host→device copy per batch
         self.labels = self.labels.to(self.device)
         self.model.to(self.device)
-        self.channels_last = _channels_last_helps(cfg.backbone, self.device)
+        self.channels_last = _channels_last_helps(cfg.backbone, self.device, len(self.paths) * cfg.epochs)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
             # Stored that way once, each batch normalises straight into the layout the convolutions want.
@@ -161,7 +162,7 @@ class Fit:
                              validation=self.validation)
         self.emit("fit_start", epochs=(probe_epochs + (cfg.epochs if loop_needed else 0)),
                   probe_epochs=probe_epochs, n_train=len(self.train_idx), n_val=len(self.val_idx),
-                  validation=self.validation,
+                  validation=self.validation, elapsed=time.time() - self.t0,
                   classes=self.classes, device=describe(self.device), image_size=self.size,
                   trainable_params=counts["trainable_params"], total_params=counts["total_params"],
                   trainable_groups=counts["trainable_groups"])
@@ -200,7 +201,9 @@ class Fit:
         this data set needs, instead of one fixed guess.
         """
         self._start_phase("probe", epochs, message="fitting the new head on the backbone's frozen features")
-        feats = self._frozen_features().float()
+        # The probe's matrices are small: on the CPU they skip thousands of tiny kernel launches and
+        # the start-up of CUDA's solver library (seconds on an H100, for a fit that takes 0.3 s here).
+        feats = self._frozen_features().float().cpu()
         n = len(self.paths)
         if self.folds:  # one fit per fold (validated on that fold), then the kept one on every image
             train_masks = torch.ones(len(self.folds) + 1, n, dtype=torch.bool)
@@ -211,8 +214,8 @@ class Fit:
             train_masks = torch.zeros(1, n, dtype=torch.bool)
             train_masks[0, self.train_idx] = True
             val_sets = [torch.tensor(self.val_idx)]
-        fits = _HeadFits(feats, self.labels, train_masks.to(feats.device), len(self.classes))
-        with _one_thread(self.device):
+        fits = _HeadFits(feats, self.labels.cpu(), train_masks, len(self.classes))
+        with _one_thread():
             self._walk_l2_path(fits, val_sets, epochs)
 
     def _walk_l2_path(self, fits: "_HeadFits", val_sets: list[torch.Tensor], epochs: int) -> None:
@@ -224,16 +227,16 @@ class Fit:
             fits.copy_to(head)
             with torch.no_grad():
                 log_probs = fits.logits().log_softmax(-1)  # fits × images × classes
-                val_log_probs = torch.zeros(len(self.paths), len(self.classes), device=self.device)
+                val_log_probs = torch.zeros(len(self.paths), len(self.classes))
                 for f, val in enumerate(val_sets):  # fit f is validated on the images it did not see
-                    val_log_probs[val] = log_probs[f, val.to(self.device)]
+                    val_log_probs[val] = log_probs[f, val]
                 val_log_probs = val_log_probs[self.val_idx]
                 kept_train = fits.train_masks[-1]
-                train_loss, train_acc = _loss_acc(log_probs[-1][kept_train], self.labels[kept_train], log_probs=True)
-                val_loss, val_acc = _loss_acc(val_log_probs, self.labels[self.val_idx], log_probs=True)
+                train_loss, train_acc = _loss_acc(log_probs[-1][kept_train], fits.y[kept_train], log_probs=True)
+                val_loss, val_acc = _loss_acc(val_log_probs, fits.y[self.val_idx], log_probs=True)
             self.epoch += 1
             self.step += PROBE_ITERS_PER_EPOCH
-            self.val_probs_at[self.epoch] = val_log_probs.exp().cpu()
+            self.val_probs_at[self.epoch] = val_log_probs.exp()
             self.emit("epoch_end", phase="probe", epoch=self.epoch, step=self.step, l2=l2,
                       train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                       seconds=time.time() - t_epoch, elapsed=time.time() - self.t0,
@@ -469,12 +472,9 @@ class Fit:
 
 
 @contextmanager
-def _one_thread(device: torch.device):
+def _one_thread():
     """Tiny matrices gain nothing from threads, and OpenMP threads that spin on a busy CPU made
     the probe 7x slower (measured: 2 threads 6.8 s, 1 thread 1.0 s, on a loaded 2-core machine)."""
-    if device.type != "cpu":
-        yield
-        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -574,12 +574,19 @@ def _schedule(optimizer, cfg: RunConfig, steps_per_epoch: int, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _channels_last_helps(backbone: str, device: torch.device) -> bool:
-    """Convnets gain from channels-last (measured: Lite0 on a 2-core CPU, 27 → 36 images/s forward);
-    ViTs have no convolutions to speed up, and ConvNeXt's LayerNorm is slower that way on a CPU."""
+def _channels_last_helps(backbone: str, device: torch.device, image_passes: int) -> bool:
+    """Whether channels-last memory pays, by measurement.
+
+    CPU: convnets gain (Lite0 on 2 cores: 27 → 36 images/s forward), ConvNeXt's LayerNorm loses.
+    CUDA: the first channels-last pass of a fresh process costs ~3 s of kernel start-up on an H100
+    (NCHW: 0.4 s) for ~0.01 s saved per 224 images afterwards, so it pays only on long runs.
+    ViTs have no convolutions to gain from it.
+    """
     if any(k in backbone for k in ("vit", "deit", "swin", "eva", "beit", "levit")):
         return False
-    return device.type == "cuda" or "convnext" not in backbone
+    if device.type == "cuda":
+        return image_passes >= CUDA_CHANNELS_LAST_MIN_PASSES
+    return device.type == "cpu" and "convnext" not in backbone
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
