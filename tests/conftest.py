@@ -1,4 +1,3 @@
-import os
 import shutil
 from pathlib import Path
 
@@ -34,6 +33,21 @@ def small_sample(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def head_run(small_sample, tmp_path_factory) -> Path:
+    """A real finished run, trained once per session in its own workspace: the embedded
+    EfficientNet-Lite0, head only, 2 epochs at 96 px on `small_sample`. Tests copy it to change it."""
+    from tl_core.__main__ import main as cli
+
+    root = tmp_path_factory.mktemp("head_run")
+    run_dir = root / "workspace" / "runs" / "20260101-000000-efficientnet_lite0-test"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TL_STUDIO_HOME", str(root / "workspace"))
+        assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
+                    "--image-size", "96", "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def fashion_test_dir(tmp_path_factory) -> Path:
     """Held-out Fashion-MNIST test images (Debian's dataset-fashion-mnist), 10 per class."""
     if not fashion_mnist_available():
@@ -45,3 +59,24 @@ def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@pytest.fixture
+def navigation_pages(monkeypatch):
+    """AppTest runs app.py's st.navigation, as a server does, not the legacy pages/ folder mode."""
+    from streamlit.testing.v1 import app_test as app_test_module
+
+    from apptest_support import NavigationPagesManager
+
+    monkeypatch.setattr(app_test_module, "PagesManager", NavigationPagesManager)
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch):
+    """The app's job manager records submissions and starts no worker; returns its instances."""
+    from apptest_support import FakeJobManager
+    from tl_core import jobs
+
+    FakeJobManager.instances.clear()
+    monkeypatch.setattr(jobs, "JobManager", FakeJobManager)
+    return FakeJobManager.instances

@@ -5,24 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import app_test as app_test_module
 
-from test_app import FakeJobManager, NavigationPagesManager, open_page
-from tl_core import compare, jobs, runs, train
+from apptest_support import open_page
+from tl_core import compare, runs, train
 from tl_core.__main__ import main as cli
 from tl_core.config import RunConfig
 
-
-@pytest.fixture(autouse=True)
-def navigation_pages(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", NavigationPagesManager)
-
-
-@pytest.fixture(autouse=True)
-def fake_jobs(monkeypatch):
-    FakeJobManager.instances.clear()
-    monkeypatch.setattr(jobs, "JobManager", FakeJobManager)
-    return FakeJobManager.instances
+pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,15 @@ import timm
 import torch
 from PIL import Image
 
-from tl_core.__main__ import main as cli
 from tl_core.datasets import open_image, prepare_image
 from tl_core.explain import _uncrop, explain_image, gradcam, heatmap_overlay, target_layer
 from tl_core.predict import Predictor
 
 
 @pytest.fixture(scope="module")
-def predictor(small_sample, tmp_path_factory):
-    """A real finished run (embedded EfficientNet-Lite0, head trained at 96 px) as a Predictor."""
-    root = tmp_path_factory.mktemp("explain_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TL_STUDIO_HOME", str(root / "workspace"))
-        assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
-                    "--image-size", "96", "--run-dir", str(root / "run")]) == 0
-    return Predictor(root / "run")
+def predictor(head_run):
+    """The session's real finished run (embedded EfficientNet-Lite0, head trained at 96 px) as a Predictor."""
+    return Predictor(head_run)
 
 
 @pytest.fixture(scope="module")

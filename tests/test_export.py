@@ -21,14 +21,9 @@ BUNDLE = ["labels.json", "preprocess.json", "MODEL_CARD.md", "verification.json"
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_sample, tmp_path_factory):
-    """A real finished run: the embedded EfficientNet-Lite0, head trained on 4 classes × 8 images at 96 px."""
-    root = tmp_path_factory.mktemp("export_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TL_STUDIO_HOME", str(root / "workspace"))
-        assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
-                    "--image-size", "96", "--run-dir", str(root / "run")]) == 0
-    return root / "run"
+def run_dir(head_run):
+    """The session's real finished run (embedded EfficientNet-Lite0, head trained at 96 px)."""
+    return head_run
 
 
 @pytest.fixture(scope="module")

@@ -7,37 +7,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import app_test as app_test_module
 
-from test_app import FakeJobManager, NavigationPagesManager, open_page
+from apptest_support import open_page
 from pages import common
-from tl_core import evaluate, jobs, runs
-from tl_core.__main__ import main as cli
+from tl_core import evaluate, runs
 from tl_core.storage import atomic_write_json
 
-
-@pytest.fixture(autouse=True)
-def navigation_pages(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", NavigationPagesManager)
-
-
-@pytest.fixture(autouse=True)
-def fake_jobs(monkeypatch):
-    FakeJobManager.instances.clear()
-    monkeypatch.setattr(jobs, "JobManager", FakeJobManager)
-    return FakeJobManager.instances
+pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
 
 @pytest.fixture(scope="module")
-def trained(small_sample, tmp_path_factory) -> Path:
-    """A real finished run, trained once for the module in its own workspace."""
-    root = tmp_path_factory.mktemp("results_run")
-    run_dir = root / "workspace" / "runs" / "20260101-000000-efficientnet_lite0-test"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TL_STUDIO_HOME", str(root / "workspace"))
-        assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
-                    "--image-size", "96", "--run-dir", str(run_dir)]) == 0
-    return run_dir
+def trained(head_run) -> Path:
+    return head_run
 
 
 @pytest.fixture
