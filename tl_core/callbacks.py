@@ -128,7 +128,11 @@ class ConsoleProgress(Callback):
     """Prints a line per epoch (and the notices) for the command line."""
 
     def on_fit_start(self, info, fit):
-        print(f"training on {info['device']}: {info['n_train']} train / {info['n_val']} validation images, "
+        if "cross-validation" in info.get("validation", ""):
+            images = f"{info['n_train']} images, validated by {info['validation']}"
+        else:
+            images = f"{info['n_train']} train / {info['n_val']} validation images ({info.get('validation', '')})"
+        print(f"training on {info['device']}: {images}, "
               f"{info['trainable_params']:,} of {info['total_params']:,} parameters trainable", flush=True)
 
     def on_notice(self, info, fit):
