@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import time
 import unicodedata
 import zipfile
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .storage import atomic_write_json, read_json, workspace_root
+from .storage import atomic_file, atomic_write_json, read_json, workspace_root
 
 if TYPE_CHECKING:
     import torch
@@ -888,15 +887,6 @@ def _load_cached(cache_file: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
-    # Streams to a temporary file: storage.atomic_write_bytes would need a second copy in memory.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Streams into the file: atomic_write_bytes would need a second copy in memory.
+    with atomic_file(path) as f:
+        np.save(f, array)

@@ -34,7 +34,7 @@ from .devices import autocast_dtype, describe, pick_device
 from .evaluate import classification_metrics
 from .runs import update_config_record, write_status
 from .split import PrefixSplit, stage_split_point
-from .storage import atomic_write_bytes, atomic_write_json, workspace_root
+from .storage import atomic_file, atomic_write_bytes, atomic_write_json, workspace_root
 
 LAYER_LR_DECAY = 0.7          # each group below the head learns at 0.7× the rate of the one above
 # L-BFGS iterations an epoch of the probe may take (it stops earlier once converged). Enough to
@@ -264,9 +264,8 @@ class Fit:
             self.emit("batch_end", phase="features", epoch=0, batch=start // self.config.batch_size,
                       done=min(start + self.config.batch_size, n), total=n)
         self.features = torch.cat(chunks)
-        buffer = io.BytesIO()
-        np.save(buffer, self.features.cpu().numpy())
-        atomic_write_bytes(cache, buffer.getvalue())
+        with atomic_file(cache) as f:
+            np.save(f, self.features.cpu().numpy())
         return self.features
 
     def _feature_key(self) -> str:
