@@ -43,10 +43,15 @@ class JobManager:
     def cancel(self, run_dir: Path) -> None:
         request_stop(run_dir)
 
-    def queue(self) -> list[Path]:
+    def queue(self, statuses: dict[Path, dict] | None = None) -> list[Path]:
         """Queued runs in the order they will start."""
-        queued = [p for p in list_runs(self.workspace) if read_status(p).get("state") == "queued"]
-        return sorted(queued, key=lambda p: (read_status(p).get("queued", 0), p.name))
+        statuses = statuses if statuses is not None else self._statuses()
+        queued = [p for p, status in statuses.items() if status.get("state") == "queued"]
+        return sorted(queued, key=lambda p: (statuses[p].get("queued", 0), p.name))
+
+    def _statuses(self) -> dict[Path, dict]:
+        """Every run's status, each file read once (a tick runs every poll_s)."""
+        return {p: read_status(p) for p in list_runs(self.workspace)}
 
     def queue_position(self, run_dir: Path) -> int | None:
         """1 for the next run to start, 2 after it...; None when the run is not waiting."""
@@ -81,8 +86,9 @@ class JobManager:
     def tick(self) -> None:
         with self._lock:
             self._reap_finished()
-            self._fail_orphans()
-            for run_dir in self.queue():
+            statuses = self._statuses()
+            self._fail_orphans(statuses)
+            for run_dir in self.queue(statuses):
                 if len(self.running()) >= self.slots:
                     break
                 self._start(run_dir)
@@ -116,11 +122,10 @@ class JobManager:
             if read_status(run_dir).get("state") not in FINAL_STATES:
                 write_status(run_dir, state="failed", ended=time.time(), error=_death_reason(run_dir, code))
 
-    def _fail_orphans(self) -> None:
+    def _fail_orphans(self, statuses: dict[Path, dict]) -> None:
         """A "running" run whose worker is gone (killed, or the server restarted) has failed."""
         ours = set(self.workers)
-        for run_dir in list_runs(self.workspace):
-            status = read_status(run_dir)
+        for run_dir, status in statuses.items():
             if status.get("state") == "running" and run_dir not in ours and not pid_alive(status.get("pid")):
                 write_status(run_dir, state="failed", ended=time.time(),
                              error=f"the worker process (pid {status.get('pid')}) is gone without finishing: "

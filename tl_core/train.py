@@ -431,7 +431,9 @@ class Fit:
         best = next((c for c in self.callbacks if isinstance(c, BestCheckpoint)), None)
         if best is None or best.best_state is None:
             return {}
-        self.model.load_state_dict(best.best_state)
+        # The checkpoint holds only what training can change; the frozen rest is still in the model.
+        unexpected = self.model.load_state_dict(best.best_state, strict=False).unexpected_keys
+        assert not unexpected, f"checkpoint keys the model lacks: {unexpected[:3]}"
         _save_weights(self.model, self.run_dir / "model.safetensors")
         atomic_write_json(self.run_dir / "labels.json", {"classes": self.classes})
         atomic_write_json(self.run_dir / "preprocess.json", {
