@@ -89,7 +89,8 @@ trainable = layers.parse_freeze(state.freeze, groups)
 for group in groups:  # the switches show the plan; flipping one makes the plan custom
     state[toggle_key[group.name]] = group.name in trainable
 
-state.bn_policy = "frozen_eval" if state.bn_keep_eval else "train"
+state.bn_policy = "eval" if state.bn_keep_eval else "train"
+common.sync_lr()
 
 # ---------------------------------------------------------------- what the plan costs
 common.sync_image_size()
@@ -138,8 +139,10 @@ for group in groups:
                           help="The head always learns: it is new." if group.is_head else None)
 st.caption(":material/label: Your classes")
 
-st.toggle("Keep frozen BatchNorm layers in eval mode", key="bn_keep_eval",
-          help="Frozen layers then compute exactly what they computed on ImageNet (their running statistics stay). "
+st.toggle("Keep BatchNorm statistics from pretraining", key="bn_keep_eval",
+          help="Every BatchNorm layer keeps normalising with the statistics it learnt on ImageNet; the layers that "
+               "train still adapt. Recommended for small datasets: re-estimating the statistics from a few "
+               "images at a time shifts every feature at once and can wipe out what the head learnt. "
                "Turn off only for large datasets that differ a lot from photos.")
 
 st.divider()

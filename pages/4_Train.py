@@ -22,6 +22,7 @@ if dataset is None:
     common.need_first("Choose your images first: training needs a dataset.", common.DATA_PAGE, "2 · Data")
 try:
     common.sync_image_size()
+    common.sync_lr()
     default_size, fixed_size = common.backbone_input_size(state.backbone)
 except common.USER_ERRORS as error:
     common.show_error(error)
@@ -69,8 +70,9 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     epochs_col.number_input("Epochs", 1, 500, step=1, key="epochs",
                             help="How many times training goes through every image. More helps up to a point.")
     lr_col.select_slider("Learning rate", LEARNING_RATES, key="lr", format_func=lambda lr: f"{lr:g}",
-                         help="How big each learning step is: 0.001 suits a new head; "
-                              "0.0003 or less when deeper layers learn too.")
+                         help="How big each learning step is. It follows the plan chosen on the Layers page: "
+                              "0.001 for the head alone, 0.0003 when the top layers learn, 0.0001 for all of them. "
+                              "If training becomes unstable, it restarts once at a 10× lower rate.")
     batch_col.select_slider("Batch size", BATCH_SIZES, key="batch_size",
                             help="Images per step. Bigger is faster on a GPU and needs more memory.")
     size_col, stop_col, name_col = st.columns(3)
@@ -158,6 +160,9 @@ def live_run(run_dir: str) -> None:
     fraction, text = progress_line(events, status)
     st.progress(fraction, text=text)
     notices = [e for e in events if e["event"] == "notice"]
+    for notice in notices:
+        if notice.get("kind") == "diverged":
+            st.warning(notice["message"], icon=":material/warning:")
     if notices:
         st.caption(notices[-1]["message"])
     st.button("Stop", key=f"stop::{run_dir}", icon=":material/stop:",
@@ -173,6 +178,11 @@ def finished_run(run_dir: str, status: dict) -> None:
         st.success(f"Finished: final validation accuracy **{metrics.get('val_acc', 0):.1%}** "
                    f"(best epoch {metrics.get('best_epoch')}, {common.format_seconds(metrics.get('wall_s'))}).",
                    icon=":material/check_circle:")
+        for notice in events:
+            if notice["event"] == "notice" and notice.get("kind") == "diverged":
+                st.warning(notice["message"], icon=":material/warning:")
+        if metrics.get("kept", {}).get("reason"):
+            st.info(metrics["kept"]["reason"] + ".", icon=":material/info:")
         st.page_link(common.RESULTS_PAGE, label="See the results: per class, confusion matrix, mistakes",
                      icon=":material/insights:")
     elif status.get("state") == "failed":

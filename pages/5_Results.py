@@ -85,8 +85,10 @@ if metrics:
     time_col.metric("Training time", common.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
-    trained = (f"; {metrics['trainable_params']:,} of {metrics['total_params']:,} parameters learnt"
-               if "trainable_params" in metrics else "")
+    learnt = metrics.get("kept", {}).get("trainable_params", metrics.get("trainable_params"))
+    trained = f"; {learnt:,} of {metrics['total_params']:,} parameters learnt" if learnt is not None else ""
+    if metrics.get("kept", {}).get("reason"):
+        st.info(metrics["kept"]["reason"] + ".", icon=":material/info:")
     st.caption(f"Trained on {metrics.get('device', 'unknown device')}{trained}. "
                f"{common.validation_words(metrics)}")
 

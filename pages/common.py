@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from tl_core import backbones, devices, jobs, runs
-from tl_core.config import ConfigError
+from tl_core.config import ConfigError, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
 from tl_core.predict import Predictor
@@ -41,10 +41,11 @@ DEFAULTS = {
     "freeze": "head",
     "freeze_preset": "head",
     "freeze_top_n": 1,
-    "bn_policy": "frozen_eval",
+    "bn_policy": "eval",
     "bn_keep_eval": True,
     "epochs": 10,
-    "lr": 1e-3,
+    "lr": recommended_lr("head"),
+    "lr_plan": "head",  # the freeze plan the learning rate was set for
     "batch_size": 32,
     "image_size": None,  # set from the backbone on first use
     "image_size_backbone": None,  # the backbone image_size was set for
@@ -93,6 +94,14 @@ def backbone_input_size(backbone: str) -> tuple[int, bool]:
     model = structure_model(backbone)
     size = backbones.data_config(model)["input_size"][-1]
     return size, bool((getattr(model, "pretrained_cfg", {}) or {}).get("fixed_input_size", False))
+
+
+def sync_lr() -> None:
+    """Reset the learning rate to the plan's own when the freeze plan changed; a user's choice stays otherwise."""
+    state = st.session_state
+    if state.lr_plan != state.freeze:
+        state.lr = recommended_lr(state.freeze)
+        state.lr_plan = state.freeze
 
 
 def sync_image_size() -> None:

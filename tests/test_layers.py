@@ -80,7 +80,7 @@ def _batchnorms(model: nn.Module, frozen: bool):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_frozen_batchnorm_keeps_its_statistics_only_under_frozen_eval(name):
-    for bn_policy, should_change in (("frozen_eval", False), ("train", True)):
+    for bn_policy, should_change in (("eval", False), ("frozen_eval", False), ("train", True)):
         model = _model(name, drop_path_rate=0.1)
         groups = layer_groups(model)
         apply_freeze(model, groups, parse_freeze("head", groups), bn_policy)
@@ -98,6 +98,29 @@ def test_frozen_batchnorm_keeps_its_statistics_only_under_frozen_eval(name):
                 and not n.startswith(("classifier", "fc", "head"))]
         assert body  # drop-path and BatchNorm there are off only under frozen_eval
         assert all(m.training is (bn_policy == "train") for m in body), bn_policy
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet", "test_byobnet"])
+def test_trained_batchnorm_keeps_pretrained_statistics_only_under_eval(name):
+    """Under "eval" a BatchNorm that trains normalises with its running statistics, so its output does not
+    jump when training starts; under "frozen_eval" and "train" it uses batch statistics and updates them."""
+    for bn_policy, uses_batch_stats in (("eval", False), ("frozen_eval", True), ("train", True)):
+        model = _model(name)
+        groups = layer_groups(model)
+        apply_freeze(model, groups, parse_freeze("all", groups), bn_policy)
+        set_train_mode(model, bn_policy)
+        trained_bn = _batchnorms(model, frozen=False)
+        assert trained_bn
+        assert all(bn.training is uses_batch_stats for bn in trained_bn), bn_policy
+        before = [bn.running_mean.clone() for bn in trained_bn]
+        x = _input(model)
+        with torch.no_grad():
+            out = model(x)
+            model.eval()
+            reference = model(x)
+        changed = any(not torch.equal(b, bn.running_mean) for b, bn in zip(before, trained_bn))
+        assert changed is uses_batch_stats, bn_policy
+        assert torch.allclose(out, reference, atol=1e-5) is not uses_batch_stats, bn_policy
 
 
 @pytest.mark.parametrize("name", MODELS)

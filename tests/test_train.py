@@ -176,3 +176,80 @@ def test_tl_core_never_imports_streamlit():
     assert out.stdout.strip() == "False"
     for path in (ROOT / "tl_core").rglob("*.py"):
         assert "import streamlit" not in path.read_text(), path
+
+
+def _epoch_ends(events, phase):
+    return [e for e in events if e["event"] == "epoch_end" and e["phase"] == phase]
+
+
+def test_finetune_starts_where_the_probe_ended(small_sample):
+    """The switch from probe to fine-tune keeps what the probe learnt: no jump in the training loss.
+    (Before BatchNorm kept its pretrained statistics and the folded head was bounded, the first
+    fine-tune batch of this run logged 20-260× the probe's last loss.)"""
+    dataset = ingest_folder(small_sample)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-2", epochs=2, image_size=96,
+                                   batch_size=8, early_stopping=0))
+    train.run(run_dir)
+    events = read_events(run_dir)
+    probe_last = _epoch_ends(events, "probe")[-1]["train_loss"]
+    first_batch = next(e for e in events if e["event"] == "batch_end" and e.get("phase") == "finetune")
+    first_epoch = _epoch_ends(events, "finetune")[0]
+    limit = 3 * probe_last + 0.05
+    assert first_batch["loss"] <= limit, (first_batch["loss"], probe_last)
+    assert first_epoch["train_loss"] <= limit, (first_epoch["train_loss"], probe_last)
+    assert not [e for e in events if e.get("kind") == "diverged"]
+
+
+def test_full_finetune_learns_on_real_images(sample_dir):
+    """Every layer trains on 240 real images: the training loss falls and validation stays with the probe's."""
+    dataset = ingest_folder(sample_dir)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="all", epochs=4, image_size=96,
+                                   early_stopping=0))
+    metrics = train.run(run_dir)
+    events = read_events(run_dir)
+    probe, tuned = _epoch_ends(events, "probe"), _epoch_ends(events, "finetune")
+    assert len(tuned) == 4
+    assert tuned[-1]["train_loss"] < tuned[0]["train_loss"]
+    assert max(e["train_loss"] for e in tuned) < 3 * probe[-1]["train_loss"] + 0.05
+    best_probe = max(e["val_acc"] for e in probe)
+    assert tuned[-1]["val_acc"] >= best_probe - 0.05, (tuned[-1]["val_acc"], best_probe)
+    kept = metrics["kept"]
+    assert kept["epoch"] == metrics["best_epoch"]
+    assert kept["plan"] == ("all" if kept["phase"] == "finetune" else "head")
+
+
+def test_a_diverging_finetune_restarts_lower_and_says_which_model_is_kept(small_sample):
+    """At a learning rate of 1 every layer blows up: the guard restores the probe's weights, retries at a
+    10× lower rate, and the run says in words which weights it kept and why."""
+    dataset = ingest_folder(small_sample)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="all", lr=1.0, epochs=2,
+                                   image_size=64, batch_size=8, early_stopping=0, warmup_epochs=0))
+    metrics = train.run(run_dir)
+    assert read_status(run_dir)["state"] == "done"
+    events = read_events(run_dir)
+    diverged = [e for e in events if e["event"] == "notice" and e.get("kind") == "diverged"]
+    assert diverged and "restarted from the probe's weights at a 10× lower learning rate" in diverged[0]["message"]
+    restarts = [e for e in events if e["event"] == "phase_start" and e["phase"] == "finetune"]
+    assert len(restarts) == 2 and restarts[1]["lr"] == pytest.approx(restarts[0]["lr"] / 10)
+    kept = metrics["kept"]
+    if kept["phase"] == "probe":
+        assert kept["plan"] == "head" and "probe" in kept["reason"]
+        assert kept["trainable_params"] < metrics["trainable_params"]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["kept"] == kept
+
+
+def test_the_divergence_guard_limits(small_sample):
+    from types import SimpleNamespace
+
+    from tl_core.callbacks import DivergenceGuard, PhaseDiverged
+
+    guard = DivergenceGuard(over_chance=2.0, over_probe=4.0)
+    fit = SimpleNamespace(classes=["a", "b", "c", "d"])
+    guard("phase_start", {"phase": "finetune", "reference_loss": 0.1}, fit)
+    guard("batch_end", {"phase": "finetune", "epoch": 6, "loss": 2.7}, fit)  # below 2 ln 4 = 2.77
+    for loss in (2.8, float("nan"), float("inf")):
+        with pytest.raises(PhaseDiverged):
+            guard("batch_end", {"phase": "finetune", "epoch": 6, "loss": loss}, fit)
+    guard("phase_start", {"phase": "finetune", "reference_loss": 1.0}, fit)
+    guard("batch_end", {"phase": "finetune", "epoch": 6, "loss": 3.9}, fit)  # below 4 × the probe's 1.0

@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--freeze", default="head", help="head | top-N | all | GROUP,GROUP (the groups that train)")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=None,
+                       help="peak learning rate next to the head (default: by plan: head 1e-3, top-N 3e-4, all 1e-4)")
+    train.add_argument("--bn-policy", default="eval", choices=["eval", "frozen_eval", "train"],
+                       help="eval: every BatchNorm keeps its pretrained statistics (safe on small data); "
+                            "frozen_eval: trained layers use batch statistics; train: all do")
     train.add_argument("--image-size", type=int, default=None)
     train.add_argument("--augment", default="none", choices=["none", "light", "strong"])
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -100,7 +104,7 @@ def _prepare_run(args) -> Path:
     weights = args.weights or default_weights(args.backbone)
     config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
                        backbone=args.backbone, weights=weights, freeze=args.freeze, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, augment=args.augment,
+                       batch_size=args.batch_size, lr=args.lr, bn_policy=args.bn_policy, image_size=args.image_size, augment=args.augment,
                        device=args.device, seed=args.seed)
     return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
 

@@ -10,7 +10,8 @@ import math
 import time
 from pathlib import Path
 
-EVENTS = ("fit_start", "batch_end", "epoch_end", "checkpoint", "notice", "fit_end", "cancelled", "error")
+EVENTS = ("fit_start", "phase_start", "batch_end", "epoch_end", "checkpoint", "notice", "fit_end", "cancelled",
+          "error")
 
 
 class CancelFit(Exception):
@@ -19,6 +20,14 @@ class CancelFit(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class PhaseDiverged(Exception):
+    """Raised by DivergenceGuard: the phase's loss left the probe's far behind (the loop restarts it)."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"training loss {loss} at epoch {epoch}")
+        self.epoch, self.loss = epoch, loss
 
 
 class Callback:
@@ -72,6 +81,27 @@ class NanGuard(Callback):
                 "lower the learning rate, or train fewer layers")
 
 
+class DivergenceGuard(Callback):
+    """Stops a fine-tune whose batch loss is non-finite or, after a probe, far above where it started:
+    above `over_chance` × ln(classes) (much worse than guessing) and above `over_probe` × the probe's
+    training loss. Raises PhaseDiverged; the loop restores the phase's first weights and retries.
+    Without a probe (training from random weights) only a non-finite loss counts."""
+
+    def __init__(self, over_chance: float, over_probe: float):
+        self.over_chance, self.over_probe = over_chance, over_probe
+        self.limit = math.inf
+
+    def on_phase_start(self, info, fit):
+        reference = info.get("reference_loss")
+        chance = math.log(max(len(fit.classes), 2))
+        self.limit = math.inf if reference is None else max(self.over_chance * chance, self.over_probe * reference)
+
+    def on_batch_end(self, info, fit):
+        loss = info.get("loss")
+        if info.get("phase") == "finetune" and loss is not None and not loss <= self.limit:
+            raise PhaseDiverged(info["epoch"], loss)
+
+
 class BestCheckpoint(Callback):
     """Keeps a copy of the weights of the best epoch (highest val accuracy, then lowest val loss)."""
 
@@ -79,12 +109,20 @@ class BestCheckpoint(Callback):
         self.best_key = None
         self.best_state = None
         self.best_epoch = None
+        self.best_phase = None
+        self.best_of_phase = {}  # phase → {"epoch", "val_acc", "val_loss"} of its best epoch
 
     def on_epoch_end(self, info, fit):
         key = (info["val_acc"], -info["val_loss"])
+        phase = info.get("phase")
+        seen = self.best_of_phase.get(phase)
+        if seen is None or key > (seen["val_acc"], -seen["val_loss"]):
+            self.best_of_phase[phase] = {"epoch": info["epoch"], "val_acc": info["val_acc"],
+                                         "val_loss": info["val_loss"]}
         if self.best_key is None or key > self.best_key:
             self.best_key = key
             self.best_epoch = info["epoch"]
+            self.best_phase = phase
             self.best_state = _changeable_state(fit.model)
             fit.emit("checkpoint", epoch=info["epoch"], phase=info.get("phase"),
                      val_acc=info["val_acc"], val_loss=info["val_loss"])
@@ -106,6 +144,9 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int, min_delta: float = 1e-4):
         self.patience = patience
         self.min_delta = min_delta
+        self.reset()
+
+    def on_phase_start(self, info, fit):
         self.reset()
 
     def reset(self):

@@ -9,9 +9,22 @@ from pathlib import Path
 
 AUGMENTATIONS = ("none", "light", "strong")
 SCHEDULES = ("cosine", "onecycle")
-BN_POLICIES = ("frozen_eval", "train")
+BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
+LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
 _FREEZE_RE = re.compile(r"^(head|all|top-\d+|[\w.\-]+(,[\w.\-]+)*)$")
+
+
+def recommended_lr(freeze: str) -> float:
+    """The peak learning rate of the group next to the head, for a freeze plan.
+
+    The head alone (trained on images when augmented) takes a head's rate. Pretrained layers need
+    smaller steps, the more of them train the smaller: measured on Fashion-MNIST (20 a class, mean of 3
+    draws; bench/RESULTS.md), see LR_BY_PLAN.
+    """
+    if freeze == "head":
+        return LR_BY_PLAN["head"]
+    return LR_BY_PLAN["all"] if freeze == "all" else LR_BY_PLAN["partial"]
 
 
 class ConfigError(ValueError):
@@ -33,10 +46,10 @@ class RunConfig:
     backbone: str = "efficientnet_lite0"  # with weights="embedded": the TF port whose weights ship here
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors
     freeze: str = "head"
-    bn_policy: str = "frozen_eval"
+    bn_policy: str = "eval"
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None  # None: the rate for the freeze plan, recommended_lr(freeze)
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     schedule: str = "cosine"
@@ -52,6 +65,8 @@ class RunConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.lr is None:
+            object.__setattr__(self, "lr", recommended_lr(self.freeze))
         self.validate()
 
     def validate(self) -> None:
