@@ -60,14 +60,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from . import train
+    from .jobs import BUSY_EXIT, RunBusy, claim_run
     from .runs import read_status
 
     if args.run_dir and not args.data:
+        run_dir = Path(args.run_dir)
         try:
-            train.run(args.run_dir)
-        except Exception:
-            print(f"error: {read_status(Path(args.run_dir)).get('error')}", file=sys.stderr)
+            # Claimed before torch is imported, so a second worker for this run exits at once.
+            with claim_run(run_dir, on_wait=_say):
+                from . import train
+
+                train.run(run_dir)  # holds the claim already: no second wait
+        except RunBusy as busy:
+            print(f"error: {busy}", file=sys.stderr)
+            return BUSY_EXIT
+        except Exception as error:
+            print(f"error: {_failure(run_dir, error)}", file=sys.stderr)
             return 1
         return 0
     if not args.data:
@@ -75,12 +83,13 @@ def _train(args) -> int:
         return 2
     run_dir = _prepare_run(args)
     print(f"run folder: {run_dir}", flush=True)
+    from . import train
     from .callbacks import ConsoleProgress
 
     try:
-        metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()])
-    except Exception:
-        print(f"error: {read_status(run_dir).get('error')}", file=sys.stderr)
+        metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
+    except Exception as error:
+        print(f"error: {_failure(run_dir, error)}", file=sys.stderr)
         print(run_dir)
         return 1
     state = read_status(run_dir).get("state")
@@ -90,6 +99,22 @@ def _train(args) -> int:
         print(state)
     print(run_dir)
     return 0 if state == "done" else 1
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _failure(run_dir: Path, error: BaseException) -> str:
+    """Why the run failed: status.json's reason, else the error itself (a full disk may have kept it unsaved)."""
+    from .runs import read_status
+
+    status = read_status(run_dir)
+    if status.get("state") == "failed" and status.get("error"):
+        return str(status["error"])
+    notes = " ".join(getattr(error, "__notes__", []))
+    text = str(error) or type(error).__name__
+    return f"{text} {notes}".strip()
 
 
 def _prepare_run(args) -> Path:

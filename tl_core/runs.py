@@ -1,23 +1,33 @@
 """The run folder: the contract between the engine, its worker process and the UI.
 
 <workspace>/runs/<run_id>/ holds config.json, status.json, events.jsonl, metrics.json,
-predictions.csv, model.safetensors, labels.json, preprocess.json and, to cancel, STOP.
-Every whole-file write is atomic, so a reader never sees half a file.
+predictions.csv, model.safetensors, labels.json, preprocess.json, worker.lock and, to cancel, STOP.
+Every whole-file write is atomic, so a reader never sees half a file; every reader survives a file
+that was damaged anyway (an empty, cut or garbage file is reported, never raised).
+A run is being trained exactly while a process holds the OS lock on its worker.lock.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import numbers
 import os
 import platform
 import secrets
+import shutil
 import time
 from pathlib import Path
 
 from .config import RunConfig
-from .storage import atomic_write_json, read_json, workspace_root
+from .storage import DamagedFile, atomic_write_json, parse_json, read_json, workspace_root
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
+DAMAGED = "damaged"  # the state shown for a run whose status.json or config.json cannot be read
+LOCK_FILE = "worker.lock"
+_METRIC_NUMBERS = ("val_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
+_EVENT_NUMBERS = {"fit_start": ("epochs",), "epoch_end": ("epoch", "train_loss", "val_loss", "train_acc", "val_acc"),
+                  "batch_end": ("epoch",)}
 
 
 def runs_root(workspace: Path | None = None) -> Path:
@@ -45,41 +55,68 @@ def package_versions() -> dict:
 def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path | None = None) -> Path:
     """Make a run folder holding config.json and a queued status; return its path."""
     run_dir = Path(run_dir) if run_dir else runs_root(workspace) / new_run_id(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir}: already holds a run")
-    atomic_write_json(run_dir / "config.json", {"config": config.to_dict(), "versions": package_versions()})
-    write_status(run_dir, state="queued", queued=time.time())
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / LOCK_FILE).touch()  # made now: a lock file takes no space later, when the disk may be full
+        write_status(run_dir, state="queued", queued=time.time())
+        # config.json last: list_runs shows a folder only once it holds one, so a half-made run never shows
+        atomic_write_json(run_dir / "config.json", {"config": config.to_dict(), "versions": package_versions()})
+    except BaseException:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir
 
 
 def update_config_record(run_dir: Path, **facts) -> None:
     """Add facts learnt while running (device used, classes, sizes) beside the config."""
-    record = read_json(Path(run_dir) / "config.json", {})
+    record = _read_config(Path(run_dir))[0] or {}
     record.update(facts)
     atomic_write_json(Path(run_dir) / "config.json", record)
 
 
 def read_config_record(run_dir: Path) -> dict:
-    return read_json(Path(run_dir) / "config.json", {})
+    """config.json as a dict; {} when it is missing or damaged (damage() says which)."""
+    return _read_config(Path(run_dir))[0] or {}
+
+
+def _read_config(run_dir: Path) -> tuple[dict | None, str | None]:
+    record, problem = _read_object(run_dir / "config.json")
+    if record is not None and not isinstance(record.get("config", {}), dict):
+        return None, "config.json: 'config' is not a table of settings"
+    return record, problem
 
 
 def read_status(run_dir: Path) -> dict:
-    return read_json(Path(run_dir) / "status.json", {"state": "unknown"})
+    """status.json; {"state": "damaged", "error": "status.json: why"} when it cannot be read."""
+    status, problem = _read_status(Path(run_dir))
+    if problem:
+        return {"state": DAMAGED, "error": problem}
+    return status if status is not None else {"state": "unknown"}
+
+
+def _read_status(run_dir: Path) -> tuple[dict | None, str | None]:
+    status, problem = _read_object(run_dir / "status.json")
+    if status is not None and status.get("state") not in STATES:
+        return None, f"status.json: unknown state {str(status.get('state'))[:40]!r}"
+    return status, problem
 
 
 def write_status(run_dir: Path, **fields) -> dict:
-    """Merge `fields` into status.json."""
-    status = read_json(Path(run_dir) / "status.json", {})
+    """Merge `fields` into status.json (a damaged one is replaced)."""
+    status = _read_status(Path(run_dir))[0] or {}
     status.update(fields)
     atomic_write_json(Path(run_dir) / "status.json", status)
     return status
 
 
 def request_stop(run_dir: Path) -> None:
-    """Ask the worker to stop; it does within one batch. A queued run is cancelled at once."""
+    """Ask the worker to stop; it does within one batch. A queued run nobody has claimed is cancelled at once."""
     Path(run_dir, "STOP").touch()
-    if read_status(run_dir).get("state") == "queued":
+    if read_status(run_dir).get("state") == "queued" and not lock_held(Path(run_dir) / LOCK_FILE):
         write_status(run_dir, state="cancelled", ended=time.time(), error=None)
 
 
@@ -88,22 +125,58 @@ def stop_requested(run_dir: Path) -> bool:
 
 
 class EventReader:
-    """Reads the new complete lines of events.jsonl since the last call (a partial last line waits)."""
+    """Reads the new complete lines of events.jsonl since the last call (a partial last line waits).
+
+    A line that is not a JSON object with an "event" name (or holds text where its kind has numbers) is
+    skipped and counted in `bad_lines`, so one damaged line never hides the others.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "events.jsonl"
         self.offset = 0
+        self.lines = 0
+        self.bad_lines: list[tuple[int, str]] = []  # (line number, why)
 
     def read_new(self) -> list[dict]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 chunk = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return []
         end = chunk.rfind(b"\n") + 1
         self.offset += end
-        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        events = []
+        for line in chunk[:end].splitlines():
+            self.lines += 1
+            if not line.strip():
+                continue
+            event, why = _parse_event(line)
+            if why:
+                self.bad_lines.append((self.lines, why))
+            else:
+                events.append(event)
+        return events
+
+    def unfinished_tail(self) -> bool:
+        """True when the file ends in a partial line (normal while the worker writes; damage once it is done)."""
+        try:
+            return self.path.stat().st_size > self.offset
+        except OSError:
+            return False
+
+
+def _parse_event(line: bytes) -> tuple[dict | None, str | None]:
+    try:
+        event = parse_json(line)
+    except DamagedFile as damage:
+        return None, damage.reason
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return None, "not an event (a JSON object with an \"event\" name)"
+    for key in _EVENT_NUMBERS.get(event["event"], ()):
+        if key in event and event[key] is not None and not _is_number(event[key]):
+            return None, f"{event['event']} whose {key!r} is not a number"
+    return event, None
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -111,32 +184,97 @@ def read_events(run_dir: Path) -> list[dict]:
 
 
 def read_metrics(run_dir: Path) -> dict | None:
-    return read_json(Path(run_dir) / "metrics.json")
+    """metrics.json; None when it is missing or damaged (damage() says which)."""
+    return _read_metrics(Path(run_dir))[0]
+
+
+def _read_metrics(run_dir: Path) -> tuple[dict | None, str | None]:
+    metrics, problem = _read_object(run_dir / "metrics.json")
+    if metrics is None:
+        return None, problem
+    why = _metrics_problem(metrics)
+    return (None, f"metrics.json: {why}") if why else (metrics, None)
+
+
+def _metrics_problem(metrics: dict) -> str | None:
+    for key in _METRIC_NUMBERS:
+        if key in metrics and metrics[key] is not None and not _is_number(metrics[key]):
+            return f"{key!r} is not a number"
+    classes = metrics.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        return "'classes' is not a list of names"
+    confusion = metrics.get("confusion")
+    if confusion is not None and not (
+            isinstance(confusion, list) and len(confusion) == len(classes)
+            and all(isinstance(row, list) and len(row) == len(classes) and all(map(_is_number, row))
+                    for row in confusion)):
+        return "'confusion' is not a square table of counts, one row per class"
+    if not isinstance(metrics.get("kept", {}), dict):
+        return "'kept' is not a record of the weights kept"
+    per_class = metrics.get("per_class", {})
+    if not isinstance(per_class, dict) or not all(isinstance(v, dict) for v in per_class.values()):
+        return "'per_class' is not a table of scores per class"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _read_object(path: Path) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path` or None, "name: why" when it exists but cannot be used)."""
+    try:
+        value = read_json(path)
+    except DamagedFile as damage:
+        return None, f"{path.name}: {damage.reason}"
+    except OSError as error:
+        return None, f"{path.name}: could not be read ({error.strerror or error})"
+    if value is not None and not isinstance(value, dict):
+        return None, f"{path.name}: not a JSON object"
+    return value, None
+
+
+def damage(run_dir: Path) -> list[str]:
+    """What is wrong with the run's files, one "file: reason" each; [] for a healthy run."""
+    run_dir = Path(run_dir)
+    problems = [problem for problem in (_read_config(run_dir)[1], _read_status(run_dir)[1],
+                                        _read_metrics(run_dir)[1]) if problem]
+    reader = EventReader(run_dir)
+    reader.read_new()
+    for number, why in reader.bad_lines[:3]:
+        problems.append(f"events.jsonl: line {number} skipped, {why}")
+    if len(reader.bad_lines) > 3:
+        problems.append(f"events.jsonl: {len(reader.bad_lines) - 3} more lines skipped")
+    if reader.unfinished_tail() and not lock_held(run_dir / LOCK_FILE):
+        problems.append("events.jsonl: the last line is cut short")
+    return problems
 
 
 def summarize(run_dir: Path) -> dict:
-    """One row for a table of runs: id, state, key settings and scores."""
+    """One row for a table of runs: id, state, key settings and scores; `damaged` names broken files."""
     record = read_config_record(run_dir)
-    config = record.get("config", {})
+    config = record.get("config", {}) if isinstance(record.get("config"), dict) else {}
     status = read_status(run_dir)
     metrics = read_metrics(run_dir) or {}
+    problems = damage(run_dir)
     return {
         "run_id": Path(run_dir).name,
         "run_dir": str(run_dir),
-        "name": config.get("name", ""),
+        "name": str(config.get("name", "")),
         "state": status.get("state", "unknown"),
         "backbone": config.get("backbone"),
         "weights": config.get("weights"),
         "freeze": config.get("freeze"),
         "epochs": config.get("epochs"),
         "augment": config.get("augment"),
-        "dataset": Path(config.get("dataset_dir", "")).name,
+        "dataset": Path(str(config.get("dataset_dir", ""))).name,
         "device": record.get("device"),
         "val_acc": metrics.get("val_acc"),
         "val_loss": metrics.get("val_loss"),
         "wall_s": metrics.get("wall_s"),
         "queued": status.get("queued"),
         "error": status.get("error"),
+        "damaged": "; ".join(problems) or None,
     }
 
 
@@ -145,12 +283,62 @@ def list_runs(workspace: Path | None = None) -> list[Path]:
     root = runs_root(workspace)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if (p / "config.json").exists()]
+    runs = [p for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").exists()]
     return sorted(runs, key=lambda p: p.name, reverse=True)
 
 
+def delete_run(run_dir: Path) -> None:
+    """Remove a run folder; refused while a worker holds it (stop the run first)."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve().parent != runs_root(run_dir.parent.parent).resolve() or not (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir}: not a run folder of a workspace; nothing deleted")
+    if lock_held(run_dir / LOCK_FILE):
+        raise ValueError(f"{run_dir.name}: a worker is training it; stop it first, then delete it")
+    shutil.rmtree(run_dir)
+
+
+# ---------------------------------------------------------------- OS file locks
+
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive flock on `path` (created if missing), or None when another holds it.
+
+    flock locks belong to the open file description: they are released when every descriptor of it is
+    closed, which the kernel does when a process dies however it dies. No pid is ever guessed.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def lock_held(path: Path) -> bool:
+    """Whether some process holds `path`'s lock now (a missing lock file is not held)."""
+    if not Path(path).exists():
+        return False
+    try:
+        fd = try_lock(Path(path))
+    except FileNotFoundError:
+        return False
+    if fd is None:
+        return True
+    unlock(fd)
+    return False
+
+
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
+    """Whether a process with this id exists (for messages only: a pid may belong to another program by now)."""
+    if not pid or not isinstance(pid, int):
         return False
     try:
         os.kill(pid, 0)
@@ -158,7 +346,6 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child has exited; only its parent's wait() removes it.
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except (OSError, IndexError):

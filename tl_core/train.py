@@ -61,30 +61,47 @@ PROBE_STD_FLOOR = 0.2
 DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, RESTART_LR_FACTOR = 2.0, 4.0, 0.1
 
 
-def run(run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
-    """Train the prepared run in `run_dir` and keep status.json true whatever happens."""
+def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None) -> dict:
+    """Train the prepared run in `run_dir` and keep status.json true whatever happens.
+
+    The run is claimed first, with a device slot of its workspace (jobs.claim_run): one worker per run,
+    never more runs than slots, whoever calls. While every slot is busy it waits (`on_wait(message)` says
+    so); jobs.RunBusy when another worker already trains this run.
+    """
+    from .jobs import claim_run  # imported here: only this function deals with claiming
+    from .storage import StorageFull
+
     run_dir = Path(run_dir)
-    write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
-    log = EventLog(run_dir / "events.jsonl")
-    fit = None
-    try:
-        config = RunConfig.load(run_dir)
-        fit = Fit(config, run_dir, [log, StopFile(run_dir), DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
-                                    NanGuard(), BestCheckpoint(),
-                                    EarlyStopping(config.early_stopping), *(extra_callbacks or [])])
-        metrics = fit.run()
-    except CancelFit as stop:
-        fit.emit("cancelled", reason=str(stop))
-        fit.save_outputs()
-        write_status(run_dir, state="cancelled", ended=time.time())
-        return {}
-    except Exception as error:  # the worker's last word: status.json says what went wrong
-        message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        log("error", {"message": message, "traceback": traceback.format_exc(limit=8)}, fit)
-        write_status(run_dir, state="failed", ended=time.time(), error=message)
-        raise
-    write_status(run_dir, state="done", ended=time.time())
-    return metrics
+    with claim_run(run_dir, on_wait=on_wait) as claim:
+        if claim.cancelled:  # stopped while it waited for a slot
+            return {}
+        log = fit = None
+        try:
+            write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
+            log = EventLog(run_dir / "events.jsonl")
+            config = RunConfig.load(run_dir)
+            fit = Fit(config, run_dir, [log, StopFile(run_dir),
+                                        DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
+                                        NanGuard(), BestCheckpoint(),
+                                        EarlyStopping(config.early_stopping), *(extra_callbacks or [])])
+            metrics = fit.run()
+        except CancelFit as stop:
+            fit.emit("cancelled", reason=str(stop))
+            fit.save_outputs()
+            write_status(run_dir, state="cancelled", ended=time.time())
+            return {}
+        except Exception as error:  # the worker's last word: status.json says what went wrong
+            message = (str(error) if isinstance(error, (ValueError, StorageFull))
+                       else f"{type(error).__name__}: {error}")
+            try:
+                if log is not None:
+                    log("error", {"message": message, "traceback": traceback.format_exc(limit=8)}, fit)
+                write_status(run_dir, state="failed", ended=time.time(), error=message)
+            except OSError as unrecorded:  # a full disk: the caller still gets the reason, with this note
+                error.add_note(f"(the failure could not be recorded in {run_dir}: {unrecorded})")
+            raise
+        write_status(run_dir, state="done", ended=time.time())
+        return metrics
 
 
 class Fit:
