@@ -120,17 +120,24 @@ def test_bad_files_are_refused_with_reasons_and_the_rest_is_ingested(src, ws):
 
     dataset = ingest_folder(src, workspace=ws)
 
-    assert len(dataset.classes) == 10 and len(dataset.items) == 30
+    # the image in a sub-folder of a class folder is kept in that class, with a note and a way to leave it out
+    assert len(dataset.classes) == 10 and len(dataset.items) == 31 and dataset.counts()["Coat"] == 4
+    nested = [item for item in dataset.items if item.get("subfolder")]
+    assert [(item["label"], item["subfolder"]) for item in nested] == [("Coat", "extra")]
+    assert any("found in sub-folders of class folders and put in that class: Coat/extra/ (1)" in warning
+               for warning in audit(dataset)["warnings"])
+    assert audit(dataset)["from_subfolders"] == [{"path": nested[0]["path"], "label": "Coat", "subfolder": "extra"}]
+    flat = datasets.without(dataset, from_subfolders=True, workspace=ws)
+    assert len(flat.items) == 30 and audit(flat)["from_subfolders"] == [] and flat.refused == dataset.refused
     reasons = {r["name"]: r["reason"] for r in dataset.refused}
     assert set(reasons) == {"Bag/notes.jpg", "Bag/broken.jpg", "Bag/empty.png", "Coat/bomb.png",
-                            "readme.txt", "Empty/", "Coat/extra/nested.png"}
+                            "readme.txt", "Empty/"}
     assert reasons["Bag/notes.jpg"] == "not an image (text file)"
     assert "truncated" in reasons["Bag/broken.jpg"]
     assert reasons["Bag/empty.png"] == "empty file (0 bytes)"
     assert "decompression bomb" in reasons["Coat/bomb.png"]
     assert reasons["readme.txt"] == "not inside a class folder"
     assert reasons["Empty/"] == "empty class folder"
-    assert "sub-folder" in reasons["Coat/extra/nested.png"]
     assert load_dataset(dataset.root).refused == dataset.refused
 
 
@@ -316,14 +323,24 @@ def test_fewer_than_two_classes_is_an_error_naming_what_was_refused(tmp_path, fa
     assert _no_datasets_left(ws)
 
 
-def test_a_class_with_one_image_is_an_error(tmp_path, fashion_dir, ws):
-    for label, count in (("cats", 2), ("dogs", 1)):
+def test_a_class_with_one_image_is_a_warning_with_a_choice(tmp_path, fashion_dir, ws):
+    for label, count in (("cats", 2), ("dogs", 1), ("birds", 3)):
         (tmp_path / "pets" / label).mkdir(parents=True)
-        for path in list((fashion_dir / "Bag").iterdir())[:count]:
+        for path in sorted((fashion_dir / "Bag").iterdir())[:count]:
             shutil.copy(path, tmp_path / "pets" / label)
-    with pytest.raises(DatasetError, match="^class 'dogs' has 1 image; each class needs at least 2$"):
-        ingest_folder(tmp_path / "pets", workspace=ws)
-    assert _no_datasets_left(ws)
+    dataset = ingest_folder(tmp_path / "pets", workspace=ws)  # the user may go on with it
+    report = audit(dataset)
+    assert dataset.counts() == {"birds": 3, "cats": 2, "dogs": 1} and report["single_image_classes"] == ["dogs"]
+    assert report["warnings"][0].startswith("1 class has a single image ('dogs'): it can train, but it is never "
+                                            "validated")
+    assert "drop the class" in report["warnings"][0]
+    dropped = datasets.without(dataset, classes=["dogs"], workspace=ws)  # ... or drop the class
+    assert dropped.counts() == {"birds": 3, "cats": 2} and dropped.name == "pets (without 'dogs')"
+    assert [d.id for d in list_datasets(ws)] == [dropped.id, dataset.id]
+    assert all(path.read_bytes() == (dataset.root / path.relative_to(dropped.root)).read_bytes()
+               for path in dropped.paths())
+    with pytest.raises(DatasetError, match="fewer than 2 classes"):
+        datasets.without(dataset, classes=["dogs", "cats"], workspace=ws)
 
 
 def test_list_and_load_datasets(fashion_dir, ws, tmp_path, monkeypatch):
@@ -458,3 +475,99 @@ def test_decode_images_names_the_file_it_cannot_decode(fashion_dir, tmp_path):
     good = sorted(fashion_dir.rglob("*.png"))[:2]
     with pytest.raises(ImageRefused, match="bad.png"):
         decode_images([good[0], bad, good[1]], 16)
+
+
+# ---------------------------------------------------------------- bounded decoding
+
+@pytest.mark.parametrize("width, height", [(20000, 2), (40000, 1), (1, 30000)])
+def test_thin_images_are_refused_before_they_cost_memory(width, height, tmp_path):
+    thin = _encoded(Image.new("L", (width, height)), "PNG")
+    assert len(thin) < 2000  # a few hundred bytes that once cost gigabytes to resize
+    for decode in (lambda: open_image(thin, "strip.png"), lambda: ingest_files(
+            [("strip.png", thin, "a"), ("ok.png", _encoded(_gradient(8, 8), "PNG"), "a"),
+             ("ok2.png", _encoded(_gradient(9, 9), "PNG"), "b")], workspace=tmp_path).refused[0]["reason"]):
+        try:
+            reason = decode()
+        except ImageRefused as refusal:
+            reason = str(refusal)
+        assert f"too thin to use: {width}×{height} px is {max(width, height) // min(width, height):,}:1" in reason
+        assert f"the limit is {datasets.MAX_ASPECT_RATIO}:1; crop it" in reason
+    path = tmp_path / "strip.png"
+    path.write_bytes(thin)
+    with pytest.raises(ImageRefused, match="strip.png: too thin"):
+        decode_images([path], 224)
+
+
+def test_the_widest_accepted_image_decodes_within_a_small_memory_budget(tmp_path):
+    """Resized by its shorter side, a 20:1 image at 1024 px would be 23 400 px long: only its crop is made."""
+    path = tmp_path / "panorama.png"
+    _gradient(4000, 200).save(path)
+    code = ("import resource, sys; from tl_core.datasets import decode_images;"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            f"out = decode_images([{str(path)!r}], 1024);"
+            "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before;"
+            "print(tuple(out.shape), grown // 1024)")
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    shape, grown_mb = done.stdout.split(") ")
+    assert shape == "(1, 3, 1024, 1024" and int(grown_mb) < 60, done.stdout  # whole: 23 400×1 170 px = 110 MB
+
+
+def test_the_crop_made_straight_from_the_source_matches_the_exact_geometry(monkeypatch):
+    rng = np.random.default_rng(1)
+    for width, height, size, crop_pct in [(3000, 40, 32, 0.875), (41, 3333, 48, 1.0), (64, 64, 32, 0.9),
+                                          (20, 300, 40, 1.2), (2000, 300, 224, 0.875)]:
+        photo = np.asarray(_gradient(width, height)) + rng.normal(0, 4, (height, width, 3))
+        image = Image.fromarray(photo.clip(0, 255).astype(np.uint8))
+        exact = prepare_image(image, size, crop_pct).numpy().astype(int)
+        monkeypatch.setattr(datasets, "_RESIZE_PIXELS", 0)  # as for an image whose resized whole is too big
+        direct = prepare_image(image, size, crop_pct).numpy().astype(int)
+        monkeypatch.undo()
+        assert direct.shape == exact.shape == (3, size, size)
+        difference = np.abs(direct - exact)
+        assert difference.max() <= 2 and difference.mean() < 0.5, (width, height)
+
+
+def test_an_image_over_the_decode_budget_is_refused_with_the_figures(monkeypatch):
+    rgba = _encoded(Image.new("RGBA", (400, 300), (10, 20, 30, 40)), "PNG")
+    assert open_image(rgba).size == (400, 300)
+    monkeypatch.setattr(datasets, "MAX_DECODE_BYTES", 1 << 20)
+    with pytest.raises(ImageRefused) as refusal:
+        open_image(rgba, "big.png")
+    assert ("big.png: would need about 2 MB of memory to decode (400×300 px, RGBA); the limit is 1 MB an image. "
+            "Save it smaller") in str(refusal.value)
+    assert open_image(rgba, draft_size=40).size == (58, 43)  # reduced 7× right after decoding, so it fits
+
+
+def test_big_images_are_reduced_right_after_decoding_when_a_size_is_given():
+    png = _encoded(_gradient(1600, 1200), "PNG")
+    reduced = open_image(png, draft_size=300)
+    assert reduced.size == (400, 300)  # 1200 // 300 = 4: a whole factor that keeps 300 px a side
+    full = open_image(png)
+    assert full.size == (1600, 1200)
+    small = np.asarray(full.resize((400, 300), Image.Resampling.BOX)).astype(int)
+    assert np.abs(np.asarray(reduced).astype(int) - small).max() <= 1
+
+
+def test_a_full_disk_during_ingest_names_the_file_and_the_size(fashion_dir, ws, monkeypatch):
+    import errno
+
+    from tl_core import storage
+
+    real = Path.write_bytes
+
+    def full(self, data):
+        if "datasets" in self.parts:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(storage.StorageFull) as error:
+        ingest_folder(fashion_dir, workspace=ws)
+    message = str(error.value)
+    assert "/images/" in message and "the disk is full (" in message and "bytes needed" in message
+    assert "free" in message and "TL_STUDIO_HOME" in message
+    assert _no_datasets_left(ws)

@@ -30,12 +30,18 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .storage import atomic_file, atomic_write_json, read_json, workspace_root
+from .storage import StorageFull, atomic_file, atomic_write_json, is_disk_full, read_json, workspace_root, write_bytes
 
 if TYPE_CHECKING:
     import torch
 
 MAX_IMAGE_PIXELS = 64_000_000  # above any ordinary camera; beyond it a file is treated as a decompression bomb
+# Longer side ÷ shorter side. A panorama is 4-12:1; a 20000×2 strip is no photo, and resizing it by its
+# shorter side (as the eval transform does) would make a 2 560 000-pixel-long image: gigabytes.
+MAX_ASPECT_RATIO = 20
+# The most memory one image may take to decode and convert (raster and working copies): a 64-megapixel
+# photo fits; a file that would need more is refused before a byte is decoded.
+MAX_DECODE_BYTES = 1 << 30
 MAX_ZIP_BYTES = 2 << 30  # uncompressed total of an archive
 MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_RATIO = 100  # images are already compressed; a member that deflates far more is suspect
@@ -45,7 +51,10 @@ FEW_IMAGES_PER_CLASS = 10  # below this the audit suggests adding examples
 _RATIO_CHECK_FROM_BYTES = 1 << 20  # a small member cannot hurt, whatever its ratio
 _VALIDATE_DRAFT = 512  # ingest decodes big JPEGs at reduced scale: every byte is still read, so damage shows
 _DECODE_THREADS = 2  # Pillow releases the GIL while decoding and resizing
-_DECODE_VERSION = 1  # bump when decoding changes, so caches made the old way are not reused
+_DECODE_VERSION = 2  # bump when decoding changes, so caches made the old way are not reused
+_RESIZE_PIXELS = 16_000_000  # above this, an image is resized straight into its crop, never whole
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F")
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}  # Pillow's storage; else 4
 _CLUTTER_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 _FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "AVIF")
 _RESAMPLE = {
@@ -112,8 +121,9 @@ def open_image(src: str | Path | bytes, name: str = "", *, draft_size: int | Non
                max_pixels: int | None = None) -> Image.Image:
     """Decode one image as RGB, EXIF-oriented; raise ImageRefused saying why it cannot be used.
 
-    `draft_size` lets a JPEG decode at a reduced scale that still covers that many pixels a side.
-    `max_pixels` defaults to MAX_IMAGE_PIXELS.
+    `draft_size` lets a JPEG decode at a reduced scale, and any other image be reduced right after
+    decoding, that still covers that many pixels a side. `max_pixels` defaults to MAX_IMAGE_PIXELS.
+    Images thinner than MAX_ASPECT_RATIO:1, or that would take more than MAX_DECODE_BYTES, are refused.
     """
     return _decode(src, name, draft_size, max_pixels)[0]
 
@@ -126,11 +136,13 @@ def _decode(src, name: str, draft_size: int | None, max_pixels: int | None) -> t
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         image = Image.open(io.BytesIO(data), formats=_open_formats())
-        _check_pixels(image.size, limit, name)
+        _check_geometry(image.size, limit, name)
         full_size = image.size
         if draft_size:
             image.draft("RGB", (draft_size, draft_size))
+        _check_decode_budget(image, draft_size, name)
         image.load()  # a full decode: truncation and corruption only show here
+        image = _reduced(image, draft_size)
         oriented, swapped = _exif_oriented(image)
         rgb = _to_rgb(oriented, name)
     except ImageRefused:
@@ -169,11 +181,42 @@ def _open_formats() -> list[str]:
     return [fmt for fmt in _FORMATS if fmt in Image.OPEN]
 
 
-def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
+def _check_geometry(size: tuple[int, int], limit: int, name: str) -> None:
     width, height = size
+    if width < 1 or height < 1:
+        raise ImageRefused(f"no pixels ({width}×{height})", name)
     if width * height > limit:
         raise ImageRefused(f"too many pixels ({width}×{height} = {width * height / 1e6:.0f} megapixels; "
                            f"the limit is {limit / 1e6:g}), possibly a decompression bomb", name)
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageRefused(f"too thin to use: {width}×{height} px is {ratio:,.0f}:1, and the limit is "
+                           f"{MAX_ASPECT_RATIO}:1; crop it to the part that shows the object", name)
+
+
+def _check_decode_budget(image: Image.Image, draft_size: int | None, name: str) -> None:
+    """Refuse before decoding an image whose raster and working copies would exceed MAX_DECODE_BYTES."""
+    width, height = image.size  # after draft: the size the decoder will really produce
+    raster = width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+    reduced = _reduce_factor(image.size, draft_size) ** 2
+    needed = raster + 3 * 4 * width * height // reduced  # orientation, RGB and alpha copies, 4 bytes a pixel
+    if needed > MAX_DECODE_BYTES:
+        raise ImageRefused(f"would need about {needed / 2**20:,.0f} MB of memory to decode ({width}×{height} px, "
+                           f"{image.mode}); the limit is {MAX_DECODE_BYTES / 2**20:,.0f} MB an image. "
+                           "Save it smaller (for example 4000 px on the longer side)", name)
+
+
+def _reduce_factor(size: tuple[int, int], draft_size: int | None) -> int:
+    return max(1, min(size) // draft_size) if draft_size else 1
+
+
+def _reduced(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """Shrink by a whole factor that keeps draft_size pixels a side, as JPEG's draft does while decoding:
+    the working copies that follow (orientation, colour) are then small."""
+    factor = _reduce_factor(image.size, draft_size)
+    if factor < 2 or image.mode not in _REDUCIBLE_MODES:  # a palette's indices cannot be averaged
+        return image
+    return image.reduce(factor)
 
 
 def _exif_oriented(image: Image.Image) -> tuple[Image.Image, bool]:
@@ -216,8 +259,8 @@ def _deep_to_rgb(image: Image.Image) -> Image.Image:
         grey = values.astype(np.uint32) // 257
     elif image.mode == "F" and low >= 0 and high <= 1:
         grey = np.rint(values * 255)
-    elif high > low:
-        grey = np.rint((values.astype(np.float64) - low) * (255 / (float(high) - float(low))))
+    elif high > low:  # float32 is exact enough for 8-bit output and takes half the memory of float64
+        grey = np.rint((values.astype(np.float32) - np.float32(low)) * np.float32(255 / (float(high) - float(low))))
     else:
         grey = np.zeros(values.shape)
     return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
@@ -264,6 +307,7 @@ class _Entry(NamedTuple):
     label: str | None
     read: Callable[[], bytes] | None
     refusal: str | None = None
+    subfolder: str | None = None  # the folders between the class folder and the file, when any
 
 
 def ingest_folder(src: str | Path, name: str | None = None, workspace: Path | None = None, *,
@@ -315,15 +359,19 @@ def ingest_zip(src: str | Path | bytes, name: str | None = None, workspace: Path
         return _ingest(entries, refused, name or Path(label).stem, source, workspace, progress)
 
 
-def ingest_files(files: list[tuple[str, bytes, str]], name: str | None = None, workspace: Path | None = None, *,
+def ingest_files(files: list[tuple], name: str | None = None, workspace: Path | None = None, *,
                  progress: Callable[[int, int], None] | None = None) -> Dataset:
-    """Ingest uploaded files given as (file name, bytes, class name), as an upload widget hands them over."""
+    """Ingest uploaded files given as (file name, bytes, class name), as an upload widget hands them over.
+
+    A fourth element, when given, names the sub-folder of the class folder the file came from.
+    """
     entries = []
-    for file_name, data, label in files:
+    for file_name, data, label, *subfolder in files:
         if _is_clutter((_basename(file_name),)):
             continue
         label = _clean_label(label or "")
-        entries.append(_Entry(file_name, label or None, partial(bytes, data), None if label else "no class given"))
+        entries.append(_Entry(file_name, label or None, partial(bytes, data), None if label else "no class given",
+                              (subfolder or [None])[0] or None))
     default_name = time.strftime("upload %Y-%m-%d %H:%M")
     return _ingest(entries, [], name or default_name, {"kind": "upload", "files": len(files)}, workspace, progress)
 
@@ -419,10 +467,9 @@ def _tree_entries(files: list[_File], folders: list[tuple[str, tuple[str, ...]]]
             continue
         elif len(parts) == 1:
             entries.append(_Entry(file.name, None, None, "not inside a class folder"))
-        elif len(parts) > 2:
+        elif len(parts) > 2:  # kept in its class; the audit says so and offers to leave such images out
             used_folders.add(parts[0])
-            entries.append(_Entry(file.name, None, None,
-                                  f"inside a sub-folder of class folder '{parts[0]}'; put images directly in it"))
+            entries.append(_Entry(file.name, _clean_label(parts[0]), file.read, None, "/".join(parts[1:-1])))
         else:
             used_folders.add(parts[0])
             entries.append(_Entry(file.name, _clean_label(parts[0]), file.read))
@@ -478,10 +525,15 @@ def _store_entries(entries: list[_Entry], root: Path, progress) -> tuple[list[di
             refused.append({"name": entry.name, "reason": refusal.reason})
         else:
             rel = placement.place(entry.label, _basename(entry.name))
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(data)  # the original bytes: a later pipeline may decode differently
+            try:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageFull(root / rel, len(data), error) if is_disk_full(error) else error from None
+            write_bytes(root / rel, data)  # the original bytes: a later pipeline may decode differently
             items.append({"path": rel, "label": entry.label, "sha256": hashlib.sha256(data).hexdigest(),
                           "width": width, "height": height, "bytes": len(data)})
+            if entry.subfolder:
+                items[-1]["subfolder"] = entry.subfolder
         if progress:
             progress(done, len(entries))
     items.sort(key=lambda item: (item["label"], item["path"]))
@@ -489,14 +541,12 @@ def _store_entries(entries: list[_Entry], root: Path, progress) -> tuple[list[di
 
 
 def _check_usable(counts: Counter, refused: list[dict]) -> None:
+    """Two classes at least; a class with a single image is the audit's warning, not an error."""
     note = _refused_note(refused)
     if len(counts) < 2:
         found = f"{len(counts)} ({', '.join(sorted(counts))})" if counts else "0"
-        raise DatasetError(f"fewer than 2 classes: found {found}{note}", refused)
-    small = [(label, n) for label, n in sorted(counts.items()) if n < MIN_IMAGES_PER_CLASS]
-    if small:
-        which = "; ".join(f"class '{label}' has {_plural(n, 'image')}" for label, n in small)
-        raise DatasetError(f"{which}; each class needs at least {MIN_IMAGES_PER_CLASS}{note}", refused)
+        raise DatasetError(f"fewer than 2 classes: found {found}{note}; a classifier needs images of "
+                           "2 classes or more, one folder per class", refused)
 
 
 def _refused_note(refused: list[dict]) -> str:
@@ -636,9 +686,63 @@ def audit(dataset: Dataset, val: Dataset | None = None, tiny: int = 32) -> dict:
         "tiny": [{"path": item["path"], "width": item["width"], "height": item["height"]}
                  for item in dataset.items if min(item["width"], item["height"]) < tiny],
         "refused": list(dataset.refused),
+        # The two cases the user decides: keep them (training works) or make a copy without them (without()).
+        "single_image_classes": [label for label, n in counts.items() if n == 1],
+        "from_subfolders": [{"path": item["path"], "label": item["label"], "subfolder": item["subfolder"]}
+                            for item in dataset.items if item.get("subfolder")],
     }
-    report["warnings"] = _balance_warnings(counts) + _file_warnings(report, tiny) + _val_warnings(dataset, val)
+    report["warnings"] = (_choice_warnings(report) + _balance_warnings(counts) + _file_warnings(report, tiny)
+                          + _val_warnings(dataset, val))
     return report
+
+
+def _choice_warnings(report: dict) -> list[str]:
+    warnings = []
+    if single := report["single_image_classes"]:
+        warnings.append(f"{_plural(len(single), 'class')} {_verb(len(single), 'has', 'have')} a single image "
+                        f"({_listed([repr(label) for label in single])}): it can train, but it is never validated "
+                        "and one example teaches little; add images, or drop the class")
+    if nested := report["from_subfolders"]:
+        folders = Counter(f"{item['label']}/{item['subfolder']}/" for item in nested)
+        shown = [f"{folder} ({n})" for folder, n in sorted(folders.items())]
+        warnings.append(f"{_plural(len(nested), 'image')} {_verb(len(nested), 'was', 'were')} found in sub-folders "
+                        f"of class folders and put in that class: {_listed(shown)}; if a sub-folder is a class of "
+                        "its own, move it up next to the other class folders, or leave these images out")
+    return warnings
+
+
+def without(dataset: Dataset, classes: list[str] = (), from_subfolders: bool = False, name: str | None = None,
+            workspace: Path | None = None) -> Dataset:
+    """A new dataset holding `dataset`'s images except `classes` (and, if asked, those from sub-folders).
+
+    The images were checked when `dataset` was made, so they are linked (or copied), not decoded again.
+    """
+    dropped = set(classes)
+    items = [dict(item) for item in dataset.items
+             if item["label"] not in dropped and not (from_subfolders and item.get("subfolder"))]
+    _check_usable(Counter(item["label"] for item in items), [])
+    what = [f"without {_listed([repr(c) for c in sorted(dropped)], 10)}"] if dropped else []
+    what += ["without images from sub-folders"] if from_subfolders else []
+    dataset_id, created = _new_id()
+    datasets_dir = Path(workspace or workspace_root()) / "datasets"
+    building = datasets_dir / f".{dataset_id}.partial"
+    try:
+        for item in items:
+            target = building / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(dataset.root / item["path"], target)
+            except OSError:
+                write_bytes(target, (dataset.root / item["path"]).read_bytes())
+        manifest = {"id": dataset_id, "name": name or f"{dataset.name} ({', '.join(what) or 'copy'})",
+                    "created": created, "classes": sorted({item["label"] for item in items}), "items": items,
+                    "refused": list(dataset.refused), "source": {**dataset.source, "kind": "subset", "of": dataset.id}}
+        atomic_write_json(building / "manifest.json", manifest)
+        os.replace(building, datasets_dir / dataset_id)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return _from_manifest(datasets_dir / dataset_id, manifest)
 
 
 def _duplicate_pairs(items: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
@@ -839,17 +943,49 @@ def _resample(interpolation: str) -> Image.Resampling:
 
 
 def _eval_geometry(image: Image.Image, size: int, scale_size: int, resample) -> np.ndarray:
-    """timm's eval transform (crop_mode="center") as a uint8 3×size×size array."""
-    return np.asarray(_center_crop(_resize_shorter(image, scale_size, resample), size)).transpose(2, 0, 1).copy()
+    """timm's eval transform (crop_mode="center") as a uint8 3×size×size array.
+
+    Exactly timm's (resize the shorter side, then crop) while the resized image stays small; beyond
+    _RESIZE_PIXELS only the crop is computed, straight from the source (off by at most 1 in a pixel).
+    """
+    width, height = _shorter_side_size(image.size, scale_size)
+    if width * height <= _RESIZE_PIXELS:
+        cropped = _center_crop(_resize_shorter(image, scale_size, resample), size)
+    else:
+        cropped = _resized_crop(image, (width, height), size, resample)
+    return np.asarray(cropped).transpose(2, 0, 1).copy()
+
+
+def _resized_crop(image: Image.Image, resized: tuple[int, int], size: int, resample) -> Image.Image:
+    """The center size×size crop of `image` resized to `resized`, without making the resized image.
+
+    One axis at a time, as Pillow's own resize does (across, then down), each pass reading only the
+    source rows the crop needs: a single pass with a box that is offset on both axes goes wrong in Pillow.
+    """
+    width, height = resized
+    left, top = _crop_start(width, size), _crop_start(height, size)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + size, width), min(top + size, height)
+    sx, sy = image.width / width, image.height / height
+    reach = 3 * max(sy, 1.0) + 2  # rows the widest filter (Lanczos, 3 a side) reads beyond the crop
+    r0, r1 = max(0, math.floor(y0 * sy - reach)), min(image.height, math.ceil(y1 * sy + reach))
+    rows = image.crop((0, r0, image.width, r1))
+    across = rows.resize((x1 - x0, rows.height), resample, box=(x0 * sx, 0, x1 * sx, rows.height))
+    part = across.resize((x1 - x0, y1 - y0), resample, box=(0, y0 * sy - r0, across.width, y1 * sy - r0))
+    if part.size == (size, size):
+        return part
+    canvas = Image.new(image.mode, (size, size))  # torchvision pads a too-short side with black
+    canvas.paste(part, (x0 - left, y0 - top))
+    return canvas
+
+
+def _shorter_side_size(size: tuple[int, int], short: int) -> tuple[int, int]:
+    width, height = size
+    return (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
 
 
 def _resize_shorter(image: Image.Image, short: int, resample) -> Image.Image:
     """torchvision's Resize(int): the shorter side to `short`, the longer one truncated, aspect kept."""
-    width, height = image.size
-    if width <= height:
-        new_size = (short, int(short * height / width))
-    else:
-        new_size = (int(short * width / height), short)
+    new_size = _shorter_side_size(image.size, short)
     return image if new_size == image.size else image.resize(new_size, resample)
 
 
