@@ -222,3 +222,38 @@ def test_data_config_and_transforms():
         train_transform(cfg, "extreme")
     with pytest.raises(ValueError, match="fixed input size"):
         data_config(create_model("test_vit", num_classes=3, weights="none"), image_size=96)
+
+
+# ---------------------------------------------------------------- uploaded weights
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "empty file (0 bytes)"),
+    (b"garbage, not weights", "not a PyTorch weights file"),
+    ("truncated", "a damaged or cut-short PyTorch file"),
+])
+def test_a_broken_torch_file_is_named_for_what_is_wrong_not_called_pickled(tmp_path, content, words):
+    path = tmp_path / "weights.pth"
+    if content == "truncated":
+        torch.save(create_model("test_efficientnet", num_classes=5, weights="none").state_dict(), path)
+        content = path.read_bytes()[:2000]
+    path.write_bytes(content)
+    with pytest.raises(WeightsUnavailable) as error:
+        create_model("test_efficientnet", num_classes=5, weights=str(path))
+    assert str(error.value).startswith(f"weights.pth: {words}") and "pickled" not in str(error.value)
+
+
+def test_uploaded_weights_are_kept_by_content_never_replaced_by_name(tmp_path):
+    first = safetensors.torch.save({"w": torch.zeros(4)})
+    other = safetensors.torch.save({"w": torch.ones(4)})  # another file: same name, same size
+    assert len(first) == len(other)
+    kept = backbones.store_uploaded_weights("../my weights.safetensors", first, tmp_path)
+    assert kept.name == "my_weights.safetensors" and kept.read_bytes() == first
+    assert kept.parent.parent == tmp_path / "weights" and backbones.uploaded_weights_digest(kept) == kept.parent.name
+    again = backbones.store_uploaded_weights("renamed.safetensors", first, tmp_path)
+    assert again.parent == kept.parent  # the same bytes: the same folder
+    replaced = backbones.store_uploaded_weights("my weights.safetensors", other, tmp_path)
+    assert replaced != kept and replaced.read_bytes() == other
+    assert kept.read_bytes() == first  # runs that use the first file still find it unchanged
+    kept.write_bytes(b"damaged")  # a damaged copy is written again
+    assert backbones.store_uploaded_weights("my weights.safetensors", first, tmp_path).read_bytes() == first
+    assert backbones.uploaded_weights_digest(tmp_path / "elsewhere.safetensors") is None

@@ -8,8 +8,10 @@ Weight sources (`weights=`):
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -355,9 +357,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as error:
             raise WeightsUnavailable(f"{path.name}: not a readable .safetensors file ({error})") from error
     elif path.suffix in _TORCH_SUFFIXES:
+        head = _file_head(path)
+        if not head:
+            raise WeightsUnavailable(f"{path.name}: empty file (0 bytes); the upload or copy did not finish. "
+                                     "Save the weights again and upload that file.")
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
+            raise WeightsUnavailable(f"{path.name}: not a PyTorch weights file (it does not start like one). "
+                                     "Upload a .safetensors file, or a .pth saved with torch.save.")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as error:
+        except (RuntimeError, EOFError) as error:
+            raise WeightsUnavailable(f"{path.name}: a damaged or cut-short PyTorch file ({str(error)[:120]}). "
+                                     "Save the weights again and upload that file.") from error
+        except (pickle.UnpicklingError, AttributeError) as error:
             raise WeightsUnavailable(
                 f"{path.name}: refused; it holds pickled Python objects, not only tensors, and loading "
                 f"those could run code. Save tensors only (safetensors.torch.save_file(model.state_dict(), "
@@ -365,6 +377,43 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     else:
         raise WeightsUnavailable(f"{path.name}: expected a .safetensors file (or a tensors-only .pth/.pt)")
     return _unwrap_checkpoint(state, path.name)
+
+
+def _file_head(path: Path, size: int = 8) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+# ---------------------------------------------------------------- uploaded weights
+
+def store_uploaded_weights(file_name: str, data: bytes, workspace: Path | None = None) -> Path:
+    """Keep uploaded weights by their content: `<workspace>/weights/<sha256 prefix>/<name>`; return the path.
+
+    The same bytes always land in the same file, whatever they are called; different bytes never
+    replace a file that runs already point to, even under the same name and size.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    suffix = Path(file_name).suffix.lower()
+    suffix = suffix if suffix in (".safetensors", *_TORCH_SUFFIXES) else ".safetensors"
+    stem = re.sub(r"[^\w.\-]+", "_", Path(file_name.replace("\\", "/")).stem).strip("._")[:80] or "weights"
+    target = (workspace or workspace_root()) / "weights" / digest[:16] / f"{stem}{suffix}"
+    if not (target.is_file() and _file_digest(target) == digest):
+        atomic_write_bytes(target, data)
+    return target
+
+
+def uploaded_weights_digest(path: str | Path) -> str | None:
+    """The content-hash folder an uploaded weights file was stored under, or None for another path."""
+    folder = Path(path).parent.name
+    return folder if Path(path).parent.parent.name == "weights" and re.fullmatch(r"[0-9a-f]{16}", folder) else None
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _unwrap_checkpoint(state, filename: str) -> dict[str, torch.Tensor]:
