@@ -1,12 +1,15 @@
 """Transfer Learning Studio: turn a small labelled image set into an image classifier, without code.
 
 `streamlit run app.py`. Each step of the flow is one page in pages/; the engine is tl_core.
+On a shared server (a classroom) the app asks for an access code before any page renders: see README.
 """
 import streamlit as st
 
 from pages import common
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
+common.frame_guard()  # in the sidebar: hides the page when another site frames it
+common.require_access_code()  # stops here until the visitor gives the code, when one is needed
 common.init_state()
 
 steps = [

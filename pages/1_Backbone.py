@@ -1,5 +1,4 @@
 """Step 1: choose the pretrained network to start from, and where its weights come from."""
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -7,7 +6,6 @@ import streamlit as st
 
 from pages import common
 from tl_core import backbones
-from tl_core.storage import atomic_write_bytes, workspace_root
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
@@ -64,9 +62,9 @@ with st.expander("Search all timm models", icon=":material/search:"):
             picked = st.selectbox(f"{len(found)} models with pretrained weights", found, key="model_search_pick")
             st.button("Use this model", key="use_searched_model", on_click=choose_backbone, args=(picked,))
         else:
-            st.warning(f"No timm model with pretrained weights matches '{query}'.")
+            st.warning(f"No timm model with pretrained weights matches '{common.literal(query)}'.")
 
-st.subheader(f"Weights for `{state.backbone}`")
+st.subheader(f"Weights for {common.code(state.backbone)}")
 offline = backbones.weights_available_offline(state.backbone)
 sources = {"hub": "Download from the Hugging Face hub (needs the internet once; then cached)",
            "upload": "Upload a .safetensors file",
@@ -82,18 +80,24 @@ source = st.radio("Where the pretrained weights come from", list(sources), key="
 if source == "upload":
     uploaded = st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="weights_upload")
     if uploaded is not None:
-        file_name = re.sub(r"[^\w.\-]+", "_", Path(uploaded.name).stem).strip("._") or "weights"
-        target = workspace_root() / "weights" / f"{file_name}.safetensors"
-        if not target.is_file() or target.stat().st_size != uploaded.size:
-            atomic_write_bytes(target, uploaded.getvalue())
-        state.weights = str(target)
+        saved = state.get("weights_upload_saved")  # (upload id, path): stored once per upload, not every rerun
+        if not saved or saved[0] != uploaded.file_id:
+            try:  # kept by content: another file of the same name never replaces weights a run already used
+                saved = state.weights_upload_saved = (
+                    uploaded.file_id, str(backbones.store_uploaded_weights(uploaded.name, uploaded.getvalue())))
+            except OSError as error:
+                common.show_error(error)
+                saved = None
+        if saved:
+            state.weights = saved[1]
     elif state.weights in ("embedded", "hub", "none"):
         st.info("Upload the weights file to use it.")
 else:
     state.weights = source
 
 if state.weights == "embedded" or (state.weights not in ("hub", "none") and Path(state.weights).is_file()):
-    st.success(f"Weights available offline: yes ({common.weights_label(state.weights)}).", icon=":material/check:")
+    st.success(f"Weights available offline: yes ({common.literal(common.weights_label(state.weights))}).",
+               icon=":material/check:")
 elif state.weights == "hub":
     if offline:
         st.success("Weights available offline: yes (already in the hub cache).", icon=":material/check:")
@@ -106,7 +110,8 @@ elif state.weights == "none":
 
 if st.button("Check these weights", key="check_weights", icon=":material/fact_check:",
              help="Loads the backbone with these weights now (downloading them if needed), so training will not fail later."):
-    with st.spinner(f"Loading {state.backbone} with {common.weights_label(state.weights)} weights…"):
+    with st.spinner(f"Loading {common.literal(state.backbone)} with "
+                    f"{common.literal(common.weights_label(state.weights))} weights…"):
         try:
             backbones.create_model(state.backbone, num_classes=2, weights=state.weights)
         except common.USER_ERRORS + (RuntimeError,) as error:

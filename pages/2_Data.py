@@ -37,8 +37,17 @@ def use_dataset(dataset: datasets.Dataset | None, key: str = "dataset_dir") -> N
     if dataset is not None:
         state[key] = str(dataset.root)
         role = "validation set" if key == "val_dataset_dir" else "dataset"
-        state.data_flash = f"Now using the {role} {common.dataset_label(dataset)}."
+        state.data_flash = f"Now using the {role} {common.literal(common.dataset_label(dataset))}."
         st.rerun()
+
+
+def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | None:
+    """A copy of `dataset` without some of its images (datasets.without); a user error becomes a message."""
+    try:
+        return datasets.without(dataset, **leave_out)
+    except common.USER_ERRORS as error:
+        common.show_error(error)
+        return None
 
 
 def sample_dataset() -> datasets.Dataset | None:
@@ -81,7 +90,8 @@ with per_class_tab:
     for class_id in state.manual_class_ids:
         name_col, files_col = st.columns([1, 3])
         class_name = name_col.text_input("Class name", key=f"class_name_{class_id}", placeholder="e.g. cats")
-        files_col.file_uploader(f"Images of {class_name or 'this class'}", accept_multiple_files=True,
+        files_col.file_uploader(f"Images of {common.literal(class_name) if class_name else 'this class'}",
+                                accept_multiple_files=True,
                                 key=f"class_files_{class_id}")
     add_col, create_col = st.columns([1, 3])
     add_col.button("Add a class", key="add_class", icon=":material/add:",
@@ -98,7 +108,8 @@ with webcam_tab:
     st.caption("Take pictures with your camera, class by class, then make a dataset of them.")
     webcam_class = st.text_input("Class of the next pictures", key="webcam_class", placeholder="e.g. thumbs up")
     shot = st.camera_input("Take a picture", key="webcam_shot")
-    if shot is not None and st.button(f"Keep this picture as '{webcam_class or '?'}'", key="webcam_keep",
+    if shot is not None and st.button(f"Keep this picture as '{common.literal(webcam_class) or '?'}'",
+                                      key="webcam_keep",
                                       disabled=not webcam_class.strip()):
         state.webcam_shots.append((f"webcam_{len(state.webcam_shots) + 1:03d}.jpg", shot.getvalue(),
                                    webcam_class.strip()))
@@ -106,7 +117,7 @@ with webcam_tab:
         per_class: dict[str, int] = {}
         for _, _, label in state.webcam_shots:
             per_class[label] = per_class.get(label, 0) + 1
-        st.write("Kept so far: " + ", ".join(f"**{label}** {n}" for label, n in per_class.items()))
+        st.markdown("Kept so far: " + ", ".join(f"**{common.literal(label)}** {n}" for label, n in per_class.items()))
         make_col, clear_col = st.columns(2)
         if make_col.button(f"Create a dataset of {len(state.webcam_shots)} pictures", key="webcam_create",
                            type="primary"):
@@ -135,7 +146,7 @@ if dataset is None:
 
 val_dataset = common.active_dataset("val_dataset_dir") if state.val_source == "separate" else None
 report = datasets.audit(dataset, val_dataset)
-st.header(f"Check: {dataset.name}")
+st.header(f"Check: {common.literal(dataset.name)}")
 total_col, classes_col, balance_col, refused_col = st.columns(4)
 total_col.metric("Images", report["total"])
 classes_col.metric("Classes", len(report["classes"]))
@@ -143,7 +154,18 @@ balance_col.metric("Largest ÷ smallest class", f"{report['imbalance_ratio']:.1f
 refused_col.metric("Files refused", len(report["refused"]))
 st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
 for warning in report["warnings"]:
-    st.warning(warning, icon=":material/warning:")
+    st.warning(common.literal(warning), icon=":material/warning:")
+if report["single_image_classes"] or report["from_subfolders"]:
+    st.caption("You may go on with these images as they are, or make a copy of the dataset without them:")
+    drop_col, flat_col = st.columns(2)
+    if single := report["single_image_classes"]:
+        if drop_col.button(f"Drop {len(single)} class{'es' if len(single) > 1 else ''} with a single image",
+                           key="drop_single_classes", icon=":material/delete_sweep:"):
+            use_dataset(ingest_copy(dataset, classes=single))
+    if nested := report["from_subfolders"]:
+        if flat_col.button(f"Leave out the {len(nested)} image{'s' if len(nested) > 1 else ''} from sub-folders",
+                           key="drop_subfolder_images", icon=":material/folder_off:"):
+            use_dataset(ingest_copy(dataset, from_subfolders=True))
 if report["refused"]:
     st.subheader("Refused files")
     st.dataframe(report["refused"], hide_index=True, key="refused_table",
@@ -155,7 +177,7 @@ with st.expander("A few images of each class", expanded=True, icon=":material/gr
         paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
         images = [image for image in map(common.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
         label_col, images_col = st.columns([1, 6])
-        label_col.markdown(f"**{label}**  \n{len(paths)} images")
+        label_col.markdown(f"**{common.literal(label)}**  \n{len(paths)} images")
         if images:
             images_col.image(images, width=72)
 
@@ -171,7 +193,7 @@ if state.val_source == "split":
     st.caption(f"About {report['total'] - n_val} images train and {n_val} validate (split per class, seeded).")
 else:
     if val_dataset is not None:
-        st.success(f"Validation set: {common.dataset_label(val_dataset)}.", icon=":material/check:")
+        st.success(f"Validation set: {common.literal(common.dataset_label(val_dataset))}.", icon=":material/check:")
     else:
         st.info("Upload the validation images: the same class folders, different pictures.")
     upload_tabs("val", "val_dataset_dir")

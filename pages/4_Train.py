@@ -33,8 +33,9 @@ if not state.run_dir or not Path(state.run_dir).is_dir():  # a reload or a secon
 
 validation = ("a separate validation set" if state.val_source == "separate" and state.val_dataset_dir
               else f"{state.val_fraction:.0%} held out")
-st.markdown(f"**Data** {common.dataset_label(dataset)}, {validation} · **Backbone** `{state.backbone}` "
-            f"({common.weights_label(state.weights)}) · **Learns** `{state.freeze}`")
+st.markdown(f"**Data** {common.literal(common.dataset_label(dataset))}, {validation} · "
+            f"**Backbone** {common.code(state.backbone)} ({common.literal(common.weights_label(state.weights))}) · "
+            f"**Learns** {common.code(state.freeze)}")
 
 
 @st.cache_data(show_spinner="Preparing preview images…", max_entries=8)
@@ -58,7 +59,7 @@ def start_run() -> None:
             raise ValueError("validation: upload the separate validation set on the Data page, "
                              "or choose to hold out part of the images")
         state.run_dir = str(common.job_manager().submit(config))
-    except common.USER_ERRORS as error:
+    except common.USER_ERRORS + (OSError,) as error:  # a full disk names the file and the room needed
         state.start_error = str(error)
 
 
@@ -104,7 +105,7 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     st.button("Start training", key="start_training", type="primary", icon=":material/play_arrow:",
               on_click=start_run)
     if error := state.pop("start_error", None):
-        st.error(error)
+        st.error(common.literal(error))
 
 
 # ---------------------------------------------------------------- the run
@@ -117,27 +118,35 @@ def read_run_events(run_dir: str) -> list[dict]:
     return state[key]["events"]
 
 
+def number(value, default=None):
+    """`value` when it is a number (an event line may come from a damaged file), else `default`."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
 def progress_line(events: list[dict], status: dict) -> tuple[float, str]:
     """(fraction done, text with epoch, ETA and speed) from the events."""
     fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
     if fit_start is None:
         return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
-    total = max(fit_start["epochs"], 1)
-    epoch_ends = [e for e in events if e["event"] == "epoch_end"]
+    total = max(number(fit_start.get("epochs"), 1), 1)
+    epoch_ends = [e for e in events if e["event"] == "epoch_end" and number(e.get("epoch")) is not None]
     done = epoch_ends[-1]["epoch"] if epoch_ends else 0
     last = events[-1]
     if last["event"] == "batch_end" and last.get("phase") == "features":
-        return (last.get("done", 0) / max(last.get("total", 1), 1),
-                f"Passing every image through the frozen backbone once: {last.get('done')} of {last.get('total')}")
+        shown, of = number(last.get("done"), 0), number(last.get("total"), 1)
+        return (min(shown / max(of, 1), 1.0),
+                f"Passing every image through the frozen backbone once: {shown} of {of}")
     fraction = done / total
-    if last["event"] == "batch_end" and last.get("batches"):
+    if last["event"] == "batch_end" and number(last.get("batches")) and number(last.get("epoch")) is not None \
+            and number(last.get("batch")) is not None:
         fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
-    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")] if epoch_ends else []
+    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
+                  and number(e.get("seconds")) is not None] if epoch_ends else []
     mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
     eta = common.format_seconds((total - done) * mean_epoch_s) if mean_epoch_s is not None else "–"
-    speed = last.get("images_per_s") or (epoch_ends[-1].get("images_per_s") if epoch_ends else None)
+    speed = number(last.get("images_per_s")) or (number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
     speed_text = f" · {speed:,.0f} images/s" if speed else ""
-    return min(fraction, 1.0), f"Epoch {done} of {total} · about {eta} left{speed_text}"
+    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total} · about {eta} left{speed_text}"
 
 
 def charts(run_dir: str, events: list[dict]) -> None:
@@ -155,16 +164,17 @@ def live_run(run_dir: str) -> None:
     events = read_run_events(run_dir)
     if status["state"] == "queued":
         position = common.job_manager().queue_position(Path(run_dir))
-        st.info(f"Waiting in the queue (position {position}): another run is using {common.device_name()}. "
+        where = f"in the queue (position {position})" if position else "for a free slot"
+        st.info(f"Waiting {where}: another run is using {common.device_name()}. "
                 "This one starts when it ends.", icon=":material/hourglass_top:")
     fraction, text = progress_line(events, status)
     st.progress(fraction, text=text)
     notices = [e for e in events if e["event"] == "notice"]
     for notice in notices:
         if notice.get("kind") == "diverged":
-            st.warning(notice["message"], icon=":material/warning:")
+            st.warning(common.literal(notice.get("message", "")), icon=":material/warning:")
     if notices:
-        st.caption(notices[-1]["message"])
+        st.caption(common.literal(notices[-1].get("message", "")))
     st.button("Stop", key=f"stop::{run_dir}", icon=":material/stop:",
               on_click=common.job_manager().cancel, args=(Path(run_dir),))
     if any(e["event"] == "epoch_end" for e in events):
@@ -180,21 +190,24 @@ def finished_run(run_dir: str, status: dict) -> None:
                    icon=":material/check_circle:")
         for notice in events:
             if notice["event"] == "notice" and notice.get("kind") == "diverged":
-                st.warning(notice["message"], icon=":material/warning:")
+                st.warning(common.literal(notice.get("message", "")), icon=":material/warning:")
         if metrics.get("kept", {}).get("reason"):
-            st.info(metrics["kept"]["reason"] + ".", icon=":material/info:")
+            st.info(common.literal(metrics["kept"]["reason"] + "."), icon=":material/info:")
         st.page_link(common.RESULTS_PAGE, label="See the results: per class, confusion matrix, mistakes",
                      icon=":material/insights:")
     elif status.get("state") == "failed":
-        st.error(f"The run failed: {status.get('error') or 'no reason given'}")
+        st.error(f"The run failed: {common.literal(status.get('error') or 'no reason given')}")
     elif status.get("state") == "cancelled":
         st.warning("The run was stopped before it finished.", icon=":material/stop_circle:")
+    elif status.get("state") == runs.DAMAGED:
+        st.error(f"This run's files are damaged: {common.literal(status.get('error'))}. Delete it on the Runs page.")
+        st.page_link(common.RUNS_PAGE, label="8 · Runs", icon=":material/table_chart:")
     if any(e["event"] == "epoch_end" for e in events):
         charts(run_dir, events)
 
 
 if state.run_dir:
-    st.subheader(f"Run {common.run_label(state.run_dir)}")
+    st.subheader(f"Run {common.literal(common.run_label(state.run_dir))}")
     if run_active:
         live_run(state.run_dir)
     else:

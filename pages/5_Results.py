@@ -48,7 +48,7 @@ def gallery(rows: list[dict], captions: list[str], run_dir: Path, heat_maps: boo
         if image is not None:
             shown.append((image, caption))
     if shown:
-        st.image([image for image, _ in shown], width=128, caption=[caption for _, caption in shown])
+        st.image([image for image, _ in shown], width=128, caption=[common.literal(caption) for _, caption in shown])
     else:
         st.warning("The image files of this run's validation set are no longer on disk.")
 
@@ -72,9 +72,12 @@ if status.get("state") in common.ACTIVE_STATES:
     st.info("This run is still training; its results appear when it ends.", icon=":material/hourglass_top:")
     st.page_link(common.TRAIN_PAGE, label="Watch it live", icon=":material/model_training:")
 elif status.get("state") == "failed":
-    st.error(f"The run failed: {status.get('error') or 'no reason given'}")
+    st.error(f"The run failed: {common.literal(status.get('error') or 'no reason given')}")
 elif status.get("state") == "cancelled":
     st.warning("The run was stopped before it finished.", icon=":material/stop_circle:")
+for problem in runs.damage(run_dir):  # a damaged file is a message here, never a crash
+    st.warning(f"Damaged: {common.literal(problem)}. Delete the run on the Runs page if it is of no use.",
+               icon=":material/broken_image:")
 
 if metrics:
     accuracy_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(6)
@@ -86,13 +89,22 @@ if metrics:
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
     learnt = metrics.get("kept", {}).get("trainable_params", metrics.get("trainable_params"))
-    trained = f"; {learnt:,} of {metrics['total_params']:,} parameters learnt" if learnt is not None else ""
+    total = metrics.get("total_params")
+    trained = (f"; {learnt:,} of {total:,} parameters learnt"
+               if isinstance(learnt, int) and isinstance(total, int) else "")
     if metrics.get("kept", {}).get("reason"):
-        st.info(metrics["kept"]["reason"] + ".", icon=":material/info:")
-    st.caption(f"Trained on {metrics.get('device', 'unknown device')}{trained}. "
-               f"{common.validation_words(metrics)}")
+        st.info(common.literal(str(metrics["kept"]["reason"]) + "."), icon=":material/info:")
+    weights = runs.read_config_record(run_dir).get("config", {}).get("weights")
+    started_from = f" Started from {common.literal(common.weights_label(weights))} weights." if weights else ""
+    st.caption(f"Trained on {common.literal(metrics.get('device', 'unknown device'))}{trained}. "
+               f"{common.validation_words(metrics)}{started_from}")
 
-    predictions = evaluate.read_predictions(run_dir)
+    try:
+        predictions = evaluate.read_predictions(run_dir)
+    except Exception as error:  # a damaged predictions.csv: the rest of the results still show
+        st.warning(f"predictions.csv cannot be read ({common.literal(error)}): the images are not shown.",
+                   icon=":material/broken_image:")
+        predictions = []
     classes = metrics.get("classes", [])
     if state.get("cell_run") != str(run_dir) or state.get("cell_true") not in classes \
             or state.get("cell_predicted") not in classes:  # a new run: start at its biggest confusion
@@ -134,10 +146,12 @@ if metrics:
     predicted_col.selectbox("Predicted class", classes, key="cell_predicted")
     in_cell = evaluate.cell(predictions, state.cell_true, state.cell_predicted)
     if not in_cell:
-        st.info(f"No validation image of {state.cell_true} was predicted as {state.cell_predicted}.")
+        st.info(f"No validation image of {common.literal(state.cell_true)} was predicted as "
+                f"{common.literal(state.cell_predicted)}.")
     else:
         verdict = "right" if state.cell_true == state.cell_predicted else "wrong"
-        st.caption(f"{len(in_cell)} images of {state.cell_true} predicted as {state.cell_predicted} ({verdict}), "
+        st.caption(f"{len(in_cell)} images of {common.literal(state.cell_true)} predicted as "
+                   f"{common.literal(state.cell_predicted)} ({verdict}), "
                    f"the most confident first" + (f" (showing {CELL_SHOWN})" if len(in_cell) > CELL_SHOWN else "")
                    + ". Caption: file (confidence).")
         with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
@@ -157,7 +171,10 @@ if metrics:
                                                 for row in mistakes[:MISTAKES_SHOWN]], run_dir, heat_maps)
 
     st.subheader("Can you trust its confidence?")
-    calibration = evaluate.run_calibration(run_dir)
+    try:
+        calibration = evaluate.run_calibration(run_dir)
+    except Exception:  # a damaged predictions.csv, reported above
+        calibration = {"count": 0, "text": "The saved predictions cannot be read: calibration is not measured."}
     if calibration["count"]:
         reliability_col, words_col = st.columns([3, 2])
         reliability_col.plotly_chart(plots.reliability_figure(calibration["table"]), key="reliability_chart")
@@ -180,7 +197,7 @@ if metrics and status.get("state") == "done":
     config = runs.read_config_record(run_dir).get("config", {})
     twin_of = config.get("extra", {}).get("baseline_of")  # set when this run is itself a from-scratch baseline
     if twin_of:
-        pretrained_dir, baseline = run_dir.parent / twin_of, run_dir
+        pretrained_dir, baseline = run_dir.parent / Path(str(twin_of)).name, run_dir
     else:
         pretrained_dir, baseline = run_dir, compare.find_baseline(run_dir)
     if config.get("weights") == "none" and not twin_of:
@@ -191,15 +208,16 @@ if metrics and status.get("state") == "done":
         st.button("Compare with training from scratch", key="start_baseline", icon=":material/compare_arrows:",
                   on_click=start_baseline, args=(run_dir,))
         if error := state.pop("baseline_error", None):
-            st.error(error)
+            st.error(common.literal(error))
     else:
         baseline_state = runs.read_status(baseline).get("state")
         pretrained_metrics, baseline_metrics = runs.read_metrics(pretrained_dir), runs.read_metrics(baseline)
         if baseline_state in common.ACTIVE_STATES:
-            st.info(f"The from-scratch run {common.run_label(baseline)} is {baseline_state}; "
+            st.info(f"The from-scratch run {common.literal(common.run_label(baseline))} is {baseline_state}; "
                     "the comparison appears here when it ends.", icon=":material/hourglass_top:")
             st.page_link(common.TRAIN_PAGE, label="Watch it on the Train page", icon=":material/model_training:")
-        elif baseline_state == "done" and pretrained_metrics and baseline_metrics:
+        elif baseline_state == "done" and pretrained_metrics and baseline_metrics \
+                and "val_acc" in pretrained_metrics and "val_acc" in baseline_metrics:
             verdict = compare.transfer_verdict(pretrained_metrics, baseline_metrics)
             {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(verdict["text"])
             curves = compare.curves([pretrained_dir, baseline], ["pretrained", "from scratch"])
@@ -207,9 +225,10 @@ if metrics and status.get("state") == "done":
             st.page_link(common.RUNS_PAGE, label="Compare the two runs setting by setting on the Runs page",
                          icon=":material/table_chart:")
         elif twin_of:
-            st.caption(f"This run trained from scratch as the baseline of {twin_of}, whose results are gone.")
+            st.caption(f"This run trained from scratch as the baseline of {common.literal(twin_of)}, "
+                       "whose results are gone.")
         else:
-            st.warning(f"The from-scratch run {common.run_label(baseline)} ended without results "
+            st.warning(f"The from-scratch run {common.literal(common.run_label(baseline))} ended without results "
                        f"({baseline_state}).", icon=":material/stop_circle:")
             st.button("Train from scratch again", key="start_baseline", icon=":material/replay:",
                       on_click=start_baseline, args=(run_dir,))

@@ -13,8 +13,9 @@ st.write("Give the model images it has never seen: it answers with its most like
 run_dir = common.pick_finished_run("predict_run")
 try:
     model = common.predictor(str(run_dir))
-except common.USER_ERRORS as error:
-    common.show_error(error)
+except Exception as error:  # a damaged model file is this run's problem, shown here, not a crash
+    st.error(f"This run's model cannot be loaded: {common.literal(error)}. Choose another run, or delete this "
+             "one on the Runs page.")
     st.stop()
 if state.get("predict_top_k", 0) > len(model.classes):
     del state["predict_top_k"]  # chosen for a model with more classes
@@ -35,19 +36,21 @@ if not files:
 accepted = []  # (upload, decoded image)
 for upload in files:
     try:
-        accepted.append((upload, open_image(upload.getvalue(), name=upload.name)))
+        # decoded at about the size the model needs: a huge photo costs little memory
+        accepted.append((upload, open_image(upload.getvalue(), name=upload.name, draft_size=common.EXPLAIN_DRAFT)))
     except ImageRefused as error:
-        st.warning(f"{upload.name}: {error.reason}; skipped.", icon=":material/block:")
+        st.warning(common.literal(f"{upload.name}: {error.reason}; skipped."), icon=":material/block:")
 probabilities = model.predict_images([image for _, image in accepted]) if accepted else []
 
 for (upload, image), probs in zip(accepted, probabilities):
     top = model.top(probs, top_k)
-    st.subheader(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})")
+    st.subheader(common.literal(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})"))
     image_col, heat_col, classes_col = st.columns([1, 1, 2])
     image_col.image(image, caption="the image", width=200)
     with st.spinner("Computing the heat map…"):
         explained = common.explanation(str(run_dir), upload.getvalue(), top[0]["label"], name=upload.name)
     if explained:
-        heat_col.image(explained["overlay"], caption=f"where it looked to say {top[0]['label']}", width=200)
+        heat_col.image(explained["overlay"], caption=f"where it looked to say {common.literal(top[0]['label'])}",
+                       width=200)
     for rank, guess in enumerate(top):
-        classes_col.progress(guess["prob"], text=f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}")
+        classes_col.progress(guess["prob"], text=common.literal(f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}"))

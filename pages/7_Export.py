@@ -35,7 +35,7 @@ result = state.get("export_result")
 if result and result["run"] == str(run_dir) and result["format"] == fmt:
     report = result.get("report")
     if report is None:
-        st.error(result["error"], icon=":material/error:")
+        st.error(common.literal(result["error"]), icon=":material/error:")
         st.stop()
     st.success(f"Verified: the {fmt} file gives the same answers as the trained model.", icon=":material/verified:")
     images_col, agreement_col, difference_col = st.columns(3)
@@ -45,11 +45,15 @@ if result and result["run"] == str(run_dir) and result["format"] == fmt:
                               "a near-tie counts as agreeing")
     difference_col.metric("Largest probability difference", f"{report['max_prob_diff']:.1e}",
                           help=f"allowed: {report['tolerance']:g}")
-    st.caption(f"{Path(report['path']).name}: {report['size_bytes'] / 1e6:.1f} MB, written by {report['exporter']} "
-               f"in {report['export_s']:.1f} s, checked in {report['verify_s']:.1f} s.")
+    st.caption(common.literal(f"{Path(report['path']).name}: {report['size_bytes'] / 1e6:.1f} MB, written by "
+                              f"{report['exporter']} in {report['export_s']:.1f} s, checked in "
+                              f"{report['verify_s']:.1f} s."))
     st.download_button(f"Download the {fmt} bundle (zip)", data=Path(report["zip"]).read_bytes(),
                        file_name=f"{run_dir.name}-{fmt}.zip", mime="application/zip", key="export_download",
                        on_click="ignore", type="primary", icon=":material/download:")
     with st.expander("Model card (MODEL_CARD.md in the zip)", expanded=True, icon=":material/description:"):
         card = Path(report["bundle"]) / "MODEL_CARD.md"
-        st.markdown(card.read_text() if card.exists() else "*The model card is missing from the bundle.*")
+        if card.exists():  # shown as its text: the card quotes class and dataset names, which are no markup
+            st.code(card.read_text(errors="replace"), language="markdown", wrap_lines=True)
+        else:
+            st.caption("The model card is missing from the bundle.")

@@ -54,10 +54,20 @@ def shown(setting: str, value) -> str:
     return str(value)
 
 
+def delete_run(run_dir: str) -> None:
+    try:
+        runs.delete_run(Path(run_dir))
+    except (ValueError, OSError) as error:
+        state.runs_delete_error = str(error)
+
+
+summaries = [runs.summarize(Path(path)) for path in all_runs]
+table_rows = [{**row, "weights": common.weights_label(row["weights"]) if row["weights"] else None}
+              for row in summaries]
 st.dataframe(
-    pd.DataFrame([runs.summarize(Path(path)) for path in all_runs]), hide_index=True, key="runs_table",
+    pd.DataFrame(table_rows), hide_index=True, key="runs_table",
     column_order=["run_id", "name", "state", "val_acc", "val_loss", "backbone", "weights", "freeze", "epochs",
-                  "augment", "dataset", "device", "wall_s", "error"],
+                  "augment", "dataset", "device", "wall_s", "error", "damaged"],
     column_config={
         "run_id": "Run", "name": "Name", "state": "State", "backbone": "Backbone", "weights": "Weights",
         "freeze": "Learns", "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
@@ -65,7 +75,22 @@ st.dataframe(
         "val_loss": st.column_config.NumberColumn("Val. loss", format="%.3f"),
         "wall_s": st.column_config.NumberColumn("Seconds", format="%.0f"),
         "error": st.column_config.TextColumn("Error", width="large"),
+        "damaged": st.column_config.TextColumn("Damaged files", width="large"),
     })
+
+damaged = [row for row in summaries if row["damaged"]]
+if damaged:
+    st.subheader("Damaged runs")
+    st.caption("Some of their files are empty, cut short or not what they should be: the rest of the studio "
+               "ignores what cannot be read. Delete a run you no longer need.")
+    for row in damaged:
+        text_col, button_col = st.columns([5, 1], vertical_alignment="center")
+        text_col.markdown(f"{common.code(row['run_id'])} {common.literal(row['state'])}: "
+                          f"damaged: {common.literal(row['damaged'])}")
+        button_col.button("Delete", key=f"delete::{row['run_id']}", icon=":material/delete:",
+                          on_click=delete_run, args=(row["run_dir"],))
+    if error := state.pop("runs_delete_error", None):
+        st.error(common.literal(error))
 
 st.subheader("Side by side")
 if any(path not in all_runs for path in state.get("runs_compare", [])):
@@ -80,7 +105,11 @@ if len(chosen) < 2:
     st.stop()
 
 run_dirs = [Path(path) for path in chosen]
-rows = compare.settings_table(run_dirs)
+try:
+    rows = compare.settings_table(run_dirs)
+except ValueError as error:  # a damaged file of one of the runs: say which, compare nothing
+    st.warning(f"These runs cannot be compared: {common.literal(error)}", icon=":material/broken_image:")
+    st.stop()
 labels = [common.run_label(path) for path in chosen]
 table = pd.DataFrame([{"setting": row["setting"], **{label: shown(row["setting"], value)
                                                       for label, value in zip(labels, row["values"])},

@@ -4,17 +4,21 @@ Not a page: app.py does not register it with st.navigation.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import re
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, devices, jobs, runs
+from tl_core import backbones, devices, jobs, plots, runs
 from tl_core.config import ConfigError, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
 from tl_core.predict import Predictor
-from tl_core.storage import workspace_root
+from tl_core.storage import StorageFull, workspace_root
 
 BACKBONE_PAGE = "pages/1_Backbone.py"
 DATA_PAGE = "pages/2_Data.py"
@@ -25,9 +29,10 @@ PREDICT_PAGE = "pages/6_Predict.py"
 EXPORT_PAGE = "pages/7_Export.py"
 RUNS_PAGE = "pages/8_Runs.py"
 
-# Errors a user can cause; pages show their message, never a traceback.
-USER_ERRORS = (DatasetError, ConfigError, backbones.WeightsUnavailable, ValueError, FileNotFoundError)
+# Errors a user can cause, or a full disk; pages show their message, never a traceback.
+USER_ERRORS = (DatasetError, ConfigError, backbones.WeightsUnavailable, ValueError, FileNotFoundError, StorageFull)
 ACTIVE_STATES = ("queued", "running")
+EXPLAIN_DRAFT = 512  # heat maps and predictions decode big photos at about this size: memory stays small
 
 # The choices that make a run, kept across pages. Widgets bound to these keys would lose their value
 # when the user leaves their page (Streamlit cleans up widget state), so keep_state() re-assigns them.
@@ -56,6 +61,86 @@ DEFAULTS = {
     "webcam_shots": [],
     "manual_class_ids": [0, 1],
 }
+
+
+_AUTOLINK_STARTS = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)")
+_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def literal(value) -> str:
+    """`value` (a class, file, dataset or run name, a message that quotes one) as plain text in Streamlit markdown.
+
+    Titles, captions, alerts, widget labels, image captions and progress texts all render markdown: a
+    dataset named "![z](https://host/?leak=x)" would make every visitor's browser fetch that address.
+    Every ASCII punctuation mark is escaped (links, images, HTML, colours, maths, icons), and a word
+    joiner breaks the web addresses GitHub-flavoured markdown links by itself ("https://", "www.", "a@b").
+    """
+    text = " ".join(str(value).split())  # a newline would start a new markdown block
+    text = _AUTOLINK_STARTS.sub("\u2060", text)
+    return _ASCII_PUNCTUATION.sub(r"\\\1", text)
+
+
+def code(value) -> str:
+    """`value` as inline code: literal by markdown's own rules (nothing inside a code span is markup)."""
+    return "`" + " ".join(str(value).split()).replace("`", "'") + "`"
+
+
+ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
+_LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+# Another site could show this app in a frame and trick a visitor into clicks (Streamlit sends no
+# X-Frame-Options header): framed by anyone, the page hides itself.
+_FRAME_GUARD = ("<script>if (window.top !== window.self) { document.documentElement.style.display = 'none'; }"
+                "</script>")
+
+
+def frame_guard() -> None:
+    st.sidebar.html(_FRAME_GUARD, unsafe_allow_javascript=True)
+
+
+def access_code() -> str | None:
+    """The access code of a shared server: $TL_STUDIO_ACCESS_CODE, else `access_code` in Streamlit secrets."""
+    code = os.environ.get(ACCESS_CODE_ENV, "").strip()
+    if code:
+        return code
+    try:
+        return str(st.secrets.get("access_code", "")).strip() or None
+    except Exception:  # no secrets.toml at all
+        return None
+
+
+def listens_on_network() -> bool:
+    """Whether browsers on other machines can reach this server (Streamlit's default, with no address set)."""
+    if st.get_option("global.appTest"):
+        return False  # driven by tests: no server, no network
+    return (st.get_option("server.address") or "").strip() not in _LOCAL_ADDRESSES
+
+
+def require_access_code() -> None:
+    """Before any page renders: ask for the access code when one is set; refuse to serve the network without one."""
+    code = access_code()
+    if code is None:
+        if listens_on_network():
+            st.error(f"This server listens on the network ({st.get_option('server.address') or 'every address'}) "
+                     f"but has no access code, so anyone who can reach it could use it. Set one: "
+                     f"{ACCESS_CODE_ENV}=... in the environment, or access_code = \"...\" in "
+                     ".streamlit/secrets.toml; or listen on localhost only (server.address = \"localhost\").")
+            st.stop()
+        return
+    granted = hashlib.sha256(code.encode()).hexdigest()  # changing the code ends every session
+    if st.session_state.get("access_granted") == granted:
+        return
+    st.title("Transfer Learning Studio")
+    with st.form("access_form"):
+        given = st.text_input("Access code", type="password", key="access_code_given",
+                              help="Your teacher or the person who runs this server gives it.")
+        entered = st.form_submit_button("Enter", type="primary")
+    if entered:
+        if hmac.compare_digest(hashlib.sha256(given.strip().encode()).hexdigest(), granted):
+            st.session_state.access_granted = granted
+            st.rerun()
+        time.sleep(1.0)  # slows down guessing
+        st.error("That is not the access code.")
+    st.stop()
 
 
 def init_state() -> None:
@@ -129,9 +214,9 @@ def thumbnail(path: str, size: int = 96):
     """A small RGB copy of an image file for galleries; None when it cannot be read."""
     try:
         image = open_image(path, draft_size=2 * size)
-    except (ImageRefused, OSError):
+        image.thumbnail((size, size))
+    except (ImageRefused, OSError, ValueError):
         return None
-    image.thumbnail((size, size))
     return image
 
 
@@ -140,11 +225,15 @@ def dataset_label(dataset: Dataset) -> str:
 
 
 def weights_label(weights: str) -> str:
-    return {"embedded": "embedded (offline)", "hub": "from the hub", "none": "random (from scratch)"}.get(
-        weights, f"file {Path(weights).name}")
+    """Plain text: where weights come from; an uploaded file by its name and the start of its content hash."""
+    if weights in ("embedded", "hub", "none"):
+        return {"embedded": "embedded (offline)", "hub": "from the hub", "none": "random (from scratch)"}[weights]
+    digest = backbones.uploaded_weights_digest(weights)
+    return f"file {Path(weights).name}" + (f" (sha256 {digest[:8]}…)" if digest else "")
 
 
 def run_label(run_dir) -> str:
+    """Plain text (wrap it in literal() inside markdown): name, id, state and accuracy of a run."""
     row = runs.summarize(Path(run_dir))
     accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
     name = f"{row['name']} · " if row.get("name") else ""
@@ -188,7 +277,8 @@ def explanation(run_dir: str, source: str | bytes, class_name: str | None = None
     predicts): {"overlay": the heat map over the image, "class", "prob"}; None when the image cannot be read."""
     model = predictor(run_dir)
     try:
-        image = open_image(source, name=name or (source if isinstance(source, str) else "upload"))
+        image = open_image(source, name=name or (source if isinstance(source, str) else "upload"),
+                           draft_size=EXPLAIN_DRAFT)
     except (ImageRefused, OSError):
         return None
     index = model.classes.index(class_name) if class_name in model.classes else None
@@ -200,19 +290,20 @@ def clickable_confusion(fig, metrics: dict, selected: tuple[str, str] | None = N
     """Make each confusion-matrix cell clickable with st.plotly_chart(on_select=...).
 
     Plotly reports no selection for heatmap cells (streamlit#8760), so an invisible marker sits on every
-    cell and takes the clicks: customdata is [true class, predicted class]; the chosen cell gets a frame.
+    cell and takes the clicks: customdata starts [true class, predicted class]; the chosen cell gets a frame.
     """
     classes = metrics["classes"]
-    cells = [(true, predicted, metrics["confusion"][i][j])
+    cells = [(true, predicted, metrics["confusion"][i][j], plots.label(true), plots.label(predicted))
              for i, true in enumerate(classes) for j, predicted in enumerate(classes)]
-    chosen = [k for k, (true, predicted, _) in enumerate(cells) if (true, predicted) == selected]
+    chosen = [k for k, (true, predicted, *_) in enumerate(cells) if (true, predicted) == selected]
     fig.update_traces(hoverinfo="skip", hovertemplate=None, selector=dict(type="heatmap"))
-    fig.add_scatter(x=[c[1] for c in cells], y=[c[0] for c in cells], customdata=[list(c) for c in cells],
+    # the axes hold the names escaped, as confusion_figure draws them; customdata[:2] the names themselves
+    fig.add_scatter(x=[c[4] for c in cells], y=[c[3] for c in cells], customdata=[list(c) for c in cells],
                     mode="markers", showlegend=False, name="cells",
                     marker=dict(symbol="square-open", size=34, color="darkorange", line=dict(width=3)),
                     selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=0)),
                     selectedpoints=chosen,
-                    hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>"
+                    hovertemplate="true %{customdata[3]}<br>predicted %{customdata[4]}<br>"
                                   "%{customdata[2]} images: click to see them<extra></extra>")
     fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select", dragmode=False)
     return fig
@@ -239,7 +330,7 @@ def need_first(message: str, page: str, label: str) -> None:
 
 def show_error(error: BaseException) -> None:
     """A user's mistake as a message; a DatasetError also lists the files it refused."""
-    st.error(str(error))
+    st.error(literal(error))
     refused = getattr(error, "refused", None)
     if refused:
         st.dataframe(refused, hide_index=True, column_config={"name": "file", "reason": "why it was refused"})
@@ -252,12 +343,13 @@ def progress_callback(bar):
     return report
 
 
-def files_from_folder_upload(uploads) -> list[tuple[str, bytes, str]]:
-    """Uploaded files of a folder of class folders → (name, bytes, class) for ingest_files.
+def files_from_folder_upload(uploads) -> list[tuple[str, bytes, str, str]]:
+    """Uploaded files of a folder of class folders → (name, bytes, class, sub-folder) for ingest_files.
 
     A folder upload names each file by its path below the chosen folder ("fashion/Bag/a.png").
-    As for folders and zips, an optional single top folder wraps the class folders; a file that
-    is not directly inside a class folder gets no class, so the engine refuses it with a reason.
+    As for folders and zips, an optional single top folder wraps the class folders; a file that is
+    in no class folder gets no class, so the engine refuses it with a reason. A file in a sub-folder
+    of a class folder goes to that class, with the sub-folder named (the audit says so).
     """
     paths = [[part for part in upload.name.replace("\\", "/").split("/") if part not in ("", ".")]
              for upload in uploads]
@@ -266,8 +358,8 @@ def files_from_folder_upload(uploads) -> list[tuple[str, bytes, str]]:
     files = []
     for upload, parts in zip(uploads, paths):
         inner = parts[depth:]
-        label = inner[0] if len(inner) == 2 else ""
-        files.append(("/".join(parts) or upload.name, upload.getvalue(), label))
+        label = inner[0] if len(inner) >= 2 else ""
+        files.append(("/".join(parts) or upload.name, upload.getvalue(), label, "/".join(inner[1:-1])))
     return files
 
 
@@ -298,13 +390,14 @@ def sidebar() -> None:
     state = st.session_state
     with st.sidebar:
         st.markdown("**Your classifier so far**")
-        st.markdown(f":material/neurology: Backbone: `{state.backbone}`  \n"
-                    f":material/key: Weights: {weights_label(state.weights)}")
+        st.markdown(f":material/neurology: Backbone: {code(state.backbone)}  \n"
+                    f":material/key: Weights: {literal(weights_label(state.weights))}")
         dataset = active_dataset()
-        st.markdown(f":material/photo_library: Data: {dataset_label(dataset) if dataset else '*not chosen yet*'}")
-        st.markdown(f":material/layers: Trains: `{state.freeze}`")
+        st.markdown(f":material/photo_library: Data: "
+                    f"{literal(dataset_label(dataset)) if dataset else '*not chosen yet*'}")
+        st.markdown(f":material/layers: Trains: {code(state.freeze)}")
         if state.run_dir and Path(state.run_dir).is_dir():
-            st.markdown(f":material/model_training: Run: {run_label(state.run_dir)}")
+            st.markdown(f":material/model_training: Run: {literal(run_label(state.run_dir))}")
         else:
             st.markdown(":material/model_training: Run: *none yet*")
         st.caption(f"Device: {device_name()}")

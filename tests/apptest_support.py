@@ -2,6 +2,7 @@
 
 Modules opt in with `pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")` (conftest.py).
 """
+import re
 from pathlib import Path
 
 from streamlit.runtime.pages_manager import PagesManager
@@ -46,6 +47,11 @@ class NavigationPagesManager(PagesManager):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         PagesManager.uses_pages_directory = False
+
+
+def plain(markdown: str) -> str:
+    """The text a markdown body shows: pages.common.literal()'s escapes and word joiners removed."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")
 
 
 def open_page(page: str | None = None, **state) -> AppTest:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_support import open_page
+from apptest_support import open_page, plain
 from tl_core import backbones, datasets, runs
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR
@@ -98,8 +98,10 @@ def test_an_uploaded_safetensors_file_becomes_the_weights_and_lives_in_the_works
     weights = safetensors.torch.save({"conv_stem.weight": torch.zeros(1)})
     at.file_uploader(key="weights_upload").set_value(("../my weights.safetensors", weights, "application/octet-stream"))
     at.run()
-    saved = _workspace / "weights" / "my_weights.safetensors"
-    assert at.session_state["weights"] == str(saved) and saved.read_bytes() == weights
+    saved = Path(at.session_state["weights"])  # kept by content: weights/<sha256 prefix>/<name>
+    assert saved.name == "my_weights.safetensors" and saved.parent.parent == _workspace / "weights"
+    assert saved.read_bytes() == weights and backbones.uploaded_weights_digest(saved) == saved.parent.name
+    assert any("my_weights.safetensors (sha256" in plain(success.value) for success in at.success)
     at.button(key="check_weights").click().run()
     assert not at.exception
     assert "does not fit" in at.error[0].value  # a message that names the problem, not a traceback
@@ -257,7 +259,7 @@ def test_a_reload_finds_the_live_run_and_a_failed_run_shows_its_error():
     assert at.session_state["run_dir"] == str(live)
     runs.write_status(live, state="failed", error="out of memory: try a smaller batch size")
     at.run()
-    assert at.error[0].value == "The run failed: out of memory: try a smaller batch size"
+    assert plain(at.error[0].value) == "The run failed: out of memory: try a smaller batch size"
 
 
 # ---------------------------------------------------------------- 5 Results
@@ -272,7 +274,7 @@ def test_results_show_metrics_and_the_images_it_got_wrong():
     assert at.dataframe[0].value["class"].tolist() == dataset.classes
     captions = at.image[-1].captions  # the mistakes, after the images of the chosen confusion cell
     assert len(captions) == 2
-    assert captions[0] == f"{dataset.classes[-1]} → {dataset.classes[0]} (87%)"
+    assert plain(captions[0]) == f"{dataset.classes[-1]} → {dataset.classes[0]} (87%)"
     assert len(at.get("plotly_chart")) == 4  # confusion matrix, reliability, loss, accuracy
     assert any(link.value == "All runs, side by side" for link in at.page_link)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apptest_support import open_page
+from apptest_support import open_page, plain
 from pages import common
 from tl_core import evaluate, runs
 from tl_core.storage import atomic_write_json
@@ -73,6 +73,11 @@ def test_calibration_counts_every_prediction_once(trained):
 
 
 # ---------------------------------------------------------------- 5 Results
+def shown_captions(image) -> list[str]:
+    """The captions as a visitor reads them (the page escapes names for markdown)."""
+    return [plain(caption) for caption in image.captions]
+
+
 def cell_captions(run_dir: Path, true: str, predicted: str) -> list[str]:
     return [f"{Path(row['path']).name} ({row['confidence']:.0%})"
             for row in evaluate.cell(evaluate.read_predictions(run_dir), true, predicted)]
@@ -83,7 +88,7 @@ def test_choosing_a_cell_shows_exactly_its_images(run_dir):
     at = open_page("pages/5_Results.py")
     true, predicted = evaluate.most_confused_pair(metrics)
     assert (at.selectbox(key="cell_true").value, at.selectbox(key="cell_predicted").value) == (true, predicted)
-    assert at.image[0].captions == cell_captions(run_dir, true, predicted)
+    assert shown_captions(at.image[0]) == cell_captions(run_dir, true, predicted)
     for i, true in enumerate(metrics["classes"]):
         at.selectbox(key="cell_true").set_value(true)
         for j, predicted in enumerate(metrics["classes"]):
@@ -92,16 +97,16 @@ def test_choosing_a_cell_shows_exactly_its_images(run_dir):
             captions = cell_captions(run_dir, true, predicted)
             assert len(captions) == metrics["confusion"][i][j]
             if captions:
-                assert at.image[0].captions == captions
+                assert shown_captions(at.image[0]) == captions
             else:
-                assert any(f"No validation image of {true} was predicted as {predicted}" in info.value
+                assert any(f"No validation image of {true} was predicted as {predicted}" in plain(info.value)
                            for info in at.info)
 
 
 def test_results_show_the_surest_mistakes_calibration_and_validation_in_words(run_dir):
     at = open_page("pages/5_Results.py")
     wrong = evaluate.most_confidently_wrong(evaluate.read_predictions(run_dir), n=None)
-    assert at.image[-1].captions == [f"{r['label']} → {r['predicted']} ({r['confidence']:.0%})" for r in wrong]
+    assert shown_captions(at.image[-1]) == [f"{r['label']} → {r['predicted']} ({r['confidence']:.0%})" for r in wrong]
     charts = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
     assert charts[:2] == ["Confusion matrix", "Reliability: is it right as often as it is sure?"]
     calibration = evaluate.run_calibration(run_dir)
@@ -114,18 +119,18 @@ def test_results_show_the_surest_mistakes_calibration_and_validation_in_words(ru
 
 def test_heat_maps_replace_the_error_images(run_dir):
     at = open_page("pages/5_Results.py")
-    plain = at.image[-1].captions
+    before = shown_captions(at.image[-1])
     at.toggle(key="results_heatmaps").set_value(True).run()
     assert not at.exception
     wrong = evaluate.most_confidently_wrong(evaluate.read_predictions(run_dir), n=None)
     expected = []
-    for row, caption in zip(wrong, plain):
+    for row, caption in zip(wrong, before):
         explained = common.explanation(str(run_dir), row["path"])  # cached when the page computed it
         assert explained["overlay"].size == common.thumbnail(row["path"], 1000).size
         # A head-only run is cross-validated: the final model, fitted on every image, may answer differently.
         note = f" · final model: {explained['class']} ({explained['prob']:.0%})"
         expected.append(caption + (note if explained["class"] != row["predicted"] else ""))
-    assert at.image[-1].captions == expected
+    assert shown_captions(at.image[-1]) == expected
     assert any("cross-validated" in caption.value for caption in at.caption)
 
 
@@ -157,18 +162,19 @@ def test_predict_shows_the_top_class_with_a_heat_map_and_names_a_refused_file(ru
         ("notes.txt", b"not a picture", "text/plain")]).run()
     assert not at.exception and not at.error
     top = common.predictor(str(run_dir)).predict_files([row["path"]], top_k=3)[0]["top"]
-    assert at.subheader[0].value == f"shoe.png: {top[0]['label']} ({top[0]['prob']:.0%})"
-    bars = [bar.proto.text for bar in at.get("progress")]
+    assert plain(at.subheader[0].value) == f"shoe.png: {top[0]['label']} ({top[0]['prob']:.0%})"
+    bars = [plain(bar.proto.text) for bar in at.get("progress")]
     assert bars == [f"{k + 1}. {t['label']}: {t['prob']:.1%}" for k, t in enumerate(top)]
-    assert [image.captions for image in at.image] == [["the image"], [f"where it looked to say {top[0]['label']}"]]
-    assert [w.value for w in at.warning] == ["notes.txt: not an image (text file); skipped."]
+    assert [shown_captions(image) for image in at.image] == [["the image"],
+                                                              [f"where it looked to say {top[0]['label']}"]]
+    assert [plain(w.value) for w in at.warning] == ["notes.txt: not an image (text file); skipped."]
 
     from PIL import Image
     photo = io.BytesIO()
     Image.open(row["path"]).convert("RGB").resize((120, 90)).save(photo, "JPEG")
     at.camera_input(key="predict_camera").set_value(("webcam.jpg", photo.getvalue(), "image/jpeg")).run()
     assert not at.exception
-    assert [header.value.split(":")[0] for header in at.subheader] == ["shoe.png", "webcam.jpg"]
+    assert [plain(header.value).split(":")[0] for header in at.subheader] == ["shoe.png", "webcam.jpg"]
 
 
 def test_export_page_makes_a_verified_safetensors_bundle_to_download(run_dir):
@@ -182,4 +188,4 @@ def test_export_page_makes_a_verified_safetensors_bundle_to_download(run_dir):
     assert float(shown["Largest probability difference"]) <= 1e-3
     assert at.download_button(key="export_download").proto.label == "Download the safetensors bundle (zip)"
     assert (run_dir / "export" / "safetensors.zip").exists()
-    assert any(markdown.value.startswith("# Model card") for markdown in at.markdown)
+    assert any(code.value.startswith("# Model card") for code in at.code)  # shown as text, never as markdown

@@ -1,5 +1,12 @@
-"""Plotly figures built from a run's events and metrics; plain data in, figures out, no browser needed."""
+"""Plotly figures built from a run's events and metrics; plain data in, figures out, no browser needed.
+
+Names a user chose (classes, runs) are escaped: Plotly draws text as a subset of HTML, links included.
+Events and metrics may come from a damaged file: rows without the numbers a figure needs are left out.
+"""
 from __future__ import annotations
+
+import html
+import numbers
 
 import plotly.graph_objects as go
 
@@ -7,20 +14,32 @@ PHASE_NAMES = {"probe": "head on frozen features", "finetune": "fine-tune"}
 _LAYOUT = dict(margin=dict(l=40, r=10, t=40, b=40), height=320, legend=dict(orientation="h", y=-0.25))
 
 
-def epoch_rows(events: list[dict]) -> list[dict]:
-    return [e for e in events if e.get("event") == "epoch_end"]
+def label(name) -> str:
+    """A user's name as literal text in a figure (Plotly reads "<a href=...>" in text as a link)."""
+    return html.escape(str(name), quote=False)
+
+
+def epoch_rows(events: list[dict], *needed: str) -> list[dict]:
+    """The epoch_end events that hold a number for "epoch" and each of `needed`."""
+    return [e for e in events if e.get("event") == "epoch_end" and all(_number(e.get(k)) for k in ("epoch", *needed))]
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def loss_figure(events: list[dict]) -> go.Figure:
     """Training and validation loss per epoch, with the loss of every fine-tune batch behind them."""
     fig = go.Figure()
-    batches = [e for e in events if e.get("event") == "batch_end" and "loss" in e]
+    batches = [e for e in events if e.get("event") == "batch_end"
+               and all(_number(e.get(k)) for k in ("loss", "epoch", "batch"))]
     if batches:
-        per_epoch = {e["epoch"]: e.get("batches", 1) for e in batches}
+        per_epoch = {e["epoch"]: e.get("batches") if _number(e.get("batches")) and e["batches"] else 1
+                     for e in batches}
         x = [e["epoch"] - 1 + e["batch"] / per_epoch[e["epoch"]] for e in batches]
         fig.add_scatter(x=x, y=[e["loss"] for e in batches], name="batch loss", mode="lines",
                         line=dict(width=1, color="rgba(120,120,120,0.45)"))
-    epochs = epoch_rows(events)
+    epochs = epoch_rows(events, "train_loss", "val_loss")
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["train_loss"] for e in epochs], name="train loss",
                     mode="lines+markers")
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["val_loss"] for e in epochs], name="validation loss",
@@ -32,7 +51,7 @@ def loss_figure(events: list[dict]) -> go.Figure:
 
 def accuracy_figure(events: list[dict]) -> go.Figure:
     """Training and validation accuracy per epoch."""
-    epochs = epoch_rows(events)
+    epochs = epoch_rows(events, "train_acc", "val_acc")
     fig = go.Figure()
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["train_acc"] for e in epochs], name="train accuracy",
                     mode="lines+markers")
@@ -48,8 +67,8 @@ def compare_figure(runs: dict[str, list[dict]], metric: str = "val_acc") -> go.F
     """One line per run of an epoch metric, overlaid, for comparing runs."""
     fig = go.Figure()
     for name, events in runs.items():
-        epochs = epoch_rows(events)
-        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e[metric] for e in epochs], name=name,
+        epochs = epoch_rows(events, metric)
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e[metric] for e in epochs], name=label(name),
                         mode="lines+markers")
     title = {"val_acc": "Validation accuracy", "val_loss": "Validation loss",
              "train_loss": "Training loss", "train_acc": "Training accuracy"}.get(metric, metric)
@@ -61,7 +80,7 @@ def compare_figure(runs: dict[str, list[dict]], metric: str = "val_acc") -> go.F
 
 def confusion_figure(metrics: dict) -> go.Figure:
     """The confusion matrix: rows the true class, columns the predicted one."""
-    classes = metrics["classes"]
+    classes = [label(name) for name in metrics["classes"]]
     matrix = metrics["confusion"]
     fig = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", showscale=False,
                                text=matrix, texttemplate="%{text}",
@@ -74,7 +93,7 @@ def confusion_figure(metrics: dict) -> go.Figure:
 
 def counts_figure(counts: dict[str, int]) -> go.Figure:
     """Images per class as bars."""
-    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values()),
+    fig = go.Figure(go.Bar(x=[label(name) for name in counts], y=list(counts.values()), text=list(counts.values()),
                            textposition="outside"))
     fig.update_layout(title="Images per class", yaxis_title="images", margin=dict(l=40, r=10, t=40, b=40),
                       height=300)
@@ -83,7 +102,7 @@ def counts_figure(counts: dict[str, int]) -> go.Figure:
 
 def _mark_phases(fig: go.Figure, epochs: list[dict]) -> None:
     """A dotted line where fine-tuning starts after the head was fitted on frozen features."""
-    for before, after in zip(epochs, epochs[1:]):
+    for before, after in zip(epochs, epochs[1:]):  # epochs: rows epoch_rows() kept
         if before.get("phase") == "probe" and after.get("phase") == "finetune":
             fig.add_vline(x=before["epoch"] + 0.5, line_dash="dot", line_color="grey",
                           annotation_text="fine-tune starts", annotation_position="top left")
