@@ -6,6 +6,7 @@ import pytest
 
 from tl_core.callbacks import NanGuard, TrainingDiverged
 from tl_core.config import ConfigError, RunConfig
+from tl_core import runs, storage
 from tl_core.runs import EventReader, create_run, list_runs, read_status, request_stop, summarize
 
 
@@ -46,3 +47,85 @@ def test_nan_guard_stops_with_advice():
     with pytest.raises(TrainingDiverged, match="learning rate"):
         NanGuard()("batch_end", {"loss": math.nan, "epoch": 1, "step": 3}, None)
     NanGuard()("batch_end", {"loss": 0.5}, None)
+
+
+# ---------------------------------------------------------------- damaged files, locks, full disks
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty file"), (b'{"state": "queu', "cut short (truncated JSON)"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text (byte 0)"), (b"[1, 2]", "not a JSON object"),
+    (b'{"state": 3}', "unknown state '3'"), (b"{\"state\": \"done\"} tail", "not valid JSON (Extra data at line 1"),
+])
+def test_a_damaged_status_is_a_state_with_the_reason(_workspace, content, reason):
+    run_dir = create_run(RunConfig(dataset_dir="d"))
+    (run_dir / "status.json").write_bytes(content)
+    status = read_status(run_dir)
+    assert status["state"] == "damaged" and status["error"].startswith("status.json: ")
+    assert reason in status["error"]
+    row = summarize(run_dir)
+    assert row["state"] == "damaged" and reason in row["damaged"]
+    runs.write_status(run_dir, state="failed", error="x")  # a writer replaces the damaged file
+    assert read_status(run_dir)["state"] == "failed" and runs.damage(run_dir) == []
+
+
+def test_damaged_config_metrics_and_event_lines_are_reported_not_raised(_workspace):
+    run_dir = create_run(RunConfig(dataset_dir="d"))
+    (run_dir / "config.json").write_bytes(b'{"config": {"backbone": ')
+    (run_dir / "metrics.json").write_text('{"val_acc": "high", "classes": []}')
+    (run_dir / "events.jsonl").write_text('{"event": "fit_start"}\n\x00\x01garbage\n[1]\n{"event": "epoch_end", '
+                                          '"epoch": "one"}\n{"event": "fit_end"}\n{"event": "cu')
+    assert runs.read_config_record(run_dir) == {} and runs.read_metrics(run_dir) is None
+    assert [e["event"] for e in runs.read_events(run_dir)] == ["fit_start", "fit_end"]
+    problems = runs.damage(run_dir)
+    assert problems[0] == "config.json: cut short (truncated JSON)"
+    assert problems[1] == "metrics.json: 'val_acc' is not a number"
+    assert problems[2].startswith("events.jsonl: line 2 skipped, not valid JSON (Expecting value")
+    assert "events.jsonl: line 3 skipped, not an event" in problems[3]
+    assert "line 4 skipped, epoch_end whose 'epoch' is not a number" in problems[4]
+    assert problems[-1] == "events.jsonl: the last line is cut short"
+    assert summarize(run_dir)["state"] == "queued"  # its status is fine: it is still a queued run
+
+
+def test_locks_say_whether_a_run_is_trained_and_a_live_run_cannot_be_deleted(_workspace):
+    run_dir = create_run(RunConfig(dataset_dir="d"))
+    lock = run_dir / runs.LOCK_FILE
+    assert lock.exists() and not runs.lock_held(lock)
+    fd = runs.try_lock(lock)
+    assert fd is not None and runs.lock_held(lock) and runs.try_lock(lock) is None
+    with pytest.raises(ValueError, match="a worker is training it; stop it first"):
+        runs.delete_run(run_dir)
+    request_stop(run_dir)  # claimed, so not cancelled at once: the worker sees STOP
+    assert read_status(run_dir)["state"] == "queued"
+    runs.unlock(fd)
+    runs.delete_run(run_dir)
+    assert not run_dir.exists() and list_runs() == []
+    with pytest.raises(FileNotFoundError):  # a late status write never brings a deleted run back
+        runs.write_status(run_dir, state="failed")
+    assert not run_dir.exists()
+
+
+def test_a_full_disk_names_the_path_the_size_and_the_fix(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):  # where a full disk often shows first: the data was buffered, the blocks are not there
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "runs" / "r" / "status.json"
+    with pytest.raises(storage.StorageFull) as error:
+        storage.atomic_write_bytes(target, b"x" * 5000)
+    monkeypatch.undo()
+    message = str(error.value)
+    assert message.startswith(f"{target}: the disk is full (5.0 KB needed, ") and "free on /" in message
+    assert "TL_STUDIO_HOME" in message and error.value.errno == errno.ENOSPC
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no temporary file left behind
+
+
+def test_read_json_names_the_damage(tmp_path):
+    path = tmp_path / "x.json"
+    assert storage.read_json(path, {"default": 1}) == {"default": 1}
+    for content, reason in ((b"", "empty file"), (b"  \n", "holds only blank space"), (b'{"a": [1,', "cut short")):
+        path.write_bytes(content)
+        with pytest.raises(storage.DamagedFile, match=f"^{path}: {reason}"):
+            storage.read_json(path)

@@ -31,7 +31,7 @@ from .storage import workspace_root
 
 BUSY_EXIT = 75  # a worker's exit code when another worker already holds its run (EX_TEMPFAIL)
 _RUN_FD_ENV, _SLOT_FD_ENV = "TL_STUDIO_RUN_LOCK_FD", "TL_STUDIO_SLOT_LOCK_FD"
-_CLAIM_RETRY_S = 2.0  # a lock probe of the scheduler holds a lock for microseconds; retrying this long rides it out
+_CLAIM_RETRY_S = 0.5  # a lock probe of the scheduler holds a lock for microseconds; retrying this long rides it out
 
 
 class RunBusy(RuntimeError):
@@ -246,6 +246,7 @@ class JobManager:
         """Reap finished workers, fail dead ones, start queued runs while a slot is free."""
         with self._lock:
             self._reap_finished()
+            self._save_failures()
             statuses = self._statuses()
             self._fail_orphans(statuses)
             for run_dir in self.queue(statuses):
@@ -283,6 +284,12 @@ class JobManager:
             if slot is None:
                 return "no slot"
             index, slot_fd = slot
+            try:  # written while this process holds the run's lock, before any process exists: a status
+                # that cannot be written (a full disk) starts nothing, and no worker's own status is overwritten
+                write_status(run_dir, state="running", pid=None, started=time.time(), error=None)
+            except OSError as error:
+                self._mark_failed(run_dir, f"the run could not start: {error}")
+                return "skipped"
             try:
                 log = open(run_dir / "worker.log", "ab")
                 env = dict(os.environ, TL_STUDIO_HOME=str(self.workspace), PYTHONUNBUFFERED="1",
@@ -298,12 +305,7 @@ class JobManager:
                 log.close()
             unlock(slot_fd)  # the worker holds its own copies of both locks now
             unlock(run_fd)
-        self.workers[run_dir] = proc
-        try:
-            write_status(run_dir, state="running", pid=proc.pid, started=time.time(), error=None)
-        except OSError as error:  # the worker holds the run's lock: it cannot be started twice regardless
-            print(f"tl_core.jobs: {run_dir.name}: started (pid {proc.pid}) but the status could not be saved: "
-                  f"{error}", file=sys.stderr)
+        self.workers[run_dir] = proc  # the worker writes its pid itself, once it runs
         return "started"
 
     def _free_slot(self) -> tuple[int, int] | None:
@@ -335,6 +337,17 @@ class JobManager:
                 pid = status.get("pid")
                 self._mark_failed(run_dir, f"the worker process{f' (pid {pid})' if pid else ''} is gone without "
                                            "finishing: it was killed or the machine restarted")
+
+    def _save_failures(self) -> None:
+        """Write down the failures a full disk kept in memory, once there is room again."""
+        for run_dir, reason in list(self.unsaved_failures.items()):
+            try:
+                write_status(run_dir, state="failed", ended=time.time(), error=reason)
+            except FileNotFoundError:  # the run was deleted meanwhile
+                pass
+            except OSError:
+                continue
+            del self.unsaved_failures[run_dir]
 
     def _mark_failed(self, run_dir: Path, reason: str) -> None:
         try:

@@ -106,7 +106,9 @@ def _read_status(run_dir: Path) -> tuple[dict | None, str | None]:
 
 
 def write_status(run_dir: Path, **fields) -> dict:
-    """Merge `fields` into status.json (a damaged one is replaced)."""
+    """Merge `fields` into status.json (a damaged one is replaced); never recreates a deleted run folder."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (deleted?)")
     status = _read_status(Path(run_dir))[0] or {}
     status.update(fields)
     atomic_write_json(Path(run_dir) / "status.json", status)

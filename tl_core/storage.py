@@ -168,7 +168,7 @@ def parse_json(data: bytes, path: str | os.PathLike = "JSON"):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        cut = error.pos >= len(text.rstrip())
+        cut = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
         what = "cut short (truncated JSON)" if cut else f"not valid JSON ({error.msg} at line {error.lineno}, " \
                                                          f"column {error.colno})"
         raise DamagedFile(path, what) from None
