@@ -50,12 +50,6 @@ def slot_lock_paths(workspace: Path, slots: int) -> list[Path]:
     return [Path(workspace) / "locks" / f"slot-{index}.lock" for index in range(slots)]
 
 
-def busy_slots(workspace: Path | None = None, slots: int | None = None) -> int:
-    """How many device slots of the workspace a live worker holds now."""
-    paths = slot_lock_paths(workspace or workspace_root(), slots or default_slots())
-    return sum(lock_held(path) for path in paths)
-
-
 def training_runs(workspace: Path | None = None) -> list[Path]:
     """Runs whose worker is alive now (their lock is held), newest first."""
     return [p for p in list_runs(workspace) if read_status(p).get("state") == "running" and lock_held(p / LOCK_FILE)]
