@@ -41,14 +41,16 @@ def test_out_of_memory_backs_off_and_says_so(small_sample, monkeypatch):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="all", probe_first=False, epochs=1,
                                    batch_size=16, image_size=64, device="cuda", early_stopping=0))
-    forward = train.Fit._forward
+    from tl_core.batches import PixelSource
 
-    def forward_that_fits_only_4(self, idx, augment=None):
-        if len(idx) > 4 and torch.is_grad_enabled():
+    features = PixelSource.features
+
+    def features_that_fit_only_4(self, inputs):
+        if len(inputs) > 4 and torch.is_grad_enabled():
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return forward(self, idx, augment)
+        return features(self, inputs)
 
-    monkeypatch.setattr(train.Fit, "_forward", forward_that_fits_only_4)
+    monkeypatch.setattr(PixelSource, "features", features_that_fit_only_4)
     train.run(run_dir)
     notices = [e["message"] for e in read_events(run_dir) if e["event"] == "notice"]
     assert any("batch size 16 does not fit" in m for m in notices)

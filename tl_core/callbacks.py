@@ -10,8 +10,11 @@ import math
 import time
 from pathlib import Path
 
-EVENTS = ("fit_start", "phase_start", "batch_end", "epoch_end", "checkpoint", "notice", "fit_end", "cancelled",
-          "error")
+EVENTS = ("fit_start", "phase_start", "after_loss", "before_step", "batch_end", "epoch_end", "checkpoint", "notice",
+          "before_save", "fit_end", "cancelled", "error")
+# What events.jsonl holds (the run-folder contract); the others carry tensors and are for callbacks only.
+LOGGED_EVENTS = ("fit_start", "phase_start", "batch_end", "epoch_end", "checkpoint", "notice", "fit_end",
+                 "cancelled", "error")
 
 
 class CancelFit(Exception):
@@ -44,6 +47,8 @@ class EventLog(Callback):
         self.file = open(path, "a", encoding="utf-8")
 
     def __call__(self, event: str, info: dict, fit) -> None:
+        if event not in LOGGED_EVENTS:
+            return
         line = {"t": round(time.time(), 3), "event": event, **info}
         self.file.write(json.dumps(line, default=_jsonable) + "\n")
         self.file.flush()
@@ -103,7 +108,8 @@ class DivergenceGuard(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Keeps a copy of the weights of the best epoch (highest val accuracy, then lowest val loss)."""
+    """Keeps a copy of the weights of the best epoch (highest val accuracy, then lowest val loss), records
+    it in `fit.best`, and puts those weights back into the model before the run saves it."""
 
     def __init__(self):
         self.best_key = None
@@ -124,8 +130,16 @@ class BestCheckpoint(Callback):
             self.best_epoch = info["epoch"]
             self.best_phase = phase
             self.best_state = _changeable_state(fit.model)
+            fit.best = {"epoch": self.best_epoch, "phase": phase, "by_phase": self.best_of_phase}
             fit.emit("checkpoint", epoch=info["epoch"], phase=info.get("phase"),
                      val_acc=info["val_acc"], val_loss=info["val_loss"])
+
+
+    def on_before_save(self, info, fit):
+        if self.best_state is not None:
+            # The checkpoint holds only what training can change; the frozen rest is still in the model.
+            unexpected = fit.model.load_state_dict(self.best_state, strict=False).unexpected_keys
+            assert not unexpected, f"checkpoint keys the model lacks: {unexpected[:3]}"
 
 
 def _changeable_state(model) -> dict:
