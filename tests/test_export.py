@@ -56,6 +56,7 @@ def test_onnx_bundle_agrees_with_pytorch(run_dir, onnx_report):
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "tf_efficientnet_lite0" in card and f"{metrics['val_acc']:.1%}" in card
     assert "Trouser" in card and "Intended use" in card
+    assert f"Weights kept: epoch {metrics['kept']['epoch']} ({metrics['kept']['phase']} phase)" in card
     with zipfile.ZipFile(report["zip"]) as archive:
         names = {Path(n).name for n in archive.namelist()}
     assert Path(report["zip"]) == run_dir / "export" / "onnx.zip" and names == {"model.onnx", *BUNDLE}

@@ -237,6 +237,12 @@ def test_a_diverging_finetune_restarts_lower_and_says_which_model_is_kept(small_
         assert kept["trainable_params"] < metrics["trainable_params"]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["kept"] == kept
+    from tl_core.export import model_card
+
+    card = model_card(run_dir, "onnx")
+    assert f"Weights kept: epoch {kept['epoch']} ({kept['phase']} phase), plan `{kept['plan']}`" in card
+    if kept["reason"]:
+        assert kept["reason"] in card
 
 
 def test_the_divergence_guard_limits(small_sample):
@@ -253,3 +259,18 @@ def test_the_divergence_guard_limits(small_sample):
             guard("batch_end", {"phase": "finetune", "epoch": 6, "loss": loss}, fit)
     guard("phase_start", {"phase": "finetune", "reference_loss": 1.0}, fit)
     guard("batch_end", {"phase": "finetune", "epoch": 6, "loss": 3.9}, fit)  # below 4 × the probe's 1.0
+
+
+def test_a_class_of_one_image_trains_head_only(small_sample, tmp_path):
+    """A class with a single image is a warning at ingest, not a refusal, and the head still trains."""
+    import shutil
+
+    data = tmp_path / "one_image_class"
+    shutil.copytree(small_sample, data)
+    for extra in sorted((data / "Bag").glob("*.png"))[1:]:
+        extra.unlink()
+    dataset = ingest_folder(data)
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), epochs=2, image_size=64))
+    metrics = train.run(run_dir)
+    assert metrics["validation"].startswith("2-fold cross-validation")
+    assert metrics["n_train"] == 25 and metrics["val_acc"] > 0.5

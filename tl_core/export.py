@@ -290,6 +290,15 @@ def _write_zip(out_dir: Path, zip_path: Path, folder: str, fmt: str) -> None:
     atomic_write_bytes(zip_path, buffer.getvalue())
 
 
+def _kept_lines(kept: dict | None) -> list[str]:
+    """Which weights the bundle holds: the run's plan names what could train, this what did."""
+    if not kept:
+        return []
+    line = (f"- Weights kept: epoch {kept['epoch']} ({kept['phase']} phase), plan `{kept['plan']}`, "
+            f"{kept['trainable_params']:,} parameters learnt.")
+    return [line + (f" Note: {kept['reason']}." if kept.get("reason") else "")]
+
+
 def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str:
     """MODEL_CARD.md: what the model is, what it was trained on, how well it did, and what it is not for."""
     run_dir = Path(run_dir)
@@ -318,6 +327,7 @@ def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str
         f"BatchNorm `{config.get('bn_policy', '?')}`, augmentation `{config.get('augment', '?')}`, "
         f"{metrics.get('epochs_run', '?')} epochs (best at epoch {metrics.get('best_epoch', '?')}), "
         f"learning rate {config.get('lr', '?')}, seed {config.get('seed', '?')}.",
+        *_kept_lines(metrics.get("kept")),
         f"- Input: RGB {size[-2]}×{size[-1]} px; shorter side resized to {size[-1]}/crop_pct "
         f"({preprocess.get('interpolation', '?')}), centre-cropped, scaled to 0..1, then normalised with "
         f"mean {preprocess.get('mean')} and std {preprocess.get('std')} (see preprocess.json).",

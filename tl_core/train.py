@@ -221,7 +221,8 @@ class Fit:
         k-fold cross-validation gives each image an out-of-fold prediction, and the head that is kept
         is fitted on all images."""
         labels = self.labels.tolist()
-        k = min(CV_FOLDS, min(labels.count(c) for c in set(labels)))
+        # At least 2 folds: a class of one image is then validated by a fit that never saw that class.
+        k = min(CV_FOLDS, max(2, min(labels.count(c) for c in set(labels))))
         self.folds = stratified_folds(labels, k, self.config.seed)
         self.train_idx = self.val_idx = list(range(len(labels)))
         self.validation = f"{k}-fold cross-validation (out-of-fold predictions)"
