@@ -12,9 +12,11 @@ from PIL import Image
 
 from tl_core import backbones
 from tl_core.backbones import (
-    CATALOGUE, EMBEDDED_MODEL, WeightsUnavailable, catalogue_rows, create_model, data_config, eval_transform,
-    search_models, train_transform, weights_available_offline,
+    CATALOGUE, EMBEDDED_MODEL, WeightsUnavailable, catalogue_rows, create_model, data_config, search_models,
+    weights_available_offline,
 )
+from tl_core.augment import make_augment, normalize
+from tl_core.datasets import prepare_image
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 TINY_MODELS = ["test_efficientnet", "test_resnet", "test_convnext", "test_vit", "test_byobnet"]
@@ -44,7 +46,9 @@ def test_embedded_weights_rank_the_cat_photo_as_a_cat():
     from skimage.data import chelsea
 
     model = create_model(EMBEDDED_MODEL, num_classes=1000, weights="embedded").eval()
-    image = eval_transform(data_config(model))(Image.fromarray(chelsea())).unsqueeze(0)
+    cfg = data_config(model)  # tl_core's own preprocessing, as training and Predictor use it
+    pixels = prepare_image(Image.fromarray(chelsea()), cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"])
+    image = normalize(pixels[None], cfg["mean"], cfg["std"])
     with torch.no_grad():
         probs = model(image).softmax(-1)[0]
     assert int(probs.argmax()) in IMAGENET_CATS
@@ -215,11 +219,12 @@ def test_data_config_and_transforms():
     cfg = data_config(model, image_size=96)
     assert cfg["input_size"] == (3, 96, 96)
     assert set(cfg) == {"input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"}
-    image = Image.new("RGB", (140, 120), (200, 30, 30))
-    for augment in ("none", "light", "strong"):
-        assert train_transform(cfg, augment)(image).shape == (3, 96, 96)
+    pixels = prepare_image(Image.new("RGB", (140, 120), (200, 30, 30)), 96, cfg["crop_pct"], cfg["interpolation"])
+    for augment in ("light", "strong"):
+        assert make_augment(augment, 96)(pixels[None]).shape == (1, 3, 96, 96)
+    assert make_augment("none", 96) is None
     with pytest.raises(ValueError, match="augment"):
-        train_transform(cfg, "extreme")
+        make_augment("extreme", 96)
     with pytest.raises(ValueError, match="fixed input size"):
         data_config(create_model("test_vit", num_classes=3, weights="none"), image_size=96)
 

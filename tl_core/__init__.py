@@ -6,8 +6,14 @@ Modules, one idea each:
     layers      layer groups and the freeze plan
     datasets    safe ingest, audit, split, decoded-image cache
     augment     augmentation presets on decoded images
-    train       the fit loop (phases: probe on frozen features, then fine-tune)
-    callbacks   event log, stop, early stopping, best checkpoint, NaN guard
+    train       the fit loop (phases: probe on frozen features, then fine-tune), its events
+    tasks       what a training step computes (Task seam; classification by default)
+    batches     where a batch comes from: pixels, cached frozen-prefix activations, cached features
+    strategy    the device, precision, backward and step (Strategy seam; single device today)
+    probe       logistic-regression heads on frozen features, fitted by L-BFGS
+    frozen_prefix  a model run as a frozen prefix, computed once, and a trainable rest
+    outputs     what a finished fit writes: kept weights, predictions, metrics
+    callbacks   event log, stop, divergence guard, early stopping, best checkpoint, NaN guard
     evaluate    metrics;  predict: a finished run as a classifier
     runs, jobs  the run folder contract; the worker-process queue
     plots       plotly figures from events and metrics

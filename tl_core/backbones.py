@@ -18,7 +18,7 @@ from pathlib import Path
 import safetensors.torch
 import timm
 import torch
-from timm.data import create_transform, resolve_model_data_config
+from timm.data import resolve_model_data_config
 
 from tl_core.storage import atomic_write_bytes, workspace_root
 
@@ -156,25 +156,6 @@ def data_config(model: torch.nn.Module, image_size: int | None = None) -> dict:
                              f"(fixed input size); leave the image size empty or pick another backbone")
         config["input_size"] = (config["input_size"][0], image_size, image_size)
     return config
-
-
-def eval_transform(cfg: dict):
-    """Resize, centre-crop and normalise as the weights expect."""
-    return create_transform(**cfg, is_training=False)
-
-
-def train_transform(cfg: dict, augment: str = "none"):
-    """Training transform: "none" (= eval), "light" (crop + flip) or "strong" (+ RandAugment, erasing)."""
-    if augment == "none":
-        return eval_transform(cfg)
-    if augment not in ("light", "strong"):
-        raise ValueError(f"augment: {augment!r} is not one of none, light, strong")
-    strong = augment == "strong"
-    return create_transform(
-        **cfg, is_training=True, scale=(0.6, 1.0), hflip=0.5, color_jitter=None,
-        auto_augment="rand-m9-mstd0.5" if strong else None,
-        re_prob=0.25 if strong else 0.0, re_mode="pixel",
-    )
 
 
 # ---------------------------------------------------------------- model names

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .augment import normalize
-from .split import PrefixSplit, stage_split_point
+from .frozen_prefix import PrefixSplit, stage_split_point
 from .storage import atomic_file
 from .tasks import Batch
 

@@ -108,11 +108,6 @@ def set_train_mode(model: nn.Module, bn_policy: str = "eval") -> None:
             module.eval()
 
 
-def first_trainable_index(groups: list[LayerGroup], trainable: set[str]) -> int:
-    """Index of the first (closest to the input) trainable group; len(groups) when none trains."""
-    return min((g.index for g in groups if g.name in trainable), default=len(groups))
-
-
 # ---------------------------------------------------------------- helpers
 
 def _mode_sensitive_types() -> tuple[type, ...]:

@@ -7,7 +7,7 @@ from tl_core import layers, train
 from tl_core.config import RunConfig
 from tl_core.datasets import ingest_folder
 from tl_core.runs import create_run, read_events
-from tl_core.split import PrefixSplit, stage_split_point
+from tl_core.frozen_prefix import PrefixSplit, stage_split_point
 
 
 @pytest.mark.parametrize("name", ["test_efficientnet", "mobilenetv3_small_050", "test_convnext"])
