@@ -7,7 +7,7 @@ import torch
 from pages import common
 from tl_core import plots, runs
 from tl_core.augment import make_augment
-from tl_core.config import RunConfig
+from tl_core.config import AUGMENTATIONS, RunConfig
 from tl_core.datasets import decode_images
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
@@ -84,7 +84,7 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
                           help="Stop when validation loss has not improved for this many epochs; 0 never stops early.")
     name_col.text_input("Run name (optional)", key="run_name", placeholder="e.g. first try",
                         help="A name to find this run again among the results.")
-    st.radio("Augmentation", ["none", "light", "strong"], key="augment", horizontal=True,
+    st.radio("Augmentation", list(AUGMENTATIONS), key="augment", horizontal=True,
              format_func={"none": "None", "light": "Light: crops and flips",
                           "strong": "Strong: plus colour, shape and erasing"}.get,
              help="Random changes to the training images make more varied examples and less over-fitting; "

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from tl_core import backbones, devices, jobs, plots, runs
-from tl_core.config import ConfigError, recommended_lr
+from tl_core.config import ConfigError, defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
 from tl_core.predict import Predictor
@@ -34,6 +34,8 @@ USER_ERRORS = (DatasetError, ConfigError, backbones.WeightsUnavailable, ValueErr
 ACTIVE_STATES = ("queued", "running")
 EXPLAIN_DRAFT = 512  # heat maps and predictions decode big photos at about this size: memory stays small
 
+RUN_DEFAULTS = defaults()  # RunConfig's own: the CLI and the app start from the same settings
+
 # The choices that make a run, kept across pages. Widgets bound to these keys would lose their value
 # when the user leaves their page (Streamlit cleans up widget state), so keep_state() re-assigns them.
 DEFAULTS = {
@@ -42,20 +44,20 @@ DEFAULTS = {
     "dataset_dir": None,
     "val_dataset_dir": None,
     "val_source": "split",
-    "val_fraction": 0.2,
-    "freeze": "head",
+    "val_fraction": RUN_DEFAULTS["val_fraction"],
+    "freeze": RUN_DEFAULTS["freeze"],
     "freeze_preset": "head",
     "freeze_top_n": 1,
-    "bn_policy": "eval",
+    "bn_policy": RUN_DEFAULTS["bn_policy"],
     "bn_keep_eval": True,
-    "epochs": 10,
-    "lr": recommended_lr("head"),
-    "lr_plan": "head",  # the freeze plan the learning rate was set for
-    "batch_size": 32,
+    "epochs": RUN_DEFAULTS["epochs"],
+    "lr": recommended_lr(RUN_DEFAULTS["freeze"]),
+    "lr_plan": RUN_DEFAULTS["freeze"],  # the freeze plan the learning rate was set for
+    "batch_size": RUN_DEFAULTS["batch_size"],
     "image_size": None,  # set from the backbone on first use
     "image_size_backbone": None,  # the backbone image_size was set for
-    "augment": "none",
-    "early_stopping": 5,
+    "augment": RUN_DEFAULTS["augment"],
+    "early_stopping": RUN_DEFAULTS["early_stopping"],
     "run_name": "",
     "run_dir": None,
     "webcam_shots": [],

@@ -129,3 +129,30 @@ def test_read_json_names_the_damage(tmp_path):
         path.write_bytes(content)
         with pytest.raises(storage.DamagedFile, match=f"^{path}: {reason}"):
             storage.read_json(path)
+
+
+def test_the_cli_the_app_and_runconfig_agree_on_every_setting():
+    """Defaults, types and choices live in RunConfig's fields; the CLI and the app's start values follow them."""
+    import argparse
+
+    from tl_core.__main__ import _add_settings
+    from tl_core.config import RunConfig, defaults, settings
+
+    parser = argparse.ArgumentParser()
+    _add_settings(parser)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(actions) == set(settings())
+    for name, setting in settings().items():
+        assert actions[name].default == setting.default, name
+        assert tuple(actions[name].choices or ()) == setting.metadata["choices"], name
+        assert actions[name].help == setting.metadata["help"]
+    config = RunConfig(dataset_dir="d", **vars(parser.parse_args([])))  # the CLI's defaults make a valid run
+    assert config == RunConfig(dataset_dir="d")
+
+    from pages import common
+
+    shared = set(common.DEFAULTS) & set(defaults())
+    assert {"freeze", "bn_policy", "epochs", "batch_size", "augment", "early_stopping", "val_fraction"} <= shared
+    for name in shared - {"lr", "image_size"}:  # the app resolves these two from the plan and the backbone
+        assert common.DEFAULTS[name] == defaults()[name], name
+    assert common.DEFAULTS["lr"] == RunConfig(dataset_dir="d").lr

@@ -15,21 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("run_dir", nargs="?", help="a prepared run folder (what the app starts)")
     train.add_argument("--data", help="a folder of class folders")
     train.add_argument("--val-data", help="a separate folder of class folders for validation")
-    train.add_argument("--backbone", default="efficientnet_lite0")
     train.add_argument("--weights", default=None,
                        help="embedded | hub | none | FILE.safetensors (default: embedded where the app ships weights, else hub)")
-    train.add_argument("--freeze", default="head", help="head | top-N | all | GROUP,GROUP (the groups that train)")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=None,
-                       help="peak learning rate next to the head (default: by plan: head 1e-3, top-N 3e-4, all 1e-4)")
-    train.add_argument("--bn-policy", default="eval", choices=["eval", "frozen_eval", "train"],
-                       help="eval: every BatchNorm keeps its pretrained statistics (safe on small data); "
-                            "frozen_eval: trained layers use batch statistics; train: all do")
-    train.add_argument("--image-size", type=int, default=None)
-    train.add_argument("--augment", default="none", choices=["none", "light", "strong"])
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    train.add_argument("--seed", type=int, default=0)
+    _add_settings(train)
     train.add_argument("--run-dir", dest="new_run_dir", help="where to put the run folder (default: the workspace's runs/)")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a finished run on a labelled folder")
@@ -101,6 +89,20 @@ def _train(args) -> int:
     return 0 if state == "done" else 1
 
 
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig setting, with its default, type, help and choices from config.py."""
+    from .config import settings
+
+    for name, setting in settings().items():
+        meta = setting.metadata
+        flag = "--" + name.replace("_", "-")
+        if meta["kind"] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=setting.default, help=meta["help"])
+        else:
+            parser.add_argument(flag, type=meta["kind"], default=setting.default, choices=meta["choices"] or None,
+                                help=meta["help"])
+
+
 def _say(message: str) -> None:
     print(message, flush=True)
 
@@ -118,7 +120,7 @@ def _failure(run_dir: Path, error: BaseException) -> str:
 
 
 def _prepare_run(args) -> Path:
-    from .config import RunConfig
+    from .config import RunConfig, settings
     from .datasets import ingest_or_reuse_folder
     from .runs import create_run
 
@@ -128,9 +130,7 @@ def _prepare_run(args) -> Path:
 
     weights = args.weights or default_weights(args.backbone)
     config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
-                       backbone=args.backbone, weights=weights, freeze=args.freeze, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, bn_policy=args.bn_policy, image_size=args.image_size, augment=args.augment,
-                       device=args.device, seed=args.seed)
+                       weights=weights, **{name: getattr(args, name) for name in settings()})
     return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
 
 

@@ -27,6 +27,21 @@ def recommended_lr(freeze: str) -> float:
     return LR_BY_PLAN["all"] if freeze == "all" else LR_BY_PLAN["partial"]
 
 
+def _setting(default, kind: type, help: str, choices: tuple = ()):
+    """A field the command line and the app expose: its default, type, help and choices live here only."""
+    return field(default=default, metadata={"kind": kind, "help": help, "choices": choices})
+
+
+def settings() -> dict[str, dataclasses.Field]:
+    """The user-facing settings of a run (the fields made by _setting), by name."""
+    return {f.name: f for f in dataclasses.fields(RunConfig) if "help" in f.metadata}
+
+
+def defaults() -> dict:
+    """Each setting's default value."""
+    return {name: f.default for name, f in settings().items()}
+
+
 class ConfigError(ValueError):
     """A setting a user gave is out of range; the message says which and why."""
 
@@ -43,25 +58,27 @@ class RunConfig:
 
     dataset_dir: str
     val_dataset_dir: str | None = None
-    backbone: str = "efficientnet_lite0"  # with weights="embedded": the TF port whose weights ship here
-    weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors
-    freeze: str = "head"
-    bn_policy: str = "eval"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None  # None: the rate for the freeze plan, recommended_lr(freeze)
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    augment: str = "none"
-    image_size: int | None = None  # None: the backbone's own input size
-    early_stopping: int = 5  # epochs without improvement before stopping; 0 turns it off
-    val_fraction: float = 0.2
-    device: str = "auto"
-    seed: int = 0
-    probe_first: bool = True  # fit the head on frozen features before unfreezing anything
-    name: str = ""
+    backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name; (tf_)efficientnet_lite0 works offline")
+    weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors (the CLI picks by backbone)
+    freeze: str = _setting("head", str, "head | top-N | all | GROUP,GROUP: the layer groups that train")
+    bn_policy: str = _setting("eval", str, "eval: every BatchNorm keeps its pretrained statistics (safe on small "
+                              "data); frozen_eval: trained layers use batch statistics; train: all do", BN_POLICIES)
+    epochs: int = _setting(10, int, "passes over the training images (after the probe when layers train)")
+    batch_size: int = _setting(32, int, "images per step")
+    lr: float | None = _setting(None, float, "peak learning rate next to the head (default: by plan: head 1e-3, "
+                                "top-N 3e-4, all 1e-4)")
+    weight_decay: float = _setting(0.05, float, "AdamW weight decay")
+    label_smoothing: float = _setting(0.1, float, "label smoothing of the training loss")
+    schedule: str = _setting("cosine", str, "learning-rate schedule after warm-up", SCHEDULES)
+    warmup_epochs: float = _setting(1.0, float, "epochs of linear warm-up")
+    augment: str = _setting("none", str, "augmentation of the training images", AUGMENTATIONS)
+    image_size: int | None = _setting(None, int, "square input size in px (default: the backbone's own)")
+    early_stopping: int = _setting(5, int, "epochs without a better validation loss before a phase stops; 0: never")
+    val_fraction: float = _setting(0.2, float, "share of the images held out for validation (stratified)")
+    device: str = _setting("auto", str, "where to train", DEVICES)
+    seed: int = _setting(0, int, "seed of the split, the shuffles and the initialisation")
+    probe_first: bool = _setting(True, bool, "fit the head on frozen features before unfreezing anything")
+    name: str = _setting("", str, "a name to find the run again")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
