@@ -1,12 +1,8 @@
 """Step 3: choose which layer groups of the backbone learn and which stay frozen."""
-import copy
-import time
-
 import streamlit as st
-import torch
 
 from pages import common
-from tl_core import layers
+from tl_core import layers, plan_cost, runs
 
 PRESETS = {
     "head": "Feature extraction: only the new head learns (fastest; best with few images)",
@@ -14,7 +10,6 @@ PRESETS = {
     "all": "Full fine-tune: every layer learns (needs more images and time)",
     "custom": "Custom: choose with the switches below",
 }
-TIMING_BATCH = 8
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
 
@@ -53,23 +48,8 @@ def switch_flipped() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def seconds_per_image(backbone: str, image_size: int, trainable: frozenset, bn_policy: str) -> tuple[float, float]:
-    """(forward seconds per image, forward+backward seconds per image), measured on one small batch here."""
-    timed = copy.deepcopy(common.structure_model(backbone))
-    timed_groups = layers.layer_groups(timed)
-    layers.apply_freeze(timed, timed_groups, set(trainable), bn_policy)
-    images = torch.randn(TIMING_BATCH, 3, image_size, image_size)
-    timed.eval()
-    with torch.no_grad():
-        timed(images[:2])  # warm-up: first calls allocate
-        start = time.perf_counter()
-        timed(images)
-        forward = (time.perf_counter() - start) / TIMING_BATCH
-    if trainable == {timed_groups[-1].name}:
-        return forward, forward
-    layers.set_train_mode(timed, bn_policy)
-    start = time.perf_counter()
-    timed(images).logsumexp(1).mean().backward()
-    return forward, (time.perf_counter() - start) / TIMING_BATCH
+    """Measured once per backbone, size and plan (plan_cost.seconds_per_image)."""
+    return plan_cost.seconds_per_image(common.structure_model(backbone), image_size, set(trainable), bn_policy)
 
 
 # ---------------------------------------------------------------- the plan
@@ -101,7 +81,7 @@ n_train = n_images - n_val
 with st.spinner("Timing one small batch on this computer…"):
     forward_s, train_s = seconds_per_image(state.backbone, state.image_size, frozenset(trainable), state.bn_policy)
 head_only = trainable == {head.name}
-epoch_s = forward_s * n_images if head_only else train_s * n_train + forward_s * n_val
+epoch_s = plan_cost.epoch_seconds(forward_s, train_s, head_only, n_train, n_val)
 
 trainable_params = sum(group.num_params for group in groups if group.name in trainable)
 total_params = sum(group.num_params for group in groups)
@@ -110,14 +90,14 @@ params_col.metric("Trainable parameters", f"{trainable_params:,}", delta_arrow="
                   delta=f"{trainable_params / total_params:.1%} of {total_params:,}")
 groups_col.metric("Groups that learn", f"{len(trainable)} of {len(groups)}", delta_arrow="off", delta_color="off",
                   delta=f"plan: {state.freeze}")
-time_col.metric("Estimated time per epoch", common.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
+time_col.metric("Estimated time per epoch", runs.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
                 delta=f"{n_train} + {n_val} images at {state.image_size} px")
 if head_only:
     st.write(f"Only the head learns, so each image goes through the frozen backbone **once** (about "
-             f"{common.format_seconds(epoch_s)}); after that an epoch takes well under a second. With augmentation "
+             f"{runs.format_seconds(epoch_s)}); after that an epoch takes well under a second. With augmentation "
              "(next step) every epoch runs the images through again.")
 on_gpu = "CUDA" in common.device_name()
-st.caption(f"An estimate, from timing one batch of {TIMING_BATCH} images on this computer's CPU"
+st.caption(f"An estimate, from timing one batch of {plan_cost.TIMING_BATCH} images on this computer's CPU"
            + (f"; training runs on the {common.device_name()}, which is much faster." if on_gpu else ".")
            + ("" if dataset is not None else " No dataset chosen yet, so it assumes 100 images."))
 if dataset is None:

@@ -2,13 +2,11 @@
 from pathlib import Path
 
 import streamlit as st
-import torch
 
 from pages import common
 from tl_core import plots, runs
-from tl_core.augment import make_augment
+from tl_core import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, RunConfig
-from tl_core.datasets import decode_images
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64, 128]
@@ -39,9 +37,9 @@ st.markdown(f"**Data** {common.literal(common.dataset_label(dataset))}, {validat
 
 
 @st.cache_data(show_spinner="Preparing preview images…", max_entries=8)
-def preview_pixels(paths: tuple[str, ...], size: int) -> torch.Tensor:
-    """The images decoded as training decodes them: uint8 N×3×S×S."""
-    return decode_images([Path(path) for path in paths], size)
+def decoded_for_preview(paths: tuple[str, ...], size: int):
+    """The images decoded as training decodes them (cached: only the random changes differ per redraw)."""
+    return augment_preview.decode(paths, size)
 
 
 def start_run() -> None:
@@ -89,18 +87,17 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
                           "strong": "Strong: plus colour, shape and erasing"}.get,
              help="Random changes to the training images make more varied examples and less over-fitting; "
                   "slower, because every epoch processes the images again.")
-    augment = make_augment(state.augment, int(state.image_size))
-    if augment is not None:
+    if state.augment != "none":
         try:
             first_of_class = {}
             for item in dataset.items:
                 first_of_class.setdefault(item["label"], str(dataset.root / item["path"]))
-            pixels = preview_pixels(tuple(first_of_class.values())[:PREVIEW_IMAGES], int(state.image_size))
+            pixels = decoded_for_preview(tuple(first_of_class.values())[:PREVIEW_IMAGES], int(state.image_size))
         except common.USER_ERRORS as error:
             common.show_error(error)
         else:
             st.caption("What training sees: the same images, randomly changed every epoch.")
-            st.image([image.permute(1, 2, 0).numpy() for image in augment(pixels)], width=110)
+            st.image(augment_preview.augmented(pixels, state.augment), width=110)
             st.button("Show other random changes", key="reshuffle_preview", icon=":material/shuffle:")
     st.button("Start training", key="start_training", type="primary", icon=":material/play_arrow:",
               on_click=start_run)
@@ -116,37 +113,6 @@ def read_run_events(run_dir: str) -> list[dict]:
         state[key] = {"reader": runs.EventReader(Path(run_dir)), "events": []}
     state[key]["events"] += state[key]["reader"].read_new()
     return state[key]["events"]
-
-
-def number(value, default=None):
-    """`value` when it is a number (an event line may come from a damaged file), else `default`."""
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
-
-
-def progress_line(events: list[dict], status: dict) -> tuple[float, str]:
-    """(fraction done, text with epoch, ETA and speed) from the events."""
-    fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
-    if fit_start is None:
-        return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
-    total = max(number(fit_start.get("epochs"), 1), 1)
-    epoch_ends = [e for e in events if e["event"] == "epoch_end" and number(e.get("epoch")) is not None]
-    done = epoch_ends[-1]["epoch"] if epoch_ends else 0
-    last = events[-1]
-    if last["event"] == "batch_end" and last.get("phase") == "features":
-        shown, of = number(last.get("done"), 0), number(last.get("total"), 1)
-        return (min(shown / max(of, 1), 1.0),
-                f"Passing every image through the frozen backbone once: {shown} of {of}")
-    fraction = done / total
-    if last["event"] == "batch_end" and number(last.get("batches")) and number(last.get("epoch")) is not None \
-            and number(last.get("batch")) is not None:
-        fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
-    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
-                  and number(e.get("seconds")) is not None] if epoch_ends else []
-    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
-    eta = common.format_seconds((total - done) * mean_epoch_s) if mean_epoch_s is not None else "–"
-    speed = number(last.get("images_per_s")) or (number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
-    speed_text = f" · {speed:,.0f} images/s" if speed else ""
-    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total} · about {eta} left{speed_text}"
 
 
 def charts(run_dir: str, events: list[dict]) -> None:
@@ -167,7 +133,7 @@ def live_run(run_dir: str) -> None:
         where = f"in the queue (position {position})" if position else "for a free slot"
         st.info(f"Waiting {where}: another run is using {common.device_name()}. "
                 "This one starts when it ends.", icon=":material/hourglass_top:")
-    fraction, text = progress_line(events, status)
+    fraction, text = runs.progress(events, status)
     st.progress(fraction, text=text)
     notices = [e for e in events if e["event"] == "notice"]
     for notice in notices:
@@ -186,7 +152,7 @@ def finished_run(run_dir: str, status: dict) -> None:
     if status.get("state") == "done":
         metrics = runs.read_metrics(Path(run_dir)) or {}
         st.success(f"Finished: final validation accuracy **{metrics.get('val_acc', 0):.1%}** "
-                   f"(best epoch {metrics.get('best_epoch')}, {common.format_seconds(metrics.get('wall_s'))}).",
+                   f"(best epoch {metrics.get('best_epoch')}, {runs.format_seconds(metrics.get('wall_s'))}).",
                    icon=":material/check_circle:")
         for notice in events:
             if notice["event"] == "notice" and notice.get("kind") == "diverged":

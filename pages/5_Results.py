@@ -85,7 +85,7 @@ if metrics:
     f1_col.metric("Macro F1", f"{metrics.get('macro_f1', 0):.3f}", help="F1 averaged over classes, each counting the same")
     loss_col.metric("Validation loss", f"{metrics.get('val_loss', float('nan')):.3f}")
     epoch_col.metric("Best epoch", f"{metrics.get('best_epoch', '–')} of {metrics.get('epochs_run', '–')}")
-    time_col.metric("Training time", common.format_seconds(metrics.get("wall_s")))
+    time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
     learnt = metrics.get("kept", {}).get("trainable_params", metrics.get("trainable_params"))

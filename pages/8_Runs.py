@@ -44,7 +44,7 @@ def shown(setting: str, value) -> str:
     if setting in ("macro_f1", "val_loss"):
         return f"{value:.3f}"
     if setting == "wall_s":
-        return common.format_seconds(value)
+        return runs.format_seconds(value)
     if setting == "weights":
         return common.weights_label(value)
     if isinstance(value, float):

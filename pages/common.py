@@ -374,19 +374,6 @@ def upload_name(uploads, fallback: str) -> str:
     return fallback or time.strftime("upload %Y-%m-%d %H:%M")
 
 
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def sidebar() -> None:
     """Where the user is: the choices made so far, the active run and the device."""
     state = st.session_state

@@ -156,3 +156,22 @@ def test_the_cli_the_app_and_runconfig_agree_on_every_setting():
     for name in shared - {"lr", "image_size"}:  # the app resolves these two from the plan and the backbone
         assert common.DEFAULTS[name] == defaults()[name], name
     assert common.DEFAULTS["lr"] == RunConfig(dataset_dir="d").lr
+
+
+def test_progress_of_a_run_from_its_events():
+    from tl_core.runs import format_seconds, progress
+
+    assert progress([], {"state": "running"})[0] == 0.0
+    events = [{"event": "fit_start", "epochs": 10}]
+    events += [{"event": "batch_end", "phase": "features", "done": 64, "total": 256}]
+    assert progress(events, {"state": "running"}) == (0.25, "Passing every image through the frozen backbone once: "
+                                                             "64 of 256")
+    events += [{"event": "epoch_end", "phase": "finetune", "epoch": k, "seconds": 2.0, "images_per_s": 50.0}
+               for k in (1, 2, 3)]
+    events += [{"event": "batch_end", "phase": "finetune", "epoch": 4, "batch": 1, "batches": 2, "images_per_s": 40.0}]
+    fraction, text = progress(events, {"state": "running"})
+    assert fraction == pytest.approx(0.35)
+    assert text == "Epoch 3 of 10 · about 14 s left · 40 images/s"
+    events.insert(-1, {"event": "epoch_end", "epoch": "garbage"})  # a damaged line changes nothing
+    assert progress(events, {"state": "running"}) == (fraction, text)
+    assert [format_seconds(s) for s in (None, 42, 185, 3720)] == ["–", "42 s", "3 min 05 s", "1 h 02 min"]

@@ -7,8 +7,12 @@ plus RandAugment and random erasing ("strong").
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torchvision.transforms import v2
+
+from .datasets import decode_images
 
 PRESETS = ("none", "light", "strong")
 
@@ -38,3 +42,15 @@ def normalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, device=batch.device).view(1, -1, 1, 1) * 255
     std = torch.as_tensor(std, device=batch.device).view(1, -1, 1, 1) * 255
     return (batch.float() - mean) / std
+
+
+def decode(paths, size: int) -> torch.Tensor:
+    """Images decoded as training decodes them: uint8 N×3×S×S (for a preview of the augmentation)."""
+    return decode_images([Path(path) for path in paths], size)
+
+
+def augmented(pixels: torch.Tensor, preset: str) -> list:
+    """One random draw of `preset` on decoded images, as H×W×3 uint8 arrays a page can show."""
+    augment = make_augment(preset, pixels.shape[-1])
+    batch = augment(pixels) if augment is not None else pixels
+    return [image.permute(1, 2, 0).numpy() for image in batch]

@@ -9,7 +9,6 @@ A run is being trained exactly while a process holds the OS lock on its worker.l
 from __future__ import annotations
 
 import fcntl
-import json
 import numbers
 import os
 import platform
@@ -352,3 +351,50 @@ def pid_alive(pid: int | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except (OSError, IndexError):
         return True
+
+
+# ---------------------------------------------------------------- progress, for a live view
+def format_seconds(seconds: float | None) -> str:
+    """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min."""
+    if seconds is None:
+        return "–"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+
+def _number(value, default=None):
+    """`value` when it is a number (an event line may come from a damaged file), else `default`."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def progress(events: list[dict], status: dict) -> tuple[float, str]:
+    """(fraction done, text with epoch, ETA and speed) of a run, from its events so far."""
+    fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
+    if fit_start is None:
+        return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
+    total = max(_number(fit_start.get("epochs"), 1), 1)
+    epoch_ends = [e for e in events if e["event"] == "epoch_end" and _number(e.get("epoch")) is not None]
+    done = epoch_ends[-1]["epoch"] if epoch_ends else 0
+    last = events[-1]
+    if last["event"] == "batch_end" and last.get("phase") == "features":
+        shown, of = _number(last.get("done"), 0), _number(last.get("total"), 1)
+        return (min(shown / max(of, 1), 1.0),
+                f"Passing every image through the frozen backbone once: {shown} of {of}")
+    fraction = done / total
+    if last["event"] == "batch_end" and _number(last.get("batches")) and _number(last.get("epoch")) is not None \
+            and _number(last.get("batch")) is not None:
+        fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
+    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
+                  and _number(e.get("seconds")) is not None] if epoch_ends else []
+    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
+    eta = format_seconds((total - done) * mean_epoch_s) if mean_epoch_s is not None else "–"
+    speed = _number(last.get("images_per_s")) or (_number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
+    speed_text = f" · {speed:,.0f} images/s" if speed else ""
+    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total} · about {eta} left{speed_text}"

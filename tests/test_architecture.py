@@ -1,0 +1,35 @@
+"""The layers of the design hold: pages are widgets over tl_core's API, with no torch and no private names."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                yield node.module or "", alias.name
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_pages_import_no_torch_and_no_private_engine_names(page):
+    for module, name in _imports(page):
+        assert module.split(".")[0] not in ("torch", "torchvision", "timm"), f"{page.name} imports {module}"
+        if module.startswith("tl_core"):
+            assert not (name or "").startswith("_"), f"{page.name} imports {module}.{name}"
+            assert not any(part.startswith("_") for part in module.split(".")), f"{page.name} imports {module}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_pages_use_no_private_engine_attributes(page):
+    engine_modules = {name or module.split(".")[-1] for module, name in _imports(page) if module.startswith("tl_core")}
+    for node in ast.walk(ast.parse(page.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in engine_modules:
+            assert not node.attr.startswith("_"), f"{page.name} uses {node.value.id}.{node.attr}"
