@@ -253,7 +253,7 @@ def newest_active_run() -> Path | None:
 def finished_runs() -> list[str]:
     """Runs that finished with a model to use, newest first."""
     return [str(run_dir) for run_dir in runs.list_runs()
-            if runs.read_status(run_dir).get("state") == "done" and (run_dir / "model.safetensors").exists()]
+            if runs.read_status(run_dir).get("state") == "done" and runs.RunFolder(run_dir).weights.exists()]
 
 
 def pick_finished_run(key: str, label: str = "Model (a finished run)") -> Path:

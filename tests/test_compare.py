@@ -10,6 +10,7 @@ from apptest_support import open_page
 from tl_core import compare, runs, train
 from tl_core.__main__ import main as cli
 from tl_core.config import RunConfig
+from tl_core.runs import read_config
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
@@ -23,7 +24,7 @@ def pair(small_sample, tmp_path_factory) -> tuple[Path, Path]:
         mp.setenv("TL_STUDIO_HOME", str(workspace))
         assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
                     "--image-size", "64", "--run-dir", str(pretrained)]) == 0
-        config = compare.scratch_config(RunConfig.load(pretrained), of_run=pretrained.name)
+        config = compare.scratch_config(read_config(pretrained), of_run=pretrained.name)
         baseline = runs.create_run(config, run_dir=workspace / "runs" / "20260101-000100-scratch")
         train.run(baseline)
     return pretrained, baseline

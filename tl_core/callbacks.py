@@ -10,6 +10,8 @@ import math
 import time
 from pathlib import Path
 
+from .runs import RunFolder
+
 EVENTS = ("fit_start", "phase_start", "after_loss", "before_step", "batch_end", "epoch_end", "checkpoint", "notice",
           "before_save", "fit_end", "cancelled", "error")
 # What events.jsonl holds (the run-folder contract); the others carry tensors and are for callbacks only.
@@ -60,7 +62,7 @@ class StopFile(Callback):
     """Cancels when the run folder holds a STOP file; checked every batch and epoch."""
 
     def __init__(self, run_dir: Path):
-        self.stop_path = Path(run_dir) / "STOP"
+        self.stop_path = RunFolder(run_dir).stop
 
     def _check(self, info, fit):
         if self.stop_path.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig
-from .runs import read_config_record, read_events, read_metrics
+from .runs import RunFolder, read_config, read_config_record, read_events, read_metrics
 
 # Settings a person compares; the rest (paths, seeds) only clutters the table.
 COMPARED_SETTINGS = ("backbone", "weights", "freeze", "epochs", "lr", "batch_size", "augment", "image_size",
@@ -29,7 +29,7 @@ def _built(run_dir: Path) -> dict:
     """The architecture a finished run really built ("efficientnet_lite0" + embedded is the TF port)."""
     from .storage import read_json
 
-    built = (read_json(Path(run_dir) / "preprocess.json") or {}).get("backbone")
+    built = (read_json(RunFolder(run_dir).preprocess) or {}).get("backbone")
     return {"backbone": built} if built else {}
 
 
@@ -58,7 +58,7 @@ def scratch_config(config: RunConfig, of_run: str) -> RunConfig:
 
 def start_scratch_baseline(jobs, run_dir: Path) -> Path:
     """Queue the from-scratch twin of a finished run; returns the new run folder."""
-    return jobs.submit(scratch_config(RunConfig.load(run_dir), of_run=Path(run_dir).name))
+    return jobs.submit(scratch_config(read_config(run_dir), of_run=Path(run_dir).name))
 
 
 def find_baseline(run_dir: Path, workspace: Path | None = None) -> Path | None:

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 AUGMENTATIONS = ("none", "light", "strong")
 SCHEDULES = ("cosine", "onecycle")
@@ -131,9 +130,3 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
         return cls.from_dict(json.loads(text))
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> "RunConfig":
-        """Read a run folder's config.json (which also holds versions and device, set aside here)."""
-        data = json.loads((Path(run_dir) / "config.json").read_text())
-        return cls.from_dict(data.get("config", data))

@@ -3,9 +3,10 @@ calibration; and a run's saved predictions sliced for the gallery (a confusion c
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
+
+from .runs import RunFolder
 
 
 def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
@@ -67,7 +68,7 @@ def read_predictions(run_dir) -> list[dict]:
     an empty list when the run saved none.
     """
     try:
-        with open(Path(run_dir) / "predictions.csv", newline="") as f:
+        with open(RunFolder(run_dir).predictions, newline="") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         return []

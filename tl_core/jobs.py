@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig
-from .runs import (FINAL_STATES, LOCK_FILE, create_run, list_runs, lock_held, read_status, request_stop, runs_root,
+from .runs import (FINAL_STATES, LOCK_FILE, RunFolder, create_run, list_runs, lock_held, read_status, request_stop,
                    stop_requested, try_lock, unlock, write_status)
 from .storage import workspace_root
 
@@ -119,7 +119,7 @@ def _inherited_claim(run_dir: Path) -> Claim | None:
 
 
 def _claim_lock(run_dir: Path) -> Claim:
-    if not (run_dir / "config.json").is_file():
+    if not RunFolder(run_dir).config.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json); prepare the run first")
     deadline = time.monotonic() + _CLAIM_RETRY_S
     while (fd := try_lock(run_dir / LOCK_FILE)) is None:

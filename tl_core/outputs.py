@@ -14,22 +14,23 @@ import torch.nn.functional as F
 from . import backbones
 from .devices import describe
 from .evaluate import classification_metrics
+from .runs import RunFolder
 from .storage import atomic_write_bytes, atomic_write_json
 
 
 def save_outputs(fit) -> dict:
     """Write the model as it is now (BestCheckpoint restored the best epoch on "before_save") and the metrics."""
-    run_dir = fit.run_dir
-    _save_weights(fit.model, run_dir / "model.safetensors")
-    atomic_write_json(run_dir / "labels.json", {"classes": fit.classes})
-    atomic_write_json(run_dir / "preprocess.json", {
+    folder = RunFolder(fit.run_dir)
+    _save_weights(fit.model, folder.weights)
+    atomic_write_json(folder.labels, {"classes": fit.classes})
+    atomic_write_json(folder.preprocess, {
         "backbone": backbones.architecture(fit.model), "num_classes": len(fit.classes), **fit.preprocess})
     probs = fit.val_probs_at.get(fit.best["epoch"])
     if probs is None:
         probs = fit.predict_probs(fit.val_idx)
     y_val = fit.labels[fit.val_idx].cpu()
     confidence, predicted = probs.max(1)
-    _write_predictions(run_dir / "predictions.csv", [fit.paths[i] for i in fit.val_idx],
+    _write_predictions(folder.predictions, [fit.paths[i] for i in fit.val_idx],
                        [fit.classes[k] for k in y_val], [fit.classes[k] for k in predicted], confidence.tolist())
     wall = time.time() - fit.t0
     val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), y_val).item()
@@ -41,7 +42,7 @@ def save_outputs(fit) -> dict:
                "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit)}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(folder.metrics, metrics)
     return metrics
 
 

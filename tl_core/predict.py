@@ -9,6 +9,7 @@ from . import backbones
 from .augment import normalize
 from .datasets import ImageRefused, open_image, prepare_image
 from .evaluate import classification_metrics
+from .runs import RunFolder
 from .storage import read_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -21,11 +22,11 @@ class Predictor:
         from safetensors.torch import load_model
 
         self.run_dir = Path(run_dir)
-        weights = self.run_dir / "model.safetensors"
+        weights = RunFolder(self.run_dir).weights
         if not weights.exists():
             raise FileNotFoundError(f"{self.run_dir}: no model.safetensors; the run has not finished")
-        self.preprocess = read_json(self.run_dir / "preprocess.json")
-        self.classes = read_json(self.run_dir / "labels.json")["classes"]
+        self.preprocess = read_json(RunFolder(self.run_dir).preprocess)
+        self.classes = read_json(RunFolder(self.run_dir).labels)["classes"]
         self.device = torch.device(device)
         self.model = backbones.create_model(self.preprocess["backbone"], len(self.classes), weights="none")
         load_model(self.model, str(weights), device=str(self.device))

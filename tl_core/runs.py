@@ -23,7 +23,27 @@ from .storage import DamagedFile, atomic_write_json, parse_json, read_json, work
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 DAMAGED = "damaged"  # the state shown for a run whose status.json or config.json cannot be read
-LOCK_FILE = "worker.lock"
+
+
+class RunFolder:
+    """The files of one run folder, by what they hold: the only place their names are written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.json", doc="the RunConfig, versions, facts learnt")
+    status = property(lambda self: self.path / "status.json", doc="queued | running | done | failed | cancelled")
+    events = property(lambda self: self.path / "events.jsonl", doc="one JSON event a line, flushed at once")
+    metrics = property(lambda self: self.path / "metrics.json", doc="the final metrics, with the weights kept")
+    predictions = property(lambda self: self.path / "predictions.csv", doc="one row per validation image")
+    weights = property(lambda self: self.path / "model.safetensors", doc="the kept weights")
+    labels = property(lambda self: self.path / "labels.json", doc="the classes, in the model's output order")
+    preprocess = property(lambda self: self.path / "preprocess.json", doc="architecture and input geometry")
+    lock = property(lambda self: self.path / "worker.lock", doc="held by the one process training the run")
+    stop = property(lambda self: self.path / "STOP", doc="made to cancel; the worker stops within a batch")
+
+
+LOCK_FILE = RunFolder(".").lock.name
 _METRIC_NUMBERS = ("val_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
 _EVENT_NUMBERS = {"fit_start": ("epochs",), "epoch_end": ("epoch", "train_loss", "val_loss", "train_acc", "val_acc"),
                   "batch_end": ("epoch",)}
@@ -54,7 +74,7 @@ def package_versions() -> dict:
 def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path | None = None) -> Path:
     """Make a run folder holding config.json and a queued status; return its path."""
     run_dir = Path(run_dir) if run_dir else runs_root(workspace) / new_run_id(config)
-    if (run_dir / "config.json").exists():
+    if RunFolder(run_dir).config.exists():
         raise FileExistsError(f"{run_dir}: already holds a run")
     made = not run_dir.exists()
     try:
@@ -62,7 +82,7 @@ def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path |
         (run_dir / LOCK_FILE).touch()  # made now: a lock file takes no space later, when the disk may be full
         write_status(run_dir, state="queued", queued=time.time())
         # config.json last: list_runs shows a folder only once it holds one, so a half-made run never shows
-        atomic_write_json(run_dir / "config.json", {"config": config.to_dict(), "versions": package_versions()})
+        atomic_write_json(RunFolder(run_dir).config, {"config": config.to_dict(), "versions": package_versions()})
     except BaseException:
         if made:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -74,7 +94,7 @@ def update_config_record(run_dir: Path, **facts) -> None:
     """Add facts learnt while running (device used, classes, sizes) beside the config."""
     record = _read_config(Path(run_dir))[0] or {}
     record.update(facts)
-    atomic_write_json(Path(run_dir) / "config.json", record)
+    atomic_write_json(RunFolder(run_dir).config, record)
 
 
 def read_config_record(run_dir: Path) -> dict:
@@ -82,8 +102,14 @@ def read_config_record(run_dir: Path) -> dict:
     return _read_config(Path(run_dir))[0] or {}
 
 
+def read_config(run_dir: str | Path) -> RunConfig:
+    """The RunConfig of a run folder (config.json also holds versions and facts learnt, set aside here)."""
+    data = read_json(RunFolder(run_dir).config)
+    return RunConfig.from_dict(data.get("config", data))
+
+
 def _read_config(run_dir: Path) -> tuple[dict | None, str | None]:
-    record, problem = _read_object(run_dir / "config.json")
+    record, problem = _read_object(RunFolder(run_dir).config)
     if record is not None and not isinstance(record.get("config", {}), dict):
         return None, "config.json: 'config' is not a table of settings"
     return record, problem
@@ -98,7 +124,7 @@ def read_status(run_dir: Path) -> dict:
 
 
 def _read_status(run_dir: Path) -> tuple[dict | None, str | None]:
-    status, problem = _read_object(run_dir / "status.json")
+    status, problem = _read_object(RunFolder(run_dir).status)
     if status is not None and status.get("state") not in STATES:
         return None, f"status.json: unknown state {str(status.get('state'))[:40]!r}"
     return status, problem
@@ -110,19 +136,19 @@ def write_status(run_dir: Path, **fields) -> dict:
         raise FileNotFoundError(f"{run_dir}: no such run folder (deleted?)")
     status = _read_status(Path(run_dir))[0] or {}
     status.update(fields)
-    atomic_write_json(Path(run_dir) / "status.json", status)
+    atomic_write_json(RunFolder(run_dir).status, status)
     return status
 
 
 def request_stop(run_dir: Path) -> None:
     """Ask the worker to stop; it does within one batch. A queued run nobody has claimed is cancelled at once."""
-    Path(run_dir, "STOP").touch()
+    RunFolder(run_dir).stop.touch()
     if read_status(run_dir).get("state") == "queued" and not lock_held(Path(run_dir) / LOCK_FILE):
         write_status(run_dir, state="cancelled", ended=time.time(), error=None)
 
 
 def stop_requested(run_dir: Path) -> bool:
-    return Path(run_dir, "STOP").exists()
+    return RunFolder(run_dir).stop.exists()
 
 
 class EventReader:
@@ -133,7 +159,7 @@ class EventReader:
     """
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "events.jsonl"
+        self.path = RunFolder(run_dir).events
         self.offset = 0
         self.lines = 0
         self.bad_lines: list[tuple[int, str]] = []  # (line number, why)
@@ -190,7 +216,7 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 
 def _read_metrics(run_dir: Path) -> tuple[dict | None, str | None]:
-    metrics, problem = _read_object(run_dir / "metrics.json")
+    metrics, problem = _read_object(RunFolder(run_dir).metrics)
     if metrics is None:
         return None, problem
     why = _metrics_problem(metrics)
@@ -284,14 +310,14 @@ def list_runs(workspace: Path | None = None) -> list[Path]:
     root = runs_root(workspace)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").exists()]
+    runs = [p for p in root.iterdir() if not p.name.startswith(".") and RunFolder(p).config.exists()]
     return sorted(runs, key=lambda p: p.name, reverse=True)
 
 
 def delete_run(run_dir: Path) -> None:
     """Remove a run folder; refused while a worker holds it (stop the run first)."""
     run_dir = Path(run_dir)
-    if run_dir.resolve().parent != runs_root(run_dir.parent.parent).resolve() or not (run_dir / "config.json").exists():
+    if run_dir.resolve().parent != runs_root(run_dir.parent.parent).resolve() or not RunFolder(run_dir).config.exists():
         raise ValueError(f"{run_dir}: not a run folder of a workspace; nothing deleted")
     if lock_held(run_dir / LOCK_FILE):
         raise ValueError(f"{run_dir.name}: a worker is training it; stop it first, then delete it")

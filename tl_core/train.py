@@ -33,7 +33,7 @@ from .datasets import decode_images, load_dataset, stratified_folds, stratified_
 from .devices import describe
 from .outputs import save_outputs
 from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, l2_at, one_thread
-from .runs import update_config_record, write_status
+from .runs import RunFolder, read_config, update_config_record, write_status
 from .storage import workspace_root
 from .strategy import SingleDevice
 from .tasks import Classification, Task
@@ -66,8 +66,8 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
         log = fit = None
         try:
             write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
-            log = EventLog(run_dir / "events.jsonl")
-            config = RunConfig.load(run_dir)
+            log = EventLog(RunFolder(run_dir).events)
+            config = read_config(run_dir)
             fit = Fit(config, run_dir, [log, StopFile(run_dir),
                                         DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
                                         NanGuard(), BestCheckpoint(),
