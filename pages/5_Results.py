@@ -135,7 +135,7 @@ if metrics:
     heat_maps = st.toggle("Show why (heat maps)", key="results_heatmaps",
                           help="Grad-CAM: red marks the parts of each image that made the model choose its "
                                "class. Computed once per image, then remembered.")
-    if heat_maps and "cross-validation" in metrics.get("validation", ""):
+    if heat_maps and runs.validation_kind(metrics) == "cv":
         st.caption("The predictions shown are cross-validated: each came from a head fitted without that image. "
                    "The heat maps come from the final model, fitted on every image; where it answers "
                    "differently, the caption says so.")
@@ -195,7 +195,7 @@ if any(event.get("event") == "epoch_end" for event in events):
 if metrics and status.get("state") == "done":
     st.subheader("Did pretraining help?")
     config = runs.read_config_record(run_dir).get("config", {})
-    twin_of = config.get("extra", {}).get("baseline_of")  # set when this run is itself a from-scratch baseline
+    twin_of = compare.baseline_of(run_dir)  # set when this run is itself a from-scratch baseline
     if twin_of:
         pretrained_dir, baseline = run_dir.parent / Path(str(twin_of)).name, run_dir
     else:

@@ -19,8 +19,7 @@ if not all_runs:
 def default_selection() -> list[str]:
     """The session's run with its from-scratch twin when there is one, else the two newest finished runs."""
     if state.run_dir in all_runs:
-        config = runs.read_config_record(Path(state.run_dir)).get("config", {})
-        pretrained = config.get("extra", {}).get("baseline_of")
+        pretrained = compare.baseline_of(Path(state.run_dir))
         partner = (str(Path(state.run_dir).parent / pretrained) if pretrained
                    else str(compare.find_baseline(Path(state.run_dir)) or ""))
         if partner in all_runs:
@@ -123,7 +122,7 @@ st.dataframe(
 
 for pretrained, other in ([run_dirs, run_dirs[::-1]] if len(run_dirs) == 2 else []):
     # a pretrained run and its from-scratch twin: say what transfer bought
-    if runs.read_config_record(other).get("config", {}).get("extra", {}).get("baseline_of") == pretrained.name:
+    if compare.baseline_of(other) == pretrained.name:
         pretrained_metrics, baseline_metrics = runs.read_metrics(pretrained), runs.read_metrics(other)
         if pretrained_metrics and baseline_metrics:
             verdict = compare.transfer_verdict(pretrained_metrics, baseline_metrics)

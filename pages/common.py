@@ -315,10 +315,11 @@ def validation_words(metrics: dict) -> str:
     """How the validation scores were measured, in a sentence (metrics["validation"] names the method)."""
     how = metrics.get("validation") or "held out"
     n_train, n_val = metrics.get("n_train"), metrics.get("n_val")
-    if "cross-validation" in how:
+    kind = runs.validation_kind(metrics)
+    if kind == "cv":
         return (f"Validated by {how}: each of the {n_val} images was scored by a head fitted without it, "
                 f"and the head kept was then fitted on all of them.")
-    if "separate" in how:
+    if kind == "separate":
         return f"Validated on a separate validation set of {n_val} images; {n_train} other images trained the model."
     return f"Validated on {n_val} images held out from training ({how}); {n_train} images trained the model."
 

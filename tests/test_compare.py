@@ -40,7 +40,8 @@ def test_the_baseline_trains_every_layer_from_random_weights_and_is_found(pair):
     pretrained, baseline = pair
     config = runs.read_config_record(baseline)["config"]
     assert (config["weights"], config["freeze"], config["image_size"]) == ("none", "all", 64)
-    assert config["extra"]["baseline_of"] == pretrained.name and config["epochs"] == 2
+    assert config["parent_run"] == pretrained.name and config["epochs"] == 2
+    assert compare.baseline_of(baseline) == pretrained.name
     assert runs.read_status(baseline)["state"] == "done"
     metrics = runs.read_metrics(baseline)
     assert metrics["trainable_params"] == metrics["total_params"]  # nothing frozen

@@ -139,7 +139,7 @@ def test_compare_with_scratch_queues_a_baseline_then_shows_the_verdict(run_dir, 
     at.button(key="start_baseline").click().run()
     assert not at.exception and not at.error
     config = fake_jobs[-1].submitted[-1]
-    assert (config.weights, config.freeze, config.extra["baseline_of"]) == ("none", "all", run_dir.name)
+    assert (config.weights, config.freeze, config.parent_run) == ("none", "all", run_dir.name)
     baseline = Path(at.session_state["run_dir"])
     assert any("is queued" in info.value for info in at.info)
     assert any(link.value == "Watch it on the Train page" for link in at.page_link)

@@ -175,3 +175,18 @@ def test_progress_of_a_run_from_its_events():
     events.insert(-1, {"event": "epoch_end", "epoch": "garbage"})  # a damaged line changes nothing
     assert progress(events, {"state": "running"}) == (fraction, text)
     assert [format_seconds(s) for s in (None, 42, 185, 3720)] == ["–", "42 s", "3 min 05 s", "1 h 02 min"]
+
+
+def test_validation_is_recorded_as_data(small_sample):
+    """How a run validated is data in metrics.json, not prose to parse; older runs' words still read."""
+    from tl_core import train
+    from tl_core.datasets import ingest_folder
+    from tl_core.runs import read_metrics, validation_kind
+
+    run_dir = create_run(RunConfig(dataset_dir=str(ingest_folder(small_sample).root), epochs=1, image_size=64))
+    train.run(run_dir)
+    metrics = read_metrics(run_dir)
+    assert metrics["validation_method"] == {"kind": "cv", "folds": 5, "seed": 0}
+    assert validation_kind(metrics) == "cv"
+    assert validation_kind({"validation": "20% held out"}) == "holdout"
+    assert validation_kind({"validation": "separate validation set"}) == "separate"

@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 
-from .runs import RunFolder
+from .runs import RunFolder, validation_kind
 
 EVENTS = ("fit_start", "phase_start", "after_loss", "before_step", "batch_end", "epoch_end", "checkpoint", "notice",
           "before_save", "fit_end", "cancelled", "error")
@@ -195,7 +195,7 @@ class ConsoleProgress(Callback):
     """Prints a line per epoch (and the notices) for the command line."""
 
     def on_fit_start(self, info, fit):
-        if "cross-validation" in info.get("validation", ""):
+        if validation_kind(info) == "cv":
             images = f"{info['n_train']} images, validated by {info['validation']}"
         else:
             images = f"{info['n_train']} train / {info['n_val']} validation images ({info.get('validation', '')})"

@@ -53,7 +53,7 @@ def scratch_config(config: RunConfig, of_run: str) -> RunConfig:
     return config.replace(backbone=architecture_for(config.backbone, config.weights), weights="none", freeze="all", probe_first=False, augment=config.augment,
                           epochs=epochs, warmup_epochs=min(config.warmup_epochs, epochs),
                           name=f"{config.name or config.backbone} from scratch",
-                          extra={**config.extra, "baseline_of": of_run})
+                          parent_run=of_run)
 
 
 def start_scratch_baseline(jobs, run_dir: Path) -> Path:
@@ -61,13 +61,21 @@ def start_scratch_baseline(jobs, run_dir: Path) -> Path:
     return jobs.submit(scratch_config(read_config(run_dir), of_run=Path(run_dir).name))
 
 
+def baseline_of(run_dir: Path) -> str | None:
+    """The name of the pretrained run that `run_dir` is the from-scratch baseline of, else None.
+    (Runs made before parent_run existed kept it in extra["baseline_of"].)"""
+    config = read_config_record(run_dir).get("config", {})
+    if config.get("weights") != "none":
+        return None
+    return config.get("parent_run") or config.get("extra", {}).get("baseline_of")
+
+
 def find_baseline(run_dir: Path, workspace: Path | None = None) -> Path | None:
     """The newest from-scratch run made for `run_dir`, if any."""
     from .runs import list_runs
 
     for candidate in list_runs(workspace):
-        config = read_config_record(candidate).get("config", {})
-        if config.get("extra", {}).get("baseline_of") == Path(run_dir).name:
+        if baseline_of(candidate) == Path(run_dir).name:
             return candidate
     return None
 

@@ -78,6 +78,7 @@ class RunConfig:
     seed: int = _setting(0, int, "seed of the split, the shuffles and the initialisation")
     probe_first: bool = _setting(True, bool, "fit the head on frozen features before unfreezing anything")
     name: str = _setting("", str, "a name to find the run again")
+    parent_run: str | None = None  # the run this one was made from (a from-scratch baseline's pretrained twin)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -380,6 +380,16 @@ def pid_alive(pid: int | None) -> bool:
 
 
 # ---------------------------------------------------------------- progress, for a live view
+def validation_kind(record: dict) -> str:
+    """"cv", "holdout" or "separate": how a run validated, from its metrics or fit_start event.
+    (Runs made before validation_method existed said it only in words.)"""
+    method = record.get("validation_method")
+    if isinstance(method, dict) and method.get("kind") in ("cv", "holdout", "separate"):
+        return method["kind"]
+    words = str(record.get("validation") or "")
+    return "cv" if "cross-validation" in words else "separate" if "separate" in words else "holdout"
+
+
 def format_seconds(seconds: float | None) -> str:
     """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min."""
     if seconds is None:

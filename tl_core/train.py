@@ -111,6 +111,7 @@ class Fit:
         self.classes, self.paths, self.labels, self.train_idx, self.val_idx = [], [], None, [], []
         self.folds = None  # set when head-only training validates by cross-validation
         self.validation = ""  # in words: held out, a separate set, or cross-validation
+        self.validation_method = {}  # the same as data: {"kind": "holdout" | "separate" | "cv", ...}
         self.preprocess, self.size, self.channels_last, self.trains_on_images = {}, 0, False, False
         self.pixels = self.features = self.source = None  # batch sources: images, frozen features, the phase's own
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
@@ -167,11 +168,13 @@ class Fit:
             self.train_idx = list(range(len(labels)))
             self.val_idx = list(range(len(labels), len(labels) + len(val_set.items)))
             self.validation = "separate validation set"
+            self.validation_method = {"kind": "separate"}
             self.paths = self.paths + val_set.paths()
             labels = labels + [self.classes.index(val_set.classes[k]) for k in val_set.labels()]
         else:
             self.train_idx, self.val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
             self.validation = f"{cfg.val_fraction:.0%} held out"
+            self.validation_method = {"kind": "holdout", "fraction": cfg.val_fraction, "seed": cfg.seed}
         self.labels = torch.tensor(labels, dtype=torch.long)
 
     # ---- the run ------------------------------------------------------------------------
@@ -186,7 +189,7 @@ class Fit:
                              validation=self.validation)
         self.emit("fit_start", epochs=(probe_epochs + (cfg.epochs if self.trains_on_images else 0)),
                   probe_epochs=probe_epochs, n_train=len(self.train_idx), n_val=len(self.val_idx),
-                  validation=self.validation, elapsed=time.time() - self.t0,
+                  validation=self.validation, validation_method=self.validation_method, elapsed=time.time() - self.t0,
                   classes=self.classes, device=describe(self.device), image_size=self.size,
                   trainable_params=self.counts["trainable_params"], total_params=self.counts["total_params"],
                   trainable_groups=self.counts["trainable_groups"])
@@ -226,6 +229,7 @@ class Fit:
         self.folds = stratified_folds(labels, k, self.config.seed)
         self.train_idx = self.val_idx = list(range(len(labels)))
         self.validation = f"{k}-fold cross-validation (out-of-fold predictions)"
+        self.validation_method = {"kind": "cv", "folds": k, "seed": self.config.seed}
 
     def probe(self, epochs: int) -> None:
         """Fit the head as a logistic regression on standardised frozen features, one step down the
