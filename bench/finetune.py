@@ -37,6 +37,7 @@ RECIPES = {  # name: RunConfig changes
     "all": dict(freeze="all", epochs=5),
     "top-2": dict(freeze="top-2", epochs=5),
     "top-2+light": dict(freeze="top-2", epochs=8, augment="light"),
+    "all+light": dict(freeze="all", epochs=8, augment="light"),
 }
 
 
@@ -131,7 +132,7 @@ def main() -> None:
             results.append(summary)
             print(f"{name:12s} lr={lr}: probe {summary['probe']} | tuned {summary['tuned']} | kept {summary['kept']} "
                   f"| max fine-tune loss {summary['max_finetune_loss']:.2f}", flush=True)
-    out = HERE / "results" / "finetune-cpu.json"
+    out = HERE / "results" / f"finetune-cpu-{args.recipes.replace(',', '_')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"written: {out}")
