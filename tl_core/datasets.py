@@ -22,6 +22,7 @@ import zipfile
 import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -497,7 +498,7 @@ def _ingest(entries: list[_Entry], refused: list[dict], name: str, source: dict,
     dataset_id, created = _new_id()
     datasets_dir = Path(workspace or workspace_root()) / "datasets"
     building = datasets_dir / f".{dataset_id}.partial"  # list_datasets skips dot-folders
-    try:
+    with _published_or_removed(building):
         items, bad = _store_entries(entries, building, progress)
         refused = refused + bad
         _check_usable(Counter(item["label"] for item in items), refused)
@@ -505,11 +506,19 @@ def _ingest(entries: list[_Entry], refused: list[dict], name: str, source: dict,
                     "classes": sorted({item["label"] for item in items}),
                     "items": items, "refused": refused, "source": source}
         atomic_write_json(building / "manifest.json", manifest)
-        os.replace(building, datasets_dir / dataset_id)
+    return _from_manifest(datasets_dir / dataset_id, manifest)
+
+
+@contextmanager
+def _published_or_removed(building: Path):
+    """Around the making of a dataset in `building` (.<id>.partial): on success it appears whole as
+    <id>; on any failure it is removed, so no half-made dataset is ever listed."""
+    try:
+        yield
+        os.replace(building, building.with_name(building.name[1:].removesuffix(".partial")))
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    return _from_manifest(datasets_dir / dataset_id, manifest)
 
 
 def _store_entries(entries: list[_Entry], root: Path, progress) -> tuple[list[dict], list[dict]]:
@@ -726,7 +735,7 @@ def without(dataset: Dataset, classes: list[str] = (), from_subfolders: bool = F
     dataset_id, created = _new_id()
     datasets_dir = Path(workspace or workspace_root()) / "datasets"
     building = datasets_dir / f".{dataset_id}.partial"
-    try:
+    with _published_or_removed(building):
         for item in items:
             target = building / item["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -738,10 +747,6 @@ def without(dataset: Dataset, classes: list[str] = (), from_subfolders: bool = F
                     "created": created, "classes": sorted({item["label"] for item in items}), "items": items,
                     "refused": list(dataset.refused), "source": {**dataset.source, "kind": "subset", "of": dataset.id}}
         atomic_write_json(building / "manifest.json", manifest)
-        os.replace(building, datasets_dir / dataset_id)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return _from_manifest(datasets_dir / dataset_id, manifest)
 
 
