@@ -33,3 +33,25 @@ def test_pages_use_no_private_engine_attributes(page):
     for node in ast.walk(ast.parse(page.read_text())):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in engine_modules:
             assert not node.attr.startswith("_"), f"{page.name} uses {node.value.id}.{node.attr}"
+
+
+RUN_FILES = ("config.json", "status.json", "events.jsonl", "metrics.json", "predictions.csv", "model.safetensors",
+             "labels.json", "preprocess.json", "worker.lock", "STOP")
+
+
+def test_only_runs_py_names_the_files_of_a_run_folder():
+    """The run-folder contract is spelled out once (runs.RunFolder); everyone else asks it for paths."""
+    from tl_core.runs import RunFolder
+
+    folder = RunFolder("/r")
+    assert sorted(getattr(folder, name).name for name in ("config", "status", "events", "metrics", "predictions",
+                                                           "weights", "labels", "preprocess", "lock", "stop")) \
+        == sorted(RUN_FILES)
+    for path in [*sorted((ROOT / "tl_core").rglob("*.py")), *PAGES]:
+        if path.name == "runs.py" or "bundle" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in RUN_FILES:
+                # A Hugging Face hub repository names its weights model.safetensors too: not a run folder.
+                assert path.name == "backbones.py" and node.value == "model.safetensors", \
+                    f"{path.relative_to(ROOT)} names the run file {node.value!r}: use runs.RunFolder"

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import torch
 
+from .runs import RunFolder
 from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
-BUNDLE_FILES = ("labels.json", "preprocess.json", "MODEL_CARD.md", "verification.json", "predict_example.py")
+_RUN_FILES = RunFolder(".")  # a bundle keeps the names the run folder gives its weights, labels and preprocessing
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": _RUN_FILES.weights.name}
+BUNDLE_FILES = (_RUN_FILES.labels.name, _RUN_FILES.preprocess.name, "MODEL_CARD.md", "verification.json",
+                "predict_example.py")
 ONNX_OPSET = 18
 PROB_TOLERANCE = 1e-3  # fp32 exports differ from PyTorch by ~1e-5; a real fault differs by far more
 MAX_VERIFY_IMAGES = 256  # enough to catch a faulty export; bounds the time on big validation sets
@@ -243,7 +246,7 @@ def _verification_pixels(predictor, images) -> tuple[torch.Tensor, str]:
 
 def _validation_paths(run_dir: Path) -> list[Path]:
     try:
-        with open(run_dir / "predictions.csv", newline="") as f:
+        with open(RunFolder(run_dir).predictions, newline="") as f:
             return [Path(row["path"]) for row in csv.DictReader(f)]
     except FileNotFoundError:
         return []
@@ -275,8 +278,8 @@ def _mismatch_message(name: str, report: dict) -> str:
 # ---------------------------------------------------------------- the bundle
 
 def _write_bundle(run_dir: Path, predictor, out_dir: Path, fmt: str, report: dict) -> None:
-    atomic_write_json(out_dir / "labels.json", {"classes": predictor.classes})
-    atomic_write_json(out_dir / "preprocess.json", predictor.preprocess)
+    atomic_write_json(out_dir / _RUN_FILES.labels.name, {"classes": predictor.classes})
+    atomic_write_json(out_dir / _RUN_FILES.preprocess.name, predictor.preprocess)
     atomic_write_json(out_dir / "verification.json", {"model_file": MODEL_FILES[fmt], **report})
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(run_dir, fmt, report))
     atomic_write_text(out_dir / "predict_example.py", _PREDICT_EXAMPLE.replace("{{RUN}}", _EXAMPLE_RUN[fmt]))
@@ -302,11 +305,12 @@ def _kept_lines(kept: dict | None) -> list[str]:
 def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str:
     """MODEL_CARD.md: what the model is, what it was trained on, how well it did, and what it is not for."""
     run_dir = Path(run_dir)
-    record = read_json(run_dir / "config.json", {})
+    folder = RunFolder(run_dir)
+    record = read_json(folder.config, {})
     config = record.get("config", {})
-    metrics = read_json(run_dir / "metrics.json", {}) or {}
-    preprocess = read_json(run_dir / "preprocess.json", {})
-    classes = read_json(run_dir / "labels.json", {}).get("classes", [])
+    metrics = read_json(folder.metrics, {}) or {}
+    preprocess = read_json(folder.preprocess, {})
+    classes = read_json(folder.labels, {}).get("classes", [])
     per_class = metrics.get("per_class", {})
     n_val = metrics.get("n_val") or sum(c.get("support", 0) for c in per_class.values())
     counts = _train_counts(config)
