@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_model
 
 from tl_core import backbones, export
 from tl_core.__main__ import main as cli
+from tl_core.datasets import open_image
 from tl_core.export import ExportMismatch, export_run
 from tl_core.predict import Predictor
 
@@ -85,6 +86,30 @@ def test_predict_example_in_the_bundle_runs(run_dir, onnx_report):
     assert done.returncode == 0, done.stderr
     top = Predictor(run_dir).predict_files([image], top_k=1)[0]["top"][0]
     assert f"{top['label']} {top['prob']:.1%}" in done.stdout.split(": ", 1)[1]
+
+
+def _example_probs(bundle: Path, images: list[str]) -> np.ndarray:
+    done = subprocess.run([sys.executable, str(bundle / "predict_example.py"), "--json", *images],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["image"] for line in lines] == images
+    return np.array([line["probs"] for line in lines])
+
+
+def test_the_bundle_example_is_a_real_file_that_agrees_with_tl_core(run_dir, onnx_report, tmp_path):
+    """The example shipped in every bundle is tl_core/bundle/predict_example.py itself, and on images of
+    several classes it gives tl_core's own probabilities, with the ONNX and the TorchScript model."""
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    images = list({row["label"]: row["path"] for row in rows}.values())[:3]  # one image of each of 3 classes
+    assert len(images) == 3
+    expected = Predictor(run_dir).predict_images([open_image(path) for path in images]).numpy()
+    torchscript = Path(export_run(run_dir, "torchscript", out_dir=tmp_path / "ts")["bundle"])
+    for bundle in (Path(onnx_report["bundle"]), torchscript):
+        assert (bundle / "predict_example.py").read_bytes() == export.PREDICT_EXAMPLE.read_bytes()
+        probs = _example_probs(bundle, images)
+        assert (probs.argmax(1) == expected.argmax(1)).all()
+        assert np.abs(probs - expected).max() < 1e-4, bundle.name
 
 
 def test_torchscript_bundle_agrees_with_pytorch(run_dir, tmp_path):

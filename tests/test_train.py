@@ -237,7 +237,7 @@ def test_a_diverging_finetune_restarts_lower_and_says_which_model_is_kept(small_
         assert kept["trainable_params"] < metrics["trainable_params"]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["kept"] == kept
-    from tl_core.export import model_card
+    from tl_core.model_card import model_card
 
     card = model_card(run_dir, "onnx")
     assert f"Weights kept: epoch {kept['epoch']} ({kept['phase']} phase), plan `{kept['plan']}`" in card

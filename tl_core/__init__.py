@@ -17,6 +17,8 @@ Modules, one idea each:
     evaluate    metrics;  predict: a finished run as a classifier
     runs, jobs  the run folder contract; the worker-process queue
     plots       plotly figures from events and metrics
+    export      verified ONNX / TorchScript / safetensors bundles;  model_card: the bundle's MODEL_CARD.md
+    bundle/     predict_example.py, the standalone program shipped in every bundle
 
 Command line: python -m tl_core {train, evaluate, predict, export, runs}.
 """

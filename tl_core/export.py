@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
 import io
-import math
 import os
 import secrets
 import time
@@ -21,14 +19,16 @@ from pathlib import Path
 
 import torch
 
+from .model_card import model_card
 from .runs import RunFolder
-from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 _RUN_FILES = RunFolder(".")  # a bundle keeps the names the run folder gives its weights, labels and preprocessing
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": _RUN_FILES.weights.name}
 BUNDLE_FILES = (_RUN_FILES.labels.name, _RUN_FILES.preprocess.name, "MODEL_CARD.md", "verification.json",
                 "predict_example.py")
+PREDICT_EXAMPLE = Path(__file__).with_name("bundle") / "predict_example.py"
 ONNX_OPSET = 18
 PROB_TOLERANCE = 1e-3  # fp32 exports differ from PyTorch by ~1e-5; a real fault differs by far more
 MAX_VERIFY_IMAGES = 256  # enough to catch a faulty export; bounds the time on big validation sets
@@ -282,7 +282,8 @@ def _write_bundle(run_dir: Path, predictor, out_dir: Path, fmt: str, report: dic
     atomic_write_json(out_dir / _RUN_FILES.preprocess.name, predictor.preprocess)
     atomic_write_json(out_dir / "verification.json", {"model_file": MODEL_FILES[fmt], **report})
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(run_dir, fmt, report))
-    atomic_write_text(out_dir / "predict_example.py", _PREDICT_EXAMPLE.replace("{{RUN}}", _EXAMPLE_RUN[fmt]))
+    # A real program of the package, tested there; it finds the bundle's model file itself.
+    atomic_write_bytes(out_dir / "predict_example.py", PREDICT_EXAMPLE.read_bytes())
 
 
 def _write_zip(out_dir: Path, zip_path: Path, folder: str, fmt: str) -> None:
@@ -291,217 +292,3 @@ def _write_zip(out_dir: Path, zip_path: Path, folder: str, fmt: str) -> None:
         for name in (MODEL_FILES[fmt], *BUNDLE_FILES):
             archive.write(out_dir / name, f"{folder}/{name}")
     atomic_write_bytes(zip_path, buffer.getvalue())
-
-
-def _kept_lines(kept: dict | None) -> list[str]:
-    """Which weights the bundle holds: the run's plan names what could train, this what did."""
-    if not kept:
-        return []
-    line = (f"- Weights kept: epoch {kept['epoch']} ({kept['phase']} phase), plan `{kept['plan']}`, "
-            f"{kept['trainable_params']:,} parameters learnt.")
-    return [line + (f" Note: {kept['reason']}." if kept.get("reason") else "")]
-
-
-def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str:
-    """MODEL_CARD.md: what the model is, what it was trained on, how well it did, and what it is not for."""
-    run_dir = Path(run_dir)
-    folder = RunFolder(run_dir)
-    record = read_json(folder.config, {})
-    config = record.get("config", {})
-    metrics = read_json(folder.metrics, {}) or {}
-    preprocess = read_json(folder.preprocess, {})
-    classes = read_json(folder.labels, {}).get("classes", [])
-    per_class = metrics.get("per_class", {})
-    n_val = metrics.get("n_val") or sum(c.get("support", 0) for c in per_class.values())
-    counts = _train_counts(config)
-    weights = config.get("weights", "?")
-    weights = {"embedded": "ImageNet weights shipped with the app (offline)",
-               "hub": "timm's pretrained weights (Hugging Face hub)",
-               "none": "random initialisation (no pretraining)"}.get(weights, f"the file {Path(weights).name}")
-    size = preprocess.get("input_size", ["?", "?", "?"])
-    lines = [
-        f"# Model card: {config.get('name') or run_dir.name}",
-        "",
-        f"An image classifier for {len(classes)} classes, fine-tuned with Transfer Learning Studio "
-        f"and exported as {fmt} ({MODEL_FILES.get(fmt, '')}).",
-        "",
-        "## Model",
-        f"- Backbone: `{preprocess.get('backbone') or config.get('backbone')}` (timm), starting from {weights}.",
-        f"- Training: freeze plan `{config.get('freeze', '?')}` (which layer groups trained), "
-        f"BatchNorm `{config.get('bn_policy', '?')}`, augmentation `{config.get('augment', '?')}`, "
-        f"{metrics.get('epochs_run', '?')} epochs (best at epoch {metrics.get('best_epoch', '?')}), "
-        f"learning rate {config.get('lr', '?')}, seed {config.get('seed', '?')}.",
-        *_kept_lines(metrics.get("kept")),
-        f"- Input: RGB {size[-2]}×{size[-1]} px; shorter side resized to {size[-1]}/crop_pct "
-        f"({preprocess.get('interpolation', '?')}), centre-cropped, scaled to 0..1, then normalised with "
-        f"mean {preprocess.get('mean')} and std {preprocess.get('std')} (see preprocess.json).",
-        "- Output: one logit per class, in the order of labels.json; softmax gives probabilities.",
-        "",
-        "## Data",
-        f"- Dataset: {_dataset_name(config.get('dataset_dir'))}"
-        + (f"; validation set: {_dataset_name(config.get('val_dataset_dir'))}" if config.get("val_dataset_dir")
-           else f"; {config.get('val_fraction', '?')} of it held out for validation (stratified, seeded)") + ".",
-        f"- {metrics.get('n_train', '?')} training and {n_val} validation images.",
-        "",
-        "| class | images | validation F1 |",
-        "|---|---:|---:|",
-    ]
-    for name in classes:
-        f1 = per_class.get(name, {}).get("f1")
-        lines.append(f"| {name} | {counts.get(name, '?')} | {'?' if f1 is None else f'{f1:.3f}'} |")
-    acc = metrics.get("val_acc")
-    lines += [
-        "",
-        "## Results (validation)",
-        f"- Accuracy: {_pct(acc)}" + (f" on {n_val} images; 95% interval {_pct(_wilson(acc, n_val)[0])} to "
-                                       f"{_pct(_wilson(acc, n_val)[1])}" if acc is not None and n_val else ""),
-        f"- Macro F1: {metrics.get('macro_f1', float('nan')):.3f}",
-    ]
-    if report:
-        lines.append(f"- Export check: on {report['images']} images ({report.get('source', '?')}) the {fmt} file "
-                     f"agrees with PyTorch on top-1 for {report['top1_agreement']:.0%}, largest probability "
-                     f"difference {report['max_prob_diff']:.1e} (verification.json).")
-    versions = {**record.get("versions", {}), **_export_versions(fmt)}
-    lines += [
-        "",
-        "## Intended use and limits",
-        f"- It sorts an image into exactly one of: {', '.join(classes)}. It has no \"none of these\": "
-        "an image of anything else still gets one of these labels, often with high confidence.",
-        "- The accuracy above was measured on images from the same source as the training images. "
-        "Expect it to be lower on photos from other cameras, lighting, backgrounds or framing; "
-        "check on your own images before relying on it.",
-        "- With few validation images the accuracy is a rough estimate (see the interval above).",
-        "- Not for decisions about people, health, safety or money without a person reviewing each result.",
-        "",
-        "## Provenance",
-        f"- Run: `{run_dir.name}`; trained on {record.get('device', '?')}; "
-        f"exported {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _train_counts(config: dict) -> dict:
-    """Images per class in the training dataset (all of it, before the validation split)."""
-    from .datasets import load_dataset
-
-    try:
-        return load_dataset(config["dataset_dir"]).counts()
-    except Exception:  # the dataset may have been deleted since; the card still gets written
-        return {}
-
-
-def _dataset_name(root) -> str:
-    from .datasets import load_dataset
-
-    if not root:
-        return "?"
-    try:
-        return f"\"{load_dataset(root).name}\""
-    except Exception:
-        return f"\"{Path(root).name}\""
-
-
-def _pct(x) -> str:
-    return "?" if x is None else f"{x:.1%}"
-
-
-def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion: honest even for tiny validation sets."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _export_versions(fmt: str) -> dict:
-    import importlib.metadata as md
-
-    names = {"onnx": ("torch", "onnx", "onnxscript", "onnxruntime"), "torchscript": ("torch",),
-             "safetensors": ("torch", "timm", "safetensors")}[fmt]
-    versions = {}
-    for name in names:
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[name] = md.version(name)
-    return versions
-
-
-# ---------------------------------------------------------------- predict_example.py
-
-_PREDICT_EXAMPLE = '''"""Classify images with this bundle: python predict_example.py IMAGE [IMAGE ...]
-
-Needs numpy and pillow, plus the runtime of the model file (see below). The preprocessing is the one the
-model was trained with (preprocess.json): resize the shorter side, centre-crop, normalise.
-"""
-import json
-import math
-import sys
-from pathlib import Path
-
-import numpy as np
-from PIL import Image, ImageOps
-
-HERE = Path(__file__).resolve().parent
-PRE = json.loads((HERE / "preprocess.json").read_text())
-CLASSES = json.loads((HERE / "labels.json").read_text())["classes"]
-
-
-def prepare(path):
-    """float32 1x3xSxS, as in training."""
-    size = PRE["input_size"][-1]
-    short = math.floor(size / PRE["crop_pct"])
-    image = ImageOps.exif_transpose(Image.open(path))
-    if image.mode in ("RGBA", "LA", "PA", "P"):
-        rgba = image.convert("RGBA")  # transparency on white
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    image = image.convert("RGB")
-    w, h = image.size
-    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    if new != image.size:
-        image = image.resize(new, getattr(Image.Resampling, PRE["interpolation"].upper()))
-    left, top = round((image.width - size) / 2), round((image.height - size) / 2)
-    x = np.asarray(image.crop((left, top, left + size, top + size)), np.float32).transpose(2, 0, 1)
-    mean = np.array(PRE["mean"], np.float32)[:, None, None] * 255
-    std = np.array(PRE["std"], np.float32)[:, None, None] * 255
-    return ((x - mean) / std)[None]
-
-{{RUN}}
-
-if __name__ == "__main__":
-    for path in sys.argv[1:]:
-        logits = predict(prepare(path))[0].astype(np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        top = probs.argsort()[::-1][:3]
-        print(path + ": " + ", ".join(f"{CLASSES[i]} {probs[i]:.1%}" for i in top))
-'''
-
-_EXAMPLE_RUN = {
-    "onnx": '''import onnxruntime  # pip install onnxruntime
-
-SESSION = onnxruntime.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
-
-
-def predict(x):
-    return SESSION.run(None, {SESSION.get_inputs()[0].name: x})[0]''',
-    "torchscript": '''import torch  # pip install torch
-
-MODEL = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu").eval()
-
-
-def predict(x):
-    with torch.no_grad():
-        return MODEL(torch.from_numpy(x)).numpy()''',
-    "safetensors": '''import timm  # pip install timm safetensors
-import torch
-from safetensors.torch import load_model
-
-MODEL = timm.create_model(PRE["backbone"], pretrained=False, num_classes=len(CLASSES))
-load_model(MODEL, str(HERE / "model.safetensors"))
-MODEL.eval()
-
-
-def predict(x):
-    with torch.no_grad():
-        return MODEL(torch.from_numpy(x)).numpy()''',
-}
