@@ -35,7 +35,7 @@ def test_pages_use_no_private_engine_attributes(page):
             assert not node.attr.startswith("_"), f"{page.name} uses {node.value.id}.{node.attr}"
 
 
-RUN_FILES = ("config.json", "status.json", "events.jsonl", "metrics.json", "predictions.csv", "model.safetensors",
+RUN_FILES = ("config.json", "facts.json", "status.json", "events.jsonl", "metrics.json", "predictions.csv", "model.safetensors",
              "labels.json", "preprocess.json", "worker.lock", "STOP")
 
 
@@ -44,7 +44,7 @@ def test_only_runs_py_names_the_files_of_a_run_folder():
     from tl_core.runs import RunFolder
 
     folder = RunFolder("/r")
-    assert sorted(getattr(folder, name).name for name in ("config", "status", "events", "metrics", "predictions",
+    assert sorted(getattr(folder, name).name for name in ("config", "facts", "status", "events", "metrics", "predictions",
                                                            "weights", "labels", "preprocess", "lock", "stop")) \
         == sorted(RUN_FILES)
     for path in [*sorted((ROOT / "tl_core").rglob("*.py")), *PAGES]:

@@ -1,13 +1,11 @@
 """The CUDA path: AMP, channels-last only where it pays, memory, out-of-memory back-off. Skipped without CUDA."""
-import json
-
 import pytest
 import torch
 
 from tl_core import train
 from tl_core.config import RunConfig
 from tl_core.datasets import ingest_folder
-from tl_core.runs import create_run, read_events
+from tl_core.runs import create_run, read_config_record, read_events
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -18,7 +16,7 @@ def test_cuda_fine_tune_runs_in_mixed_precision(small_sample):
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-2", augment="light", epochs=3,
                                    device="cuda", early_stopping=0))
     metrics = train.run(run_dir)
-    record = json.loads((run_dir / "config.json").read_text())
+    record = read_config_record(run_dir)
     assert "CUDA" in record["device"]
     expected = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     assert record["precision"] == expected
@@ -65,4 +63,4 @@ def test_long_cuda_runs_use_channels_last(small_sample, monkeypatch):
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-1", epochs=1, image_size=64,
                                    device="cuda", early_stopping=0))
     train.run(run_dir)
-    assert json.loads((run_dir / "config.json").read_text())["channels_last"] is True
+    assert read_config_record(run_dir)["channels_last"] is True

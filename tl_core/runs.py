@@ -31,7 +31,8 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    config = property(lambda self: self.path / "config.json", doc="the RunConfig, versions, facts learnt")
+    config = property(lambda self: self.path / "config.json", doc="the RunConfig and versions, written once")
+    facts = property(lambda self: self.path / "facts.json", doc="what the worker learnt: device, classes, sizes")
     status = property(lambda self: self.path / "status.json", doc="queued | running | done | failed | cancelled")
     events = property(lambda self: self.path / "events.jsonl", doc="one JSON event a line, flushed at once")
     metrics = property(lambda self: self.path / "metrics.json", doc="the final metrics, with the weights kept")
@@ -90,20 +91,23 @@ def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path |
     return run_dir
 
 
-def update_config_record(run_dir: Path, **facts) -> None:
-    """Add facts learnt while running (device used, classes, sizes) beside the config."""
-    record = _read_config(Path(run_dir))[0] or {}
-    record.update(facts)
-    atomic_write_json(RunFolder(run_dir).config, record)
+def record_facts(run_dir: Path, **facts) -> None:
+    """Add facts learnt while running (device used, classes, sizes) to facts.json; config.json stays as written."""
+    known = _read_object(RunFolder(run_dir).facts)[0] or {}
+    atomic_write_json(RunFolder(run_dir).facts, {**known, **facts})
 
 
 def read_config_record(run_dir: Path) -> dict:
-    """config.json as a dict; {} when it is missing or damaged (damage() says which)."""
-    return _read_config(Path(run_dir))[0] or {}
+    """The run's record: config.json ({"config", "versions"}) with the facts learnt while running;
+    {} when config.json is missing or damaged (damage() says which)."""
+    record = _read_config(Path(run_dir))[0]
+    if not record:
+        return {}
+    return {**(_read_object(RunFolder(run_dir).facts)[0] or {}), **record}
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
-    """The RunConfig of a run folder (config.json also holds versions and facts learnt, set aside here)."""
+    """The RunConfig of a run folder (config.json also holds the package versions, set aside here)."""
     data = read_json(RunFolder(run_dir).config)
     return RunConfig.from_dict(data.get("config", data))
 
@@ -265,7 +269,8 @@ def damage(run_dir: Path) -> list[str]:
     """What is wrong with the run's files, one "file: reason" each; [] for a healthy run."""
     run_dir = Path(run_dir)
     problems = [problem for problem in (_read_config(run_dir)[1], _read_status(run_dir)[1],
-                                        _read_metrics(run_dir)[1]) if problem]
+                                        _read_metrics(run_dir)[1], _read_object(RunFolder(run_dir).facts)[1])
+                if problem]
     reader = EventReader(run_dir)
     reader.read_new()
     for number, why in reader.bad_lines[:3]:

@@ -33,7 +33,7 @@ from .datasets import decode_images, load_dataset, stratified_folds, stratified_
 from .devices import describe
 from .outputs import save_outputs
 from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, l2_at, one_thread
-from .runs import RunFolder, read_config, update_config_record, write_status
+from .runs import RunFolder, read_config, record_facts, write_status
 from .storage import workspace_root
 from .strategy import SingleDevice
 from .tasks import Classification, Task
@@ -150,7 +150,7 @@ class Fit:
         self.trainable = layers.parse_freeze(cfg.freeze, self.groups)
         self.head_name = self.groups[-1].name
         self.trains_on_images = self.trainable != {self.head_name} or cfg.augment != "none"
-        update_config_record(self.run_dir, device=describe(self.device), device_type=self.device.type,
+        record_facts(self.run_dir, device=describe(self.device), device_type=self.device.type,
                              precision=str(self.strategy.amp_dtype or torch.float32).replace("torch.", ""),
                              channels_last=self.channels_last, classes=self.classes, preprocess=self.preprocess)
 
@@ -185,7 +185,7 @@ class Fit:
         if not self.trains_on_images and not cfg.val_dataset_dir:
             self._use_cross_validation()
         self.counts = layers.apply_freeze(self.model, self.groups, self.trainable, cfg.bn_policy)
-        update_config_record(self.run_dir, n_train=len(self.train_idx), n_val=len(self.val_idx),
+        record_facts(self.run_dir, n_train=len(self.train_idx), n_val=len(self.val_idx),
                              validation=self.validation)
         self.emit("fit_start", epochs=(probe_epochs + (cfg.epochs if self.trains_on_images else 0)),
                   probe_epochs=probe_epochs, n_train=len(self.train_idx), n_val=len(self.val_idx),
