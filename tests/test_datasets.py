@@ -146,7 +146,7 @@ def test_pixel_limit_is_configurable(monkeypatch):
     assert open_image(photo).size == (20, 20)
     with pytest.raises(ImageRefused, match="too many pixels.*decompression bomb"):
         open_image(photo, max_pixels=399)
-    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(datasets.images, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageRefused, match="too many pixels"):
         open_image(photo, "small.png")
 
@@ -445,7 +445,7 @@ def test_decode_images_drafts_big_jpegs_close_to_a_full_decode(tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(_encoded(_gradient(1200, 900), "JPEG", quality=90))
     drafted = decode_images([path], 64)[0].numpy().astype(int)
-    full = datasets._center_crop(datasets._resize_shorter(open_image(path), 73, Image.Resampling.BICUBIC), 64)
+    full = datasets.pixels._center_crop(datasets.pixels._resize_shorter(open_image(path), 73, Image.Resampling.BICUBIC), 64)
     assert drafted.shape == (3, 64, 64)
     assert np.abs(drafted - np.asarray(full).transpose(2, 0, 1)).mean() < 4
 
@@ -461,7 +461,7 @@ def test_decode_images_cache_is_a_pure_load_the_second_time(fashion_dir, ws, tmp
     def refuse(*args, **kwargs):
         raise AssertionError("a cache hit must not decode")
 
-    monkeypatch.setattr(datasets, "open_image", refuse)
+    monkeypatch.setattr(datasets.pixels, "open_image", refuse)
     second = decode_images(dataset.paths(), 24, cache_dir=cache, progress=lambda done, total: calls.append(total))
     assert (second == first).all() and calls[-1] == 30
     monkeypatch.undo()
@@ -523,7 +523,7 @@ def test_the_crop_made_straight_from_the_source_matches_the_exact_geometry(monke
         photo = np.asarray(_gradient(width, height)) + rng.normal(0, 4, (height, width, 3))
         image = Image.fromarray(photo.clip(0, 255).astype(np.uint8))
         exact = prepare_image(image, size, crop_pct).numpy().astype(int)
-        monkeypatch.setattr(datasets, "_RESIZE_PIXELS", 0)  # as for an image whose resized whole is too big
+        monkeypatch.setattr(datasets.pixels, "_RESIZE_PIXELS", 0)  # as for an image whose resized whole is too big
         direct = prepare_image(image, size, crop_pct).numpy().astype(int)
         monkeypatch.undo()
         assert direct.shape == exact.shape == (3, size, size)
@@ -534,7 +534,7 @@ def test_the_crop_made_straight_from_the_source_matches_the_exact_geometry(monke
 def test_an_image_over_the_decode_budget_is_refused_with_the_figures(monkeypatch):
     rgba = _encoded(Image.new("RGBA", (400, 300), (10, 20, 30, 40)), "PNG")
     assert open_image(rgba).size == (400, 300)
-    monkeypatch.setattr(datasets, "MAX_DECODE_BYTES", 1 << 20)
+    monkeypatch.setattr(datasets.images, "MAX_DECODE_BYTES", 1 << 20)
     with pytest.raises(ImageRefused) as refusal:
         open_image(rgba, "big.png")
     assert ("big.png: would need about 2 MB of memory to decode (400×300 px, RGBA); the limit is 1 MB an image. "

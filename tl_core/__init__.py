@@ -4,7 +4,7 @@ Modules, one idea each:
     config      RunConfig, the settings of one run
     backbones   the catalogue, weight sources, create_model, preprocessing
     layers      layer groups and the freeze plan
-    datasets    safe ingest, audit, split, decoded-image cache
+    datasets/   a package: images (safe decoding), store, ingest, audit, splits, pixels (decoded-image cache)
     augment     augmentation presets on decoded images
     train       the fit loop (phases: probe on frozen features, then fine-tune), its events
     tasks       what a training step computes (Task seam; classification by default)
