@@ -58,7 +58,9 @@ def test_out_of_memory_backs_off_and_says_so(small_sample, monkeypatch):
 
 
 def test_long_cuda_runs_use_channels_last(small_sample, monkeypatch):
-    monkeypatch.setattr(train, "CUDA_CHANNELS_LAST_MIN_PASSES", 32)
+    from tl_core import strategy
+
+    monkeypatch.setattr(strategy, "CUDA_CHANNELS_LAST_MIN_PASSES", 32)
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-1", epochs=1, image_size=64,
                                    device="cuda", early_stopping=0))

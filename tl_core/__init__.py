@@ -10,6 +10,8 @@ Modules, one idea each:
     tasks       what a training step computes (Task seam; classification by default)
     batches     where a batch comes from: pixels, cached frozen-prefix activations, cached features
     strategy    the device, precision, backward and step (Strategy seam; single device today)
+    run_data    the images of a run and how they validate (held out, separate set, k folds)
+    optim       layer-wise learning rates from the layer groups, and the schedule
     probe       logistic-regression heads on frozen features, fitted by L-BFGS
     frozen_prefix  a model run as a frozen prefix, computed once, and a trainable rest
     outputs     what a finished fit writes: kept weights, predictions, metrics

@@ -24,24 +24,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backbones, batches, layers
+from . import backbones, batches, layers, optim
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
 from .config import RunConfig
-from .datasets import decode_images, load_dataset, stratified_folds, stratified_split
+from .datasets import decode_images
 from .devices import describe
 from .outputs import save_outputs
 from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, l2_at, one_thread
 from .runs import RunFolder, read_config, record_facts, write_status
 from .storage import workspace_root
-from .strategy import SingleDevice
+from .run_data import RunData, load_run_data, with_cross_validation
+from .strategy import SingleDevice, channels_last_helps
 from .tasks import Classification, Task
 
-LAYER_LR_DECAY = 0.7          # each group below the head learns at 0.7× the rate of the one above
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
-CV_FOLDS = 5                  # head-only runs validate by k-fold cross-validation on the cached features
-CUDA_CHANNELS_LAST_MIN_PASSES = 50_000  # images × epochs from which channels-last repays its start-up on CUDA
 PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the whole run
 # A fine-tune batch whose loss exceeds max(DIVERGED_OVER_CHANCE × ln(classes), DIVERGED_OVER_PROBE × the
 # probe's training loss) has lost what the probe knew: the phase restarts from the probe's weights once, at
@@ -107,7 +105,7 @@ class Fit:
         self.stop_phase = False  # a callback sets it to end the current phase after this epoch
         self.skip_step = False  # a callback sets it on "before_step" to skip this optimiser step
         self.best = None  # BestCheckpoint's record: {"epoch", "phase", "by_phase"}
-        self.model = self.groups = self.trainable = self.head_name = self.counts = None
+        self.model = self.groups = self.trainable = self.head_name = self.counts = self.data = None
         self.classes, self.paths, self.labels, self.train_idx, self.val_idx = [], [], None, [], []
         self.folds = None  # set when head-only training validates by cross-validation
         self.validation = ""  # in words: held out, a separate set, or cross-validation
@@ -126,7 +124,8 @@ class Fit:
     def prepare(self) -> None:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self._load_data()
+        self.data = load_run_data(cfg)
+        self._use(self.data)
         self.model = backbones.create_model(cfg.backbone, len(self.classes), weights=cfg.weights)
         self.preprocess = backbones.data_config(self.model, cfg.image_size)
         self.size = self.preprocess["input_size"][-1]
@@ -134,11 +133,10 @@ class Fit:
                                cache_dir=workspace_root() / "cache" / "pixels")
         if self.device.type == "cuda" and pixels.numel() < PIXELS_ON_GPU_LIMIT:
             pixels = pixels.to(self.device)  # small sets: no host→device copy per batch
-        self.labels = self.labels.to(self.device)
         self.model.to(self.device)
         for module in self.task.modules():
             module.to(self.device)
-        self.channels_last = _channels_last_helps(cfg.backbone, self.device, len(self.paths) * cfg.epochs)
+        self.channels_last = channels_last_helps(cfg.backbone, self.device, len(self.paths) * cfg.epochs)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
             # Stored that way once, each batch normalises straight into the layout the convolutions want.
@@ -154,28 +152,11 @@ class Fit:
                              precision=str(self.strategy.amp_dtype or torch.float32).replace("torch.", ""),
                              channels_last=self.channels_last, classes=self.classes, preprocess=self.preprocess)
 
-    def _load_data(self) -> None:
-        cfg = self.config
-        train_set = load_dataset(cfg.dataset_dir)
-        self.classes = list(train_set.classes)
-        self.paths = train_set.paths()
-        labels = train_set.labels()
-        if cfg.val_dataset_dir:
-            val_set = load_dataset(cfg.val_dataset_dir)
-            unknown = sorted(set(val_set.classes) - set(self.classes))
-            if unknown:
-                raise ValueError(f"the validation set has classes the training set lacks: {', '.join(unknown)}")
-            self.train_idx = list(range(len(labels)))
-            self.val_idx = list(range(len(labels), len(labels) + len(val_set.items)))
-            self.validation = "separate validation set"
-            self.validation_method = {"kind": "separate"}
-            self.paths = self.paths + val_set.paths()
-            labels = labels + [self.classes.index(val_set.classes[k]) for k in val_set.labels()]
-        else:
-            self.train_idx, self.val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
-            self.validation = f"{cfg.val_fraction:.0%} held out"
-            self.validation_method = {"kind": "holdout", "fraction": cfg.val_fraction, "seed": cfg.seed}
-        self.labels = torch.tensor(labels, dtype=torch.long)
+    def _use(self, data: RunData) -> None:
+        self.classes, self.paths, self.folds = data.classes, data.paths, data.folds
+        self.labels = torch.tensor(data.labels, dtype=torch.long, device=self.device)
+        self.train_idx, self.val_idx = data.train_idx, data.val_idx
+        self.validation, self.validation_method = data.validation, data.validation_method
 
     # ---- the run ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -183,7 +164,7 @@ class Fit:
         cfg = self.config
         probe_epochs = (PROBE_EPOCHS_BEFORE_FINETUNE if cfg.probe_first else 0) if self.trains_on_images else cfg.epochs
         if not self.trains_on_images and not cfg.val_dataset_dir:
-            self._use_cross_validation()
+            self._use(with_cross_validation(self.data, cfg.seed))
         self.counts = layers.apply_freeze(self.model, self.groups, self.trainable, cfg.bn_policy)
         record_facts(self.run_dir, n_train=len(self.train_idx), n_val=len(self.val_idx),
                              validation=self.validation)
@@ -219,18 +200,6 @@ class Fit:
         self.emit("notice", phase=phase, message=message, epochs=epochs)
 
     # ---- phase 1: the head on frozen features -------------------------------------------
-    def _use_cross_validation(self) -> None:
-        """Head-only runs fit in milliseconds on cached features, so every image can serve both ways:
-        k-fold cross-validation gives each image an out-of-fold prediction, and the head that is kept
-        is fitted on all images."""
-        labels = self.labels.tolist()
-        # At least 2 folds: a class of one image is then validated by a fit that never saw that class.
-        k = min(CV_FOLDS, max(2, min(labels.count(c) for c in set(labels))))
-        self.folds = stratified_folds(labels, k, self.config.seed)
-        self.train_idx = self.val_idx = list(range(len(labels)))
-        self.validation = f"{k}-fold cross-validation (out-of-fold predictions)"
-        self.validation_method = {"kind": "cv", "folds": k, "seed": self.config.seed}
-
     def probe(self, epochs: int) -> None:
         """Fit the head as a logistic regression on standardised frozen features, one step down the
         regularisation path an epoch: validation picks how much regularisation this data set needs."""
@@ -333,12 +302,16 @@ class Fit:
 
     def _finetune_epochs(self, epochs: int, lr_scale: float) -> None:
         cfg = self.config
-        optimizer = torch.optim.AdamW(self._param_groups(lr_scale), weight_decay=cfg.weight_decay)
-        batch_size = self._batch_size_that_fits(optimizer)
+        optimizer = torch.optim.AdamW(optim.layerwise_param_groups(self.model, self.groups, self.trainable,
+                                                                   cfg.lr * lr_scale, self.task.modules()),
+                                      weight_decay=cfg.weight_decay)
+        batch_size = self.strategy.batch_size_that_fits(
+            min(cfg.batch_size, len(self.train_idx)), lambda size: self._forward_backward(size, optimizer),
+            lambda message: self.emit("notice", message=message))
         n_train = len(self.train_idx)
         drop_last = n_train % batch_size == 1 and n_train > 1  # BatchNorm cannot train on a batch of one
         steps_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
-        scheduler = _schedule(optimizer, cfg, steps_per_epoch, epochs)
+        scheduler = optim.lr_schedule(optimizer, cfg.schedule, cfg.warmup_epochs, steps_per_epoch, epochs)
         generator = torch.Generator().manual_seed(cfg.seed)
         train_idx = torch.tensor(self.train_idx)
         for _ in range(epochs):
@@ -383,47 +356,15 @@ class Fit:
         self.step += 1
         return batch, out
 
-    def _param_groups(self, lr_scale: float = 1.0) -> list[dict]:
-        """One optimizer group per trainable layer group, the learning rate lower the further from the head;
-        the task's own modules train at the head's rate."""
-        params = dict(self.model.named_parameters())
-        head_index = self.groups[-1].index
-        groups = []
-        for group in self.groups:
-            if group.name not in self.trainable:
-                continue
-            lr = self.config.lr * lr_scale * LAYER_LR_DECAY ** (head_index - group.index)
-            names = group.param_names
-            groups.append({"params": [params[n] for n in names if params[n].ndim > 1], "lr": lr, "name": group.name})
-            # Norm scales and biases are not weights to shrink.
-            groups.append({"params": [params[n] for n in names if params[n].ndim <= 1], "lr": lr,
-                           "weight_decay": 0.0, "name": group.name + ".no_decay"})
-        task_params = [p for module in self.task.modules() for p in module.parameters() if p.requires_grad]
-        groups.append({"params": task_params, "lr": self.config.lr * lr_scale, "name": "task"})
-        return [g for g in groups if g["params"]]
-
-    def _batch_size_that_fits(self, optimizer) -> int:
-        """On CUDA, halve the batch size until a forward+backward fits in memory, and say so."""
-        batch_size = min(self.config.batch_size, len(self.train_idx))
-        if self.device.type != "cuda":
-            return batch_size
-        while True:
-            try:
-                layers.set_train_mode(self.model, self.config.bn_policy)
-                batch = self.source.batch(torch.tensor(self.train_idx[:batch_size]), train=True)
-                with self.strategy.autocast():
-                    loss = self.model.get_classifier()(self.source.features(batch.inputs)).float().mean()
-                loss.backward()
-                optimizer.zero_grad(set_to_none=True)
-                return batch_size
-            except torch.OutOfMemoryError:
-                optimizer.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                if batch_size == 1:
-                    raise
-                self.emit("notice", message=f"batch size {batch_size} does not fit in GPU memory; "
-                                            f"using {batch_size // 2}")
-                batch_size //= 2
+    def _forward_backward(self, batch_size: int, optimizer) -> None:
+        """One forward and backward pass of `batch_size` images, gradients discarded: does it fit?"""
+        layers.set_train_mode(self.model, self.config.bn_policy)
+        batch = self.source.batch(torch.tensor(self.train_idx[:batch_size]), train=True)
+        try:
+            with self.strategy.autocast():
+                self.model.get_classifier()(self.source.features(batch.inputs)).float().mean().backward()
+        finally:
+            optimizer.zero_grad(set_to_none=True)
 
     # ---- evaluation ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -450,34 +391,3 @@ def _loss_acc(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) ->
     y = y.to(logits.device)
     loss = F.nll_loss(logits, y) if log_probs else F.cross_entropy(logits, y)
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
-
-
-def _schedule(optimizer, cfg: RunConfig, steps_per_epoch: int, epochs: int):
-    total = max(steps_per_epoch * epochs, 1)
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=min(max(cfg.warmup_epochs / epochs, 0.05), 0.5))
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _channels_last_helps(backbone: str, device: torch.device, image_passes: int) -> bool:
-    """Whether channels-last memory pays, by measurement.
-
-    CPU: convnets gain (Lite0 on 2 cores: 27 → 36 images/s forward), ConvNeXt's LayerNorm loses.
-    CUDA: the first channels-last pass of a fresh process costs ~3 s of kernel start-up on an H100
-    (NCHW: 0.4 s) for ~0.01 s saved per 224 images afterwards, so it pays only on long runs.
-    ViTs have no convolutions to gain from it.
-    """
-    if any(k in backbone for k in ("vit", "deit", "swin", "eva", "beit", "levit")):
-        return False
-    if device.type == "cuda":
-        return image_passes >= CUDA_CHANNELS_LAST_MIN_PASSES
-    return device.type == "cpu" and "convnext" not in backbone

@@ -1,0 +1,50 @@
+"""The images of a run and how they validate: a held-out split, a separate set, or k-fold cross-validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import RunConfig
+from .datasets import load_dataset, stratified_folds, stratified_split
+
+CV_FOLDS = 5  # head-only runs validate by k-fold cross-validation on the cached features
+
+
+@dataclass
+class RunData:
+    classes: list[str]
+    paths: list
+    labels: list[int]
+    train_idx: list[int]
+    val_idx: list[int]
+    validation: str  # in words: held out, a separate set, or cross-validation
+    validation_method: dict  # the same as data: {"kind": "holdout" | "separate" | "cv", ...}
+    folds: list[list[int]] | None = field(default=None)
+
+
+def load_run_data(config: RunConfig) -> RunData:
+    """The training images (and a separate validation set's, after them) with a held-out or separate split."""
+    train_set = load_dataset(config.dataset_dir)
+    classes, paths, labels = list(train_set.classes), train_set.paths(), train_set.labels()
+    if not config.val_dataset_dir:
+        train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
+        return RunData(classes, paths, labels, train_idx, val_idx, f"{config.val_fraction:.0%} held out",
+                       {"kind": "holdout", "fraction": config.val_fraction, "seed": config.seed})
+    val_set = load_dataset(config.val_dataset_dir)
+    unknown = sorted(set(val_set.classes) - set(classes))
+    if unknown:
+        raise ValueError(f"the validation set has classes the training set lacks: {', '.join(unknown)}")
+    val_labels = [classes.index(val_set.classes[k]) for k in val_set.labels()]
+    return RunData(classes, paths + val_set.paths(), labels + val_labels, list(range(len(labels))),
+                   list(range(len(labels), len(labels) + len(val_labels))), "separate validation set",
+                   {"kind": "separate"})
+
+
+def with_cross_validation(data: RunData, seed: int) -> RunData:
+    """Every image both ways: k folds give each image an out-of-fold prediction (head-only runs fit in
+    milliseconds on cached features), and the head kept is fitted on all of them."""
+    # At least 2 folds: a class of one image is then validated by a fit that never saw that class.
+    k = min(CV_FOLDS, max(2, min(data.labels.count(c) for c in set(data.labels))))
+    everything = list(range(len(data.labels)))
+    return RunData(data.classes, data.paths, data.labels, everything, everything,
+                   f"{k}-fold cross-validation (out-of-fold predictions)", {"kind": "cv", "folds": k, "seed": seed},
+                   stratified_folds(data.labels, k, seed))
