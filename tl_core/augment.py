@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
+from .config import AUGMENTATIONS
 from .datasets import decode_images
 
-PRESETS = ("none", "light", "strong")
 
 
 def make_augment(preset: str, size: int):
@@ -27,7 +27,7 @@ def make_augment(preset: str, size: int):
                  v2.RandAugment(num_ops=2, magnitude=9),
                  v2.RandomErasing(p=0.25, value=127)]
     elif preset != "light":
-        raise ValueError(f"augmentation preset {preset!r} is not one of {', '.join(PRESETS)}")
+        raise ValueError(f"augmentation preset {preset!r} is not one of {', '.join(AUGMENTATIONS)}")
     per_image = v2.Compose(steps)
 
     def augment(batch: torch.Tensor) -> torch.Tensor:
