@@ -35,7 +35,8 @@ def small_sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def head_run(small_sample, tmp_path_factory) -> Path:
     """A real finished run, trained once per session in its own workspace: the embedded
-    EfficientNet-Lite0, head only, 2 epochs at 96 px on `small_sample`. Tests copy it to change it."""
+    EfficientNet-Lite0, head only on last-layer features, 2 epochs at 96 px on `small_sample`.
+    Tests copy it to change it."""
     from tl_core.__main__ import main as cli
 
     root = tmp_path_factory.mktemp("head_run")
@@ -43,7 +44,21 @@ def head_run(small_sample, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TL_STUDIO_HOME", str(root / "workspace"))
         assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
-                    "--image-size", "96", "--run-dir", str(run_dir)]) == 0
+                    "--features", "last", "--image-size", "96", "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def multi_layer_run(small_sample, tmp_path_factory) -> Path:
+    """As head_run, with a head on every stage's pooled outputs (--features multi-layer)."""
+    from tl_core.__main__ import main as cli
+
+    root = tmp_path_factory.mktemp("multi_layer_run")
+    run_dir = root / "workspace" / "runs" / "20260101-000000-efficientnet_lite0-multi"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TL_STUDIO_HOME", str(root / "workspace"))
+        assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2",
+                    "--features", "multi-layer", "--image-size", "96", "--run-dir", str(run_dir)]) == 0
     return run_dir
 
 

@@ -11,6 +11,7 @@ SCHEDULES = ("cosine", "onecycle")
 BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
+FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
 _FREEZE_RE = re.compile(r"^(head|all|top-\d+|[\w.\-]+(,[\w.\-]+)*)$")
 
 
@@ -60,6 +61,9 @@ class RunConfig:
     backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name; (tf_)efficientnet_lite0 works offline")
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors (the CLI picks by backbone)
     freeze: str = _setting("head", str, "head | top-N | all | GROUP,GROUP: the layer groups that train")
+    features: str = _setting("auto", str, "what the head reads: last (the backbone's pooled output), multi-layer "
+                             "(every stage pooled), auto (cross-validation picks, for head-only runs)",
+                             ("auto", *FEATURES))
     bn_policy: str = _setting("eval", str, "eval: every BatchNorm keeps its pretrained statistics (safe on small "
                               "data); frozen_eval: trained layers use batch statistics; train: all do", BN_POLICIES)
     epochs: int = _setting(10, int, "passes over the training images (after the probe when layers train)")
@@ -96,6 +100,8 @@ class RunConfig:
         need(_FREEZE_RE.match(self.freeze or "") is not None
              and (not self.freeze.startswith("top-") or self.freeze[4:].isdigit()),
              f"freeze: {self.freeze!r} is not one of head, all, top-N or a comma-separated list of group names")
+        need(self.features in ("auto", *FEATURES),
+             f"features: {self.features!r} is not one of auto, {', '.join(FEATURES)}")
         need(self.bn_policy in BN_POLICIES, f"bn_policy: {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         need(1 <= self.epochs <= 1000, f"epochs: {self.epochs} is outside 1..1000")
         need(1 <= self.batch_size <= 4096, f"batch_size: {self.batch_size} is outside 1..4096")

@@ -197,9 +197,9 @@ def _run_torchscript(path: Path, predictor):
 def _run_safetensors(path: Path, predictor):
     from safetensors.torch import load_model
 
-    from . import backbones
+    from .predict import model_for
 
-    model = backbones.create_model(predictor.preprocess["backbone"], len(predictor.classes), weights="none")
+    model = model_for(predictor.preprocess, len(predictor.classes))
     load_model(model, str(path))
     model.eval()
 

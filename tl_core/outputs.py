@@ -24,7 +24,8 @@ def save_outputs(fit) -> dict:
     _save_weights(fit.model, folder.weights)
     atomic_write_json(folder.labels, {"classes": fit.classes})
     atomic_write_json(folder.preprocess, {
-        "backbone": backbones.architecture(fit.model), "num_classes": len(fit.classes), **fit.preprocess})
+        "backbone": backbones.architecture(fit.model), "num_classes": len(fit.classes), **fit.preprocess,
+        "features": fit.feature_kind})
     probs = fit.val_probs_at.get(fit.best["epoch"])
     if probs is None:
         probs = fit.predict_probs(fit.val_idx)
@@ -39,7 +40,7 @@ def save_outputs(fit) -> dict:
                "best_epoch": fit.best["epoch"], "epochs_run": fit.epoch, "wall_s": round(wall, 2),
                "images_per_s": round(len(fit.train_idx) * fit.epoch / wall, 1),
                "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), "validation": fit.validation,
-               "validation_method": fit.validation_method,
+               "validation_method": fit.validation_method, "features": fit.feature_kind,
                "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit)}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)

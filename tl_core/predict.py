@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from . import backbones
+from . import backbones, multilayer
 from .augment import normalize
 from .datasets import ImageRefused, open_image, prepare_image
 from .evaluate import classification_metrics
@@ -13,6 +13,12 @@ from .runs import RunFolder
 from .storage import read_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def model_for(preprocess: dict, num_classes: int) -> torch.nn.Module:
+    """An untrained model of a run's shape (its preprocess.json): the backbone and the head's features."""
+    body = backbones.create_model(preprocess["backbone"], num_classes, weights="none")
+    return multilayer.build(body, num_classes, preprocess.get("features", "last"))
 
 
 class Predictor:
@@ -28,7 +34,7 @@ class Predictor:
         self.preprocess = read_json(RunFolder(self.run_dir).preprocess)
         self.classes = read_json(RunFolder(self.run_dir).labels)["classes"]
         self.device = torch.device(device)
-        self.model = backbones.create_model(self.preprocess["backbone"], len(self.classes), weights="none")
+        self.model = model_for(self.preprocess, len(self.classes))
         load_model(self.model, str(weights), device=str(self.device))
         self.model.to(self.device).eval()
         self.size = self.preprocess["input_size"][-1]

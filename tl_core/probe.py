@@ -87,6 +87,15 @@ class HeadFits:
             self.optimizer.step(closure)
 
     @torch.no_grad()
+    def validation_log_probs(self, val_sets: list[torch.Tensor]) -> torch.Tensor:
+        """images × classes: each image of val_sets[f] scored by fit f, which did not see it (zeros elsewhere)."""
+        log_probs = self.logits().log_softmax(-1)
+        out = torch.zeros(log_probs.shape[1:])
+        for f, val in enumerate(val_sets):
+            out[val] = log_probs[f, val].cpu()
+        return out
+
+    @torch.no_grad()
     def copy_to(self, head: torch.nn.Linear, fit: int = -1) -> None:
         """Fold fit's basis and standardisation into a plain Linear on raw features:
         W = basis·B, then W' = W/std and b' = b - (mean/std)·W."""
@@ -112,3 +121,42 @@ def _row_space_bases(x: torch.Tensor, train_masks: torch.Tensor) -> torch.Tensor
 def l2_at(step: int) -> float:
     """The L2 penalty of the path's `step`-th epoch."""
     return PROBE_L2_START * PROBE_L2_STEP ** step
+
+
+def best_on_path(feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, val_sets: list[torch.Tensor],
+                 num_classes: int, steps: int, label_smoothing: float) -> dict:
+    """Walk the L2 path on `feats`; the step with the lowest validation loss: {"loss", "acc", "l2", "correct"}
+    ("correct": per validation image, in the order of torch.cat(val_sets), for paired comparisons)."""
+    fits = HeadFits(feats, labels, train_masks, num_classes)
+    val = torch.cat(val_sets)
+    best = None
+    for k in range(steps):
+        fits.step(l2_at(k), label_smoothing)
+        log_probs = fits.validation_log_probs(val_sets)[val]
+        loss = F.nll_loss(log_probs, labels[val]).item()
+        if best is None or loss < best["loss"]:
+            correct = log_probs.argmax(1) == labels[val]
+            best = {"loss": loss, "acc": correct.float().mean().item(), "l2": l2_at(k), "correct": correct}
+    return best
+
+
+def choose_features(feats: torch.Tensor, last_features: int, labels: torch.Tensor, train_masks: torch.Tensor,
+                    val_sets: list[torch.Tensor], num_classes: int, steps: int, label_smoothing: float) -> dict:
+    """Last-layer or multi-layer features, by the validation loss of each one's best probe (the same folds).
+
+    `feats` are multi-layer features whose last `last_features` columns are the last layer's. Returns
+    {"features", "scores": {name: {"acc", "loss"}}, "gain", "gain_se", "words"}: gain is multi-layer's
+    validation accuracy minus last-layer's on the same images, gain_se its paired standard error.
+    """
+    candidates = {"last": feats[:, -last_features:], "multi-layer": feats}
+    scores = {name: best_on_path(x, labels, train_masks, val_sets, num_classes, steps, label_smoothing)
+              for name, x in candidates.items()}
+    chosen = min(scores, key=lambda name: scores[name]["loss"])
+    diff = scores["multi-layer"]["correct"].float() - scores["last"]["correct"].float()
+    gain, se = diff.mean().item(), (diff.std() / len(diff) ** 0.5).item() if len(diff) > 1 else float("nan")
+    clear = abs(gain) > 2 * se
+    words = (f"{chosen} features kept: validation accuracy {scores['multi-layer']['acc']:.1%} with every stage "
+             f"pooled against {scores['last']['acc']:.1%} with the last layer ({gain * 100:+.1f} ± {se * 100:.1f} "
+             f"points over {len(diff)} validation images{': a clear difference' if clear else ', within the noise'})")
+    return {"features": chosen, "scores": {n: {"acc": s["acc"], "loss": s["loss"]} for n, s in scores.items()},
+            "gain": gain, "gain_se": se, "words": words}

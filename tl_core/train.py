@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backbones, batches, layers, optim
+from . import backbones, batches, layers, multilayer, optim
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
@@ -32,7 +32,7 @@ from .config import RunConfig
 from .datasets import decode_images
 from .devices import describe
 from .outputs import save_outputs
-from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, l2_at, one_thread
+from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, choose_features, l2_at, one_thread
 from .runs import RunFolder, read_config, record_facts, write_status
 from .storage import workspace_root
 from .run_data import RunData, load_run_data, with_cross_validation
@@ -111,6 +111,7 @@ class Fit:
         self.validation = ""  # in words: held out, a separate set, or cross-validation
         self.validation_method = {}  # the same as data: {"kind": "holdout" | "separate" | "cv", ...}
         self.preprocess, self.size, self.channels_last, self.trains_on_images = {}, 0, False, False
+        self.feature_kind = "last"  # what the head reads: "last" or "multi-layer" (tl_core.multilayer)
         self.pixels = self.features = self.source = None  # batch sources: images, frozen features, the phase's own
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
 
@@ -126,7 +127,9 @@ class Fit:
         torch.manual_seed(cfg.seed)
         self.data = load_run_data(cfg)
         self._use(self.data)
-        self.model = backbones.create_model(cfg.backbone, len(self.classes), weights=cfg.weights)
+        body = backbones.create_model(cfg.backbone, len(self.classes), weights=cfg.weights)
+        self.feature_kind = _feature_kind(cfg, body)
+        self.model = multilayer.build(body, len(self.classes), self.feature_kind)
         self.preprocess = backbones.data_config(self.model, cfg.image_size)
         self.size = self.preprocess["input_size"][-1]
         pixels = decode_images(self.paths, self.size, self.preprocess["crop_pct"], self.preprocess["interpolation"],
@@ -150,7 +153,8 @@ class Fit:
         self.trains_on_images = self.trainable != {self.head_name} or cfg.augment != "none"
         record_facts(self.run_dir, device=describe(self.device), device_type=self.device.type,
                              precision=str(self.strategy.amp_dtype or torch.float32).replace("torch.", ""),
-                             channels_last=self.channels_last, classes=self.classes, preprocess=self.preprocess)
+                             channels_last=self.channels_last, classes=self.classes, preprocess=self.preprocess,
+                             features=self.feature_kind)
 
     def _use(self, data: RunData) -> None:
         self.classes, self.paths, self.folds = data.classes, data.paths, data.folds
@@ -218,12 +222,39 @@ class Fit:
             train_masks = torch.zeros(1, n, dtype=torch.bool)
             train_masks[0, self.train_idx] = True
             val_sets = [torch.tensor(self.val_idx)]
-        fits = HeadFits(feats, self.labels.cpu(), train_masks, len(self.classes))
         with one_thread():
+            if self.config.features == "auto" and self.feature_kind == "multi-layer":
+                feats = self._choose_features(feats, train_masks, val_sets, epochs)
+            fits = HeadFits(feats, self.labels.cpu(), train_masks, len(self.classes))
             for k in range(epochs):
                 self._probe_epoch(fits, val_sets, l2_at(k))
                 if self.stop_phase:
                     break
+
+    def _choose_features(self, feats: torch.Tensor, train_masks: torch.Tensor, val_sets: list[torch.Tensor],
+                         epochs: int) -> torch.Tensor:
+        """Keep multi-layer features only where they validate better than the last layer's; the features kept."""
+        choice = choose_features(feats, self.model.last_features, self.labels.cpu(), train_masks, val_sets,
+                                 len(self.classes), epochs, self.config.label_smoothing)
+        record_facts(self.run_dir, features=choice["features"], features_choice=choice)
+        self.emit("notice", phase="probe", kind="features", message=choice["words"])
+        if choice["features"] == "last":
+            self._use_last_layer()
+            feats = feats[:, -self.model.num_features:]
+        return feats
+
+    def _use_last_layer(self) -> None:
+        """Drop the multi-layer wrapper: the plain model with a fresh head, its groups and frozen plan."""
+        self.model = self.model.body
+        self.model.reset_classifier(len(self.classes))
+        self.model.to(self.device)
+        self.feature_kind = "last"
+        self.pixels.model = self.model
+        self.features = batches.FeatureSource(self.features.features_all[:, -self.model.num_features:], self.labels)
+        self.groups = layers.layer_groups(self.model)
+        self.trainable = layers.parse_freeze(self.config.freeze, self.groups)
+        self.head_name = self.groups[-1].name
+        self.counts = layers.apply_freeze(self.model, self.groups, self.trainable, self.config.bn_policy)
 
     def _probe_epoch(self, fits: HeadFits, val_sets: list[torch.Tensor], l2: float) -> None:
         t_epoch = time.time()
@@ -231,10 +262,7 @@ class Fit:
         fits.copy_to(self.model.get_classifier())
         with torch.no_grad():
             log_probs = fits.logits().log_softmax(-1)  # fits × images × classes
-            val_log_probs = torch.zeros(len(self.paths), len(self.classes))
-            for f, val in enumerate(val_sets):  # fit f is validated on the images it did not see
-                val_log_probs[val] = log_probs[f, val]
-            val_log_probs = val_log_probs[self.val_idx]
+            val_log_probs = fits.validation_log_probs(val_sets)[self.val_idx]
             kept_train = fits.train_masks[-1]
             train_loss, train_acc = _loss_acc(log_probs[-1][kept_train], fits.y[kept_train], log_probs=True)
             val_loss, val_acc = _loss_acc(val_log_probs, fits.y[self.val_idx], log_probs=True)
@@ -247,7 +275,8 @@ class Fit:
                   images_per_s=len(self.train_idx) / max(time.time() - t_epoch, 1e-9))
 
     def _frozen_features(self) -> batches.FeatureSource:
-        key = batches.feature_key(self.config.backbone, self.config.weights, self.preprocess, self.paths)
+        key = batches.feature_key(self.config.backbone, self.config.weights,
+                                  {**self.preprocess, "features": self.feature_kind}, self.paths)
         return batches.feature_source(
             self.pixels, workspace_root() / "cache" / "features" / f"{key}.npy", self.config.batch_size,
             on_batch=lambda b, done, total: self.emit("batch_end", phase="features", epoch=0, batch=b,
@@ -385,6 +414,15 @@ class Fit:
     def _evaluate(self, idx: list[int]) -> tuple[float, float]:
         probs = self.predict_probs(idx)
         return _loss_acc(probs.clamp_min(1e-12).log(), self.labels[idx], log_probs=True)
+
+
+def _feature_kind(config: RunConfig, body: torch.nn.Module) -> str:
+    """What the head reads. "auto": multi-layer features for a head-only run (the probe then keeps them only
+    where they validate better); a run that trains layers reads the last layer, whose frozen prefix is cached."""
+    if config.features != "auto":
+        return config.features
+    head_only = config.freeze == "head" and config.augment == "none"
+    return "multi-layer" if head_only and multilayer.supports(body) else "last"
 
 
 def _loss_acc(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) -> tuple[float, float]:

@@ -50,7 +50,15 @@ def _load_predict():
         import timm
         from safetensors.torch import load_model
 
-        model = timm.create_model(PRE["backbone"], pretrained=False, num_classes=len(CLASSES))
+        if PRE.get("features", "last") == "last":
+            model = timm.create_model(PRE["backbone"], pretrained=False, num_classes=len(CLASSES))
+        else:  # a head on every stage's pooled outputs: its forward is tl_core.multilayer's
+            try:
+                from tl_core.predict import model_for
+            except ImportError:
+                sys.exit("this model's head reads every stage (multi-layer features): load it with tl_core, "
+                         "or use the ONNX or TorchScript bundle, which need no Python code of ours")
+            model = model_for(PRE, len(CLASSES))
         load_model(model, str(HERE / "model.safetensors"))
         model.eval()
 
