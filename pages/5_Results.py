@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from tl_core import compare, evaluate, plots, runs
+from tl_core import advice, compare, evaluate, plots, runs
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48
@@ -98,6 +98,11 @@ if metrics:
     started_from = f" Started from {common.literal(common.weights_label(weights))} weights." if weights else ""
     st.caption(f"Trained on {common.literal(metrics.get('device', 'unknown device'))}{trained}. "
                f"{common.validation_words(metrics)}{started_from}")
+    record = runs.read_config_record(run_dir)
+    if choice := record.get("features_choice"):
+        st.caption(common.literal(choice["words"][:1].upper() + choice["words"][1:] + "."))
+    for step in advice.next_steps(metrics, events, record):
+        st.warning(common.literal(step), icon=":material/lightbulb:")
 
     try:
         predictions = evaluate.read_predictions(run_dir)

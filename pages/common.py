@@ -49,6 +49,7 @@ DEFAULTS = {
     "freeze_preset": "head",
     "freeze_top_n": 1,
     "bn_policy": RUN_DEFAULTS["bn_policy"],
+    "features": RUN_DEFAULTS["features"],
     "bn_keep_eval": True,
     "epochs": RUN_DEFAULTS["epochs"],
     "lr": recommended_lr(RUN_DEFAULTS["freeze"]),
