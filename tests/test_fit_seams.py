@@ -79,3 +79,23 @@ def test_the_loop_refuses_unknown_events(small_sample):
     fit = train.Fit(_config(small_sample), create_run(_config(small_sample)), callbacks=[])
     with pytest.raises(ValueError, match="unknown event"):
         fit.emit("after_everything")
+
+
+def test_a_later_phase_must_beat_the_kept_weights_by_more_than_the_noise():
+    import types
+
+    from tl_core.callbacks import BestCheckpoint
+
+    model = torch.nn.Linear(3, 2)
+    fit = types.SimpleNamespace(model=model, val_idx=list(range(100)), best=None, emit=lambda *a, **k: None)
+    best = BestCheckpoint()
+
+    def epoch(n, phase, acc):
+        best.on_epoch_end({"epoch": n, "phase": phase, "val_acc": acc, "val_loss": 1 - acc}, fit)
+        return fit.best["epoch"]
+
+    assert epoch(1, "probe", 0.78) == 1 and epoch(2, "probe", 0.80) == 2  # within a phase, any gain counts
+    assert epoch(3, "finetune", 0.82) == 2  # +2 points on 100 images: inside one standard error (4 points)
+    assert epoch(4, "finetune", 0.85) == 4  # +5 points: clear
+    assert epoch(5, "finetune", 0.86) == 5
+    assert fit.best["by_phase"]["finetune"]["epoch"] == 5 and fit.best["by_phase"]["probe"]["epoch"] == 2

@@ -60,9 +60,14 @@ def kept_weights(fit) -> dict:
     if from_probe and fit.trainable != {fit.head_name}:
         if tuned:
             probe = best["by_phase"]["probe"]
-            kept["reason"] = (f"fine-tuning never beat the probe on validation (its best: {tuned['val_acc']:.1%} at "
-                              f"epoch {tuned['epoch']}, against {probe['val_acc']:.1%}), so the model kept is the "
-                              f"probe's: only the head learnt")
+            if tuned["val_acc"] > probe["val_acc"]:
+                kept["reason"] = (f"fine-tuning's best ({tuned['val_acc']:.1%} at epoch {tuned['epoch']}) beat the "
+                                  f"probe's {probe['val_acc']:.1%} by less than the noise of {len(fit.val_idx)} "
+                                  f"validation images, so the model kept is the probe's: only the head learnt")
+            else:
+                kept["reason"] = (f"fine-tuning never beat the probe on validation (its best: {tuned['val_acc']:.1%} "
+                                  f"at epoch {tuned['epoch']}, against {probe['val_acc']:.1%}), so the model kept is "
+                                  f"the probe's: only the head learnt")
         else:
             kept["reason"] = ("fine-tuning ended before its first epoch, so the model kept is the probe's: "
                               "only the head learnt")
