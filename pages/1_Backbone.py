@@ -24,7 +24,7 @@ def choose_backbone(name: str) -> None:
     offline = name == backbones.EMBEDDED_MODEL
     state.weights = "embedded" if offline else "hub"
     state.weights_source = "embedded" if offline else "hub"
-    state.freeze = state.freeze_preset = "head"  # layer groups differ between backbones
+    state.freeze = state.freeze_preset = "auto"  # layer groups differ between backbones
 
 
 def on_catalogue_select() -> None:

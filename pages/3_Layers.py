@@ -2,9 +2,10 @@
 import streamlit as st
 
 from pages import common
-from tl_core import layers, plan_cost, runs
+from tl_core import layers, plan_cost, plots, runs
 
 PRESETS = {
+    "auto": "Auto: measured on your images, within a time budget (recommended)",
     "head": "Feature extraction: only the new head learns (fastest; best with few images)",
     "top": "Fine-tune the top layer groups and the head",
     "all": "Full fine-tune: every layer learns (needs more images and time)",
@@ -36,7 +37,7 @@ toggle_key = {group.name: f"learns::{state.backbone}::{group.name}" for group in
 def freeze_spec_from_preset() -> str:
     if state.freeze_preset == "top":
         return f"top-{min(state.freeze_top_n, len(body))}"
-    return state.freeze_preset if state.freeze_preset in ("head", "all") else state.freeze
+    return state.freeze_preset if state.freeze_preset in ("auto", "head", "all") else state.freeze
 
 
 def freeze_spec_from_switches() -> str:
@@ -59,9 +60,10 @@ def seconds_per_image(backbone: str, image_size: int, trainable: frozenset, bn_p
 
 # ---------------------------------------------------------------- the plan
 try:
-    layers.parse_freeze(state.freeze, groups)
+    if state.freeze != "auto":
+        layers.parse_freeze(state.freeze, groups)
 except ValueError:  # a plan made for another backbone's groups
-    state.freeze, state.freeze_preset = "head", "head"
+    state.freeze, state.freeze_preset = "auto", "auto"
 if state.freeze_top_n > len(body):
     state.freeze_top_n = max(1, len(body))
 
@@ -70,7 +72,20 @@ if state.freeze_preset == "top":
     st.slider("Layer groups below the head that learn", 1, max(len(body), 1), key="freeze_top_n")
 if state.freeze_preset != "custom":
     state.freeze = freeze_spec_from_preset()
-trainable = layers.parse_freeze(state.freeze, groups)
+# Auto: the switches show what surely learns (the head); the run measures whether more should.
+trainable = layers.parse_freeze("head" if state.freeze == "auto" else state.freeze, groups)
+if state.freeze == "auto":
+    st.slider("Time budget, as a multiple of feature extraction's time", 1.0, 20.0, key="auto_budget", step=0.5,
+              help="The Auto plan always measures feature extraction (last-layer and multi-layer features). "
+                   "Fine-tuning candidates (top 1, 2, 4 groups, then all) are measured while their estimated time "
+                   "fits this budget; the plan kept is the simplest one that no other beats by more than the noise.")
+    measured = common.plan_measurement()
+    if measured:
+        st.plotly_chart(plots.plan_figure(measured), key="plan_chart")
+        st.caption(common.literal(f"From the Auto run {common.run_label(measured['run'])}: {measured['words']}."))
+    else:
+        st.caption("Train once with Auto: the measurement of which layers should learn appears here, "
+                   "from your own images.")
 for group in groups:  # the switches show the plan; flipping one makes the plan custom
     state[toggle_key[group.name]] = group.name in trainable
 

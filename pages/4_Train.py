@@ -49,7 +49,7 @@ def start_run() -> None:
             dataset_dir=state.dataset_dir,
             val_dataset_dir=state.val_dataset_dir if state.val_source == "separate" else None,
             backbone=state.backbone, weights=state.weights, freeze=state.freeze, bn_policy=state.bn_policy,
-            features=state.features,
+            features=state.features, auto_budget=state.auto_budget,
             epochs=int(state.epochs), batch_size=int(state.batch_size), lr=float(state.lr), augment=state.augment,
             image_size=None if state.image_size == default_size else int(state.image_size),
             early_stopping=int(state.early_stopping), val_fraction=float(state.val_fraction),

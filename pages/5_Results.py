@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from tl_core import advice, compare, evaluate, plots, runs
+from tl_core import advice, auto_plan, compare, evaluate, plots, runs
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48
@@ -101,6 +101,11 @@ if metrics:
     record = runs.read_config_record(run_dir)
     if choice := record.get("features_choice"):
         st.caption(common.literal(choice["words"][:1].upper() + choice["words"][1:] + "."))
+    if measured := auto_plan.read_measurement(run_dir):
+        with st.expander(f"Auto plan: {measured['words'][:80]}…" if len(measured["words"]) > 80
+                         else f"Auto plan: {measured['words']}"):
+            st.plotly_chart(plots.plan_figure(measured), key="results_plan_chart")
+            st.text(measured["words"])
     for step in advice.next_steps(metrics, events, record):
         st.warning(common.literal(step), icon=":material/lightbulb:")
 

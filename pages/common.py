@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, devices, jobs, plots, runs
+from tl_core import auto_plan, backbones, devices, jobs, plots, runs
 from tl_core.config import ConfigError, defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
@@ -46,7 +46,8 @@ DEFAULTS = {
     "val_source": "split",
     "val_fraction": RUN_DEFAULTS["val_fraction"],
     "freeze": RUN_DEFAULTS["freeze"],
-    "freeze_preset": "head",
+    "freeze_preset": RUN_DEFAULTS["freeze"] if RUN_DEFAULTS["freeze"] in ("auto", "head", "all") else "custom",
+    "auto_budget": RUN_DEFAULTS["auto_budget"],
     "freeze_top_n": 1,
     "bn_policy": RUN_DEFAULTS["bn_policy"],
     "features": RUN_DEFAULTS["features"],
@@ -182,6 +183,14 @@ def backbone_input_size(backbone: str) -> tuple[int, bool]:
     model = structure_model(backbone)
     size = backbones.data_config(model)["input_size"][-1]
     return size, bool((getattr(model, "pretrained_cfg", {}) or {}).get("fixed_input_size", False))
+
+
+def plan_measurement() -> dict | None:
+    """The newest Auto plan measurement for the session's dataset and backbone (auto_plan.latest_measurement)."""
+    state = st.session_state
+    if not state.dataset_dir:
+        return None
+    return auto_plan.latest_measurement(state.dataset_dir, state.backbone)
 
 
 def sync_lr() -> None:

@@ -198,7 +198,8 @@ def test_images_per_class_and_webcam_pictures_make_datasets():
 def test_layer_switches_change_the_trainable_parameter_total():
     at = open_page("pages/3_Layers.py", image_size=64, image_size_backbone=EMBEDDED)
     head_only = metric_values(at)["Trainable parameters"]
-    assert at.session_state["freeze"] == "head"
+    assert at.session_state["freeze"] == "auto"  # the default plan: measured on the images when trained
+    assert any(slider.key == "auto_budget" for slider in at.slider)
     at.toggle(key=f"learns::{EMBEDDED}::blocks.6").set_value(True).run()
     assert not at.exception
     with_top_block = metric_values(at)["Trainable parameters"]

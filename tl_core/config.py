@@ -22,7 +22,7 @@ def recommended_lr(freeze: str) -> float:
     smaller steps, the more of them train the smaller: measured on Fashion-MNIST (20 a class, mean of 3
     draws; bench/RESULTS.md), see LR_BY_PLAN.
     """
-    if freeze == "head":
+    if freeze in ("head", "auto"):  # auto: the plan kept sets its own rate
         return LR_BY_PLAN["head"]
     return LR_BY_PLAN["all"] if freeze == "all" else LR_BY_PLAN["partial"]
 
@@ -50,6 +50,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """One run. `freeze` says which layer groups train:
 
+    - "auto": the plan is measured on the images first (tl_core/auto_plan.py), then trained;
     - "head": feature extraction, only the new classifier trains;
     - "top-N": the head and the N layer groups below it train;
     - "all": full fine-tune, every group trains;
@@ -60,7 +61,10 @@ class RunConfig:
     val_dataset_dir: str | None = None
     backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name; (tf_)efficientnet_lite0 works offline")
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors (the CLI picks by backbone)
-    freeze: str = _setting("head", str, "head | top-N | all | GROUP,GROUP: the layer groups that train")
+    freeze: str = _setting("auto", str, "auto | head | top-N | all | GROUP,GROUP: the layer groups that train "
+                           "(auto: measured on your images within --auto-budget)")
+    auto_budget: float = _setting(3.0, float, "the Auto plan's time, as a multiple of feature extraction's: "
+                                  "fine-tuning candidates that would not fit are not measured")
     features: str = _setting("auto", str, "what the head reads: last (the backbone's pooled output), multi-layer "
                              "(every stage pooled), auto (cross-validation picks, for head-only runs)",
                              ("auto", *FEATURES))
@@ -103,6 +107,7 @@ class RunConfig:
         need(self.features in ("auto", *FEATURES),
              f"features: {self.features!r} is not one of auto, {', '.join(FEATURES)}")
         need(self.bn_policy in BN_POLICIES, f"bn_policy: {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
+        need(1 <= self.auto_budget <= 100, f"auto_budget: {self.auto_budget} is outside 1..100")
         need(1 <= self.epochs <= 1000, f"epochs: {self.epochs} is outside 1..1000")
         need(1 <= self.batch_size <= 4096, f"batch_size: {self.batch_size} is outside 1..4096")
         need(0 < self.lr <= 1, f"lr: {self.lr} is outside (0, 1]")

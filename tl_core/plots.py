@@ -121,3 +121,24 @@ def reliability_figure(table: list[dict]) -> go.Figure:
                       yaxis_title="accuracy", xaxis=dict(tickformat=".0%", range=[0, 1]),
                       yaxis=dict(tickformat=".0%", range=[0, 1.02]), **_LAYOUT)
     return fig
+
+
+def plan_figure(plan: dict) -> go.Figure:
+    """The Auto plan's measurement: estimated accuracy against how many layer groups learn (0: the head only).
+    Each candidate is the last-layer probe's accuracy plus its measured gain; skipped ones are not drawn."""
+    base = plan.get("last_layer_acc") or 0.0
+    fig = go.Figure()
+    rows = [r for r in plan.get("rows", []) if not r.get("skipped") and _number(r.get("gain"))]
+    chosen = (plan.get("chosen") or {}).get("plan")
+    labels = [("head, multi-layer" if r.get("features") == "multi-layer" else "head") if r["plan"] == "head"
+              else r["plan"] for r in rows]
+    fig.add_scatter(x=[r["groups"] for r in rows], y=[base + r["gain"] for r in rows], mode="markers+text",
+                    text=labels, textposition="top center", name="measured",
+                    error_y=dict(type="data", array=[r.get("gain_se") or 0 for r in rows], visible=True),
+                    marker=dict(size=[16 if r["plan"] == chosen else 9 for r in rows],
+                                symbol=["star" if r["plan"] == chosen else "circle" for r in rows]))
+    if rows:
+        fig.add_hline(y=base, line_dash="dot", annotation_text="last-layer probe", line_color="gray")
+    fig.update_layout(title="Which layers should learn? Measured on your images", xaxis_title="layer groups that learn",
+                      yaxis=dict(title="estimated accuracy", tickformat=".0%"), showlegend=False, **_LAYOUT)
+    return fig

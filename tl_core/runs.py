@@ -42,6 +42,8 @@ class RunFolder:
     preprocess = property(lambda self: self.path / "preprocess.json", doc="architecture and input geometry")
     lock = property(lambda self: self.path / "worker.lock", doc="held by the one process training the run")
     stop = property(lambda self: self.path / "STOP", doc="made to cancel; the worker stops within a batch")
+    plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
+    candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
 
 
 LOCK_FILE = RunFolder(".").lock.name

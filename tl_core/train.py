@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backbones, batches, layers, multilayer, optim
+from . import auto_plan, backbones, batches, layers, multilayer, optim
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
@@ -66,14 +66,20 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
             log = EventLog(RunFolder(run_dir).events)
             config = read_config(run_dir)
+            if config.freeze == "auto":  # measure the candidate plans first; the run trains the one kept
+                config = auto_plan.resolve(config, run_dir, lambda message: log(
+                    "notice", {"phase": "plan", "message": message}, None))
             fit = Fit(config, run_dir, [log, StopFile(run_dir),
                                         DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
                                         NanGuard(), BestCheckpoint(),
                                         EarlyStopping(config.early_stopping), *(extra_callbacks or [])], task)
             metrics = fit.run()
         except CancelFit as stop:
-            fit.emit("cancelled", reason=str(stop))
-            fit.save()
+            if fit is None:  # stopped while the Auto plan measured its candidates
+                log("cancelled", {"reason": str(stop)}, None)
+            else:
+                fit.emit("cancelled", reason=str(stop))
+                fit.save()
             write_status(run_dir, state="cancelled", ended=time.time())
             return {}
         except Exception as error:  # the worker's last word: status.json says what went wrong

@@ -1,0 +1,71 @@
+"""The Auto plan: candidates measured on the user's images, the simplest kept unless another wins clearly."""
+import json
+
+import pytest
+
+from tl_core import auto_plan
+from tl_core.config import RunConfig
+from tl_core.datasets import ingest_folder
+from tl_core.runs import RunFolder, create_run, read_metrics
+from tl_core import plots, train
+
+
+def _head(gain=0.0, features="last"):
+    return {"plan": "head", "groups": 0, "gain": gain, "gain_se": 0.02, "features": features}
+
+
+def _tuned(plan, gain, se=0.03):
+    return {"plan": plan, "groups": int(plan[4:]) if plan.startswith("top-") else 8, "gain": gain, "gain_se": se}
+
+
+def test_a_fine_tune_that_gains_clearly_is_kept():
+    chosen, words = auto_plan._choose([_head(), _tuned("top-1", 0.01), _tuned("top-2", 0.08)])
+    assert chosen["plan"] == "top-2" and "kept fine-tuning top-2" in words and "top-2 +8.0" in words
+
+
+def test_gains_within_the_noise_keep_the_simplest_plan():
+    chosen, words = auto_plan._choose([_head(), _tuned("top-1", 0.02), _tuned("top-2", 0.025)])
+    assert chosen["plan"] == "head" and words.startswith("kept feature extraction")
+
+
+def test_multi_layer_features_raise_the_bar_for_fine_tuning():
+    rows = [_head(gain=0.05, features="multi-layer"), _tuned("top-2", 0.06), _tuned("all", 0.12, se=0.03)]
+    chosen, _ = auto_plan._choose(rows)
+    assert chosen["plan"] == "all"  # +12 beats multi-layer's +5 by more than the noise; top-2's +6 does not
+    chosen, words = auto_plan._choose(rows[:2])
+    assert chosen["plan"] == "head" and "multi-layer features gained +5.0 points" in words
+
+
+def test_skipped_candidates_are_said_and_never_chosen():
+    skipped = {"plan": "all", "groups": 8, "skipped": True, "estimate_s": 500.0, "why": "beyond"}
+    chosen, words = auto_plan._choose([_head(), skipped])
+    assert chosen["plan"] == "head" and "beyond the time budget: all" in words
+
+
+def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(small_sample, tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
+    dataset = ingest_folder(small_sample)
+    config = RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none", image_size=64,
+                       epochs=3, auto_budget=100)  # a budget that lets every candidate run on the tiny model
+    assert config.freeze == "auto"
+    run_dir = create_run(config)
+    metrics = train.run(run_dir)
+    plan = json.loads(RunFolder(run_dir).plan.read_text())
+    plans = [row["plan"] for row in plan["rows"]]
+    assert plans[0] == "head" and "top-1" in plans and plans[-1] == "all"
+    for row in plan["rows"]:
+        if not row.get("skipped"):
+            candidate = RunFolder(run_dir).candidates / row["plan"]
+            assert read_metrics(candidate)["val_acc"] == pytest.approx(row["val_acc"])
+            assert (candidate / "model.safetensors").is_file()
+    measured = [r for r in plan["rows"] if not r.get("skipped")]
+    assert len(measured) >= 2 and all("gain" in r for r in measured)
+    assert plan["chosen"]["plan"] in plans and metrics["kept"]["plan"] in (plan["chosen"]["plan"], "head")
+    notices = [json.loads(line) for line in RunFolder(run_dir).events.read_text().splitlines()]
+    assert any(e.get("phase") == "plan" and e["message"].startswith("Auto plan: kept") for e in notices)
+    figure = plots.plan_figure(plan)
+    assert list(figure.data[0].x) == [r["groups"] for r in measured]
+    assert list(figure.data[0].marker.symbol).count("star") == 1
+    found = auto_plan.latest_measurement(str(dataset.root), "test_efficientnet")
+    assert found["run"] == str(run_dir) and found["chosen"] == plan["chosen"]
+    assert auto_plan.latest_measurement(str(dataset.root), "resnet18") is None
