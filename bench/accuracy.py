@@ -5,7 +5,8 @@ Data sets (real images, installable here):
   training images drawn per draw from the training split, 50 test images a class from the test split.
 - digits: scikit-learn's bundled UCI handwritten digits (8 × 8 grayscale scans, 1,797 images, CC BY 4.0):
   further still from ImageNet; each draw takes its training images, 50 a class of the rest are the test set.
-Recipes: auto (the default: the probe picks last-layer or multi-layer features by cross-validation),
+Recipes: auto (the default Auto plan: candidates measured within 3x feature extraction's time),
+head-auto (feature extraction; the probe picks last-layer or multi-layer features by cross-validation),
 last (probe on last-layer features: the previous default), top-2+light (probe, then fine-tune the top
 two groups with light augmentation, 8 epochs), and plain_full (the plain timm loop a user writes,
 full fine-tune, 5 epochs; same weights, tf_efficientnet_lite0). fastai is not installed here.
@@ -38,7 +39,8 @@ from tl_core.runs import create_run, read_config_record  # noqa: E402
 from tl_core.sample_data import read_fashion_mnist  # noqa: E402
 
 RECIPES = {
-    "auto": dict(freeze="head"),
+    "auto": dict(),  # the default: the Auto plan (freeze="auto", features="auto")
+    "head-auto": dict(freeze="head"),  # feature extraction, the probe choosing last- or multi-layer features
     "last": dict(freeze="head", features="last"),
     "multi": dict(freeze="head", features="multi-layer"),
     "top-2+light": dict(freeze="top-2", epochs=8, augment="light"),
