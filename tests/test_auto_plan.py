@@ -69,3 +69,10 @@ def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(small_samp
     found = auto_plan.latest_measurement(str(dataset.root), "test_efficientnet")
     assert found["run"] == str(run_dir) and found["chosen"] == plan["chosen"]
     assert auto_plan.latest_measurement(str(dataset.root), "resnet18") is None
+
+
+def test_progress_says_what_the_auto_plan_measures():
+    from tl_core.runs import progress
+
+    events = [{"event": "notice", "phase": "plan", "message": "Auto plan: measuring fine-tuning with top-1"}]
+    assert progress(events, {"state": "running"}) == (0.0, "Auto plan: measuring fine-tuning with top-1")

@@ -421,6 +421,9 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
     """(fraction done, text with epoch, ETA and speed) of a run, from its events so far."""
     fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
     if fit_start is None:
+        planning = [e for e in events if e["event"] == "notice" and e.get("phase") == "plan"]
+        if planning and status.get("state") == "running":  # the Auto plan measures its candidates first
+            return 0.0, str(planning[-1].get("message", ""))
         return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
     total = max(_number(fit_start.get("epochs"), 1), 1)
     epoch_ends = [e for e in events if e["event"] == "epoch_end" and _number(e.get("epoch")) is not None]
