@@ -9,7 +9,9 @@ Recipes: auto (the default Auto plan: candidates measured within 3x feature extr
 head-auto (feature extraction; the probe picks last-layer or multi-layer features by cross-validation),
 last (probe on last-layer features: the previous default), top-2+light (probe, then fine-tune the top
 two groups with light augmentation, 8 epochs), and plain_full (the plain timm loop a user writes,
-full fine-tune, 5 epochs; same weights, tf_efficientnet_lite0). fastai is not installed here.
+full fine-tune, 5 epochs; same weights, tf_efficientnet_lite0), and fastai (`fine_tune(6, freeze_epochs=2)`
+on the same model and weights, its default augmentation; `pip install fastai` first: fastai is no
+dependency of the app).
 
     python bench/accuracy.py --data fashion --shots 5,20,100 --draws 5 --recipes auto,last
 """
@@ -94,8 +96,38 @@ def _write(images, labels, classes, dest: Path) -> None:
     tmp.rename(dest)
 
 
+def run_fastai(train_dir: Path, test_dir: Path, draw: int) -> dict:
+    """fastai's fine_tune on the embedded Lite0: the timm model with its own head, split body | head."""
+    from fastai.vision.all import (CrossEntropyLossFlat, ImageDataLoaders, Learner, Normalize, Resize, accuracy,
+                                   aug_transforms, get_image_files, params, set_seed)
+
+    from tl_core import backbones
+
+    set_seed(draw)
+    start = time.perf_counter()
+    model = backbones.create_model("tf_efficientnet_lite0", 10, weights="embedded")
+    config = backbones.data_config(model)
+    dls = ImageDataLoaders.from_folder(train_dir, valid_pct=0.2, seed=draw, item_tfms=Resize(224), bs=32,
+                                       num_workers=0, batch_tfms=[*aug_transforms(),
+                                                                  Normalize.from_stats(config["mean"], config["std"])])
+    head = model.get_classifier()
+    body_params = [p for p in model.parameters() if all(p is not q for q in head.parameters())]
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                    splitter=lambda m: [body_params, params(head)])
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(6, freeze_epochs=2)
+    wall = time.perf_counter() - start
+    files = get_image_files(test_dir)
+    probs, _ = learn.get_preds(dl=dls.test_dl(files))
+    truth = [dls.vocab.o2i[f.parent.name] for f in files]
+    correct = sum(int(p.argmax()) == t for p, t in zip(probs, truth))
+    return {"test_acc": correct / len(files), "wall_s": wall}
+
+
 def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int) -> dict:
     start = time.perf_counter()
+    if recipe == "fastai":
+        return run_fastai(train_dir, test_dir, draw)
     if recipe == "plain_full":
         result = run_plain_loop(False, train_dir, test_dir, "cpu")
         return {"test_acc": result["test_acc"], "wall_s": result["wall_s"]}
