@@ -37,9 +37,10 @@ def test_multi_layer_features_raise_the_bar_for_fine_tuning():
 
 
 def test_skipped_candidates_are_said_and_never_chosen():
-    skipped = {"plan": "all", "groups": 8, "skipped": True, "estimate_s": 500.0, "why": "beyond"}
+    skipped = {"plan": "all", "groups": 8, "skipped": True, "estimate_s": 500.0,
+               "why": "about 500 s, beyond what is left of the budget"}
     chosen, words = auto_plan._choose([_head(), skipped])
-    assert chosen["plan"] == "head" and "beyond the time budget: all" in words
+    assert chosen["plan"] == "head" and "not measured (beyond the time budget): all" in words
 
 
 def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(small_sample, tmp_path, monkeypatch):

@@ -26,6 +26,8 @@ from .storage import atomic_write_json
 
 FINETUNE_TOPS = (1, 2, 4)  # then "all"
 FINETUNE_EPOCHS = 5
+# Fewer held-out images than this and a fine-tune's gain is noise (one image is 10 points or more).
+MIN_HELD_OUT = 10
 
 
 def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
@@ -46,8 +48,14 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     n_train = head["n_images"] - round(head["n_images"] * config.val_fraction)
     size = head["image_size"]
     plans = [f"top-{k}" for k in FINETUNE_TOPS if k < len(groups) - 1] + ["all"]
+    n_val = head["n_images"] - n_train
+    too_few = head["smallest_class"] < 2 or n_val < MIN_HELD_OUT
     for plan in plans:
         trainable = layers.parse_freeze(plan, groups)
+        if too_few:
+            rows.append({"plan": plan, "groups": len(trainable) - 1, "skipped": True,
+                         "why": f"too few images to measure a fine-tune: {n_val} would be held out"})
+            continue
         forward_s, train_s = plan_cost.seconds_per_image(model, size, trainable, config.bn_policy)
         estimate = head["seconds"] * 0.5 + FINETUNE_EPOCHS * plan_cost.epoch_seconds(
             forward_s, train_s, False, n_train, head["n_images"] - n_train)
@@ -94,7 +102,8 @@ def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: fl
     metrics = fit.run()
     facts = read_config_record(candidate_dir)
     row = {"plan": config.freeze, "groups": len(fit.trainable) - 1, "seconds": time.time() - start,
-           "n_images": len(fit.paths), "n_val": len(fit.val_idx), "image_size": fit.size, "classes": fit.classes,
+           "n_images": len(fit.paths), "n_val": len(fit.val_idx),
+           "smallest_class": min(fit.labels.bincount(minlength=len(fit.classes)).tolist()), "image_size": fit.size, "classes": fit.classes,
            "val_acc": metrics["val_acc"], "validation": metrics["validation"], "cut_by_budget": stop.cut}
     if config.freeze == "head":
         choice = facts.get("features_choice")
@@ -126,6 +135,7 @@ def _choose(rows: list[dict]) -> tuple[dict, str]:
             "feature extraction" if chosen["plan"] == "head" else f"fine-tuning {chosen['plan']}")
     tried = [r for r in measured if r["plan"] != "head"]
     skipped = [r["plan"] for r in rows if r.get("skipped")]
+    reasons = sorted({"beyond the time budget" if "budget" in r["why"] else r["why"] for r in rows if r.get("skipped")})
     parts = [f"kept {what}"]
     if tried:
         gains = ", ".join(f"{r['plan']} {100 * r['gain']:+.1f}" for r in tried)
@@ -134,7 +144,7 @@ def _choose(rows: list[dict]) -> tuple[dict, str]:
     if head.get("features") == "multi-layer":
         parts.append(f"multi-layer features gained {100 * head['gain']:+.1f} points by cross-validation")
     if skipped:
-        parts.append(f"not measured, beyond the time budget: {', '.join(skipped)}")
+        parts.append(f"not measured ({'; '.join(reasons)}): {', '.join(skipped)}")
     return chosen, "; ".join(parts)
 
 

@@ -223,11 +223,11 @@ class Fit:
             train_masks = torch.ones(len(self.folds) + 1, n, dtype=torch.bool)
             for f, fold in enumerate(self.folds):
                 train_masks[f, fold] = False
-            val_sets = [torch.tensor(fold) for fold in self.folds]
+            val_sets = [torch.tensor(fold, dtype=torch.long) for fold in self.folds]
         else:
             train_masks = torch.zeros(1, n, dtype=torch.bool)
             train_masks[0, self.train_idx] = True
-            val_sets = [torch.tensor(self.val_idx)]
+            val_sets = [torch.tensor(self.val_idx, dtype=torch.long)]
         with one_thread():
             if self.config.features == "auto" and self.feature_kind == "multi-layer":
                 feats = self._choose_features(feats, train_masks, val_sets, epochs)
