@@ -43,9 +43,9 @@ def test_skipped_candidates_are_said_and_never_chosen():
     assert chosen["plan"] == "head" and "not measured (beyond the time budget): all" in words
 
 
-def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(small_sample, tmp_path, monkeypatch):
+def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
-    dataset = ingest_folder(small_sample)
+    dataset = ingest_folder(sample_dir)
     config = RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none", image_size=64,
                        epochs=3, auto_budget=100)  # a budget that lets every candidate run on the tiny model
     assert config.freeze == "auto"
@@ -77,3 +77,15 @@ def test_progress_says_what_the_auto_plan_measures():
 
     events = [{"event": "notice", "phase": "plan", "message": "Auto plan: measuring fine-tuning with top-1"}]
     assert progress(events, {"state": "running"}) == (0.0, "Auto plan: measuring fine-tuning with top-1")
+
+
+def test_too_few_images_to_validate_a_fine_tune_measure_only_feature_extraction(small_sample, tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
+    dataset = ingest_folder(small_sample)  # 32 images: 6 would be held out
+    run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none",
+                                   image_size=64, epochs=2, auto_budget=100))
+    metrics = train.run(run_dir)
+    plan = json.loads(RunFolder(run_dir).plan.read_text())
+    assert [r["plan"] for r in plan["rows"] if not r.get("skipped")] == ["head"]
+    assert "too few images to measure a fine-tune: 6 would be held out" in plan["words"]
+    assert metrics["kept"]["plan"] == "head"
