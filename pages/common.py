@@ -326,6 +326,10 @@ def validation_words(metrics: dict) -> str:
     how = metrics.get("validation") or "held out"
     n_train, n_val = metrics.get("n_train"), metrics.get("n_val")
     kind = runs.validation_kind(metrics)
+    if kind == "none":
+        return (f"Not validated: {how}. Add a second image to each class to measure how well it generalises.")
+    if kind == "cv" and (metrics.get("validation_method") or {}).get("leave_one_out"):
+        return f"Validated by {how}: {n_val} images scored, each by a head fitted without it."
     if kind == "cv":
         return (f"Validated by {how}: each of the {n_val} images was scored by a head fitted without it, "
                 f"and the head kept was then fitted on all of them.")

@@ -82,7 +82,10 @@ def _train(args) -> int:
         return 1
     state = read_status(run_dir).get("state")
     if metrics:
-        print(f"{state}: validation accuracy {metrics['val_acc']:.1%} in {metrics['wall_s']:.1f} s")
+        if metrics.get("validation_method", {}).get("kind") == "none":
+            print(f"{state} in {metrics['wall_s']:.1f} s, not validated: {metrics['validation']}")
+        else:
+            print(f"{state}: validation accuracy {metrics['val_acc']:.1%} in {metrics['wall_s']:.1f} s")
     else:
         print(state)
     print(run_dir)

@@ -12,6 +12,7 @@ BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layer
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
 FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
+HEADS = ("logistic", "prototype")  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
 _FREEZE_RE = re.compile(r"^(head|all|top-\d+|[\w.\-]+(,[\w.\-]+)*)$")
 
 
@@ -68,6 +69,8 @@ class RunConfig:
     features: str = _setting("auto", str, "what the head reads: last (the backbone's pooled output), multi-layer "
                              "(every stage pooled), auto (cross-validation picks, for head-only runs)",
                              ("auto", *FEATURES))
+    head: str = _setting("auto", str, "the probe's head: logistic (regression), prototype (nearest class mean, "
+                         "from one image a class), auto (prototypes for classes of 5 images or fewer)", ("auto", *HEADS))
     bn_policy: str = _setting("eval", str, "eval: every BatchNorm keeps its pretrained statistics (safe on small "
                               "data); frozen_eval: trained layers use batch statistics; train: all do", BN_POLICIES)
     epochs: int = _setting(10, int, "passes over the training images (after the probe when layers train)")
@@ -106,6 +109,7 @@ class RunConfig:
              f"freeze: {self.freeze!r} is not one of head, all, top-N or a comma-separated list of group names")
         need(self.features in ("auto", *FEATURES),
              f"features: {self.features!r} is not one of auto, {', '.join(FEATURES)}")
+        need(self.head in ("auto", *HEADS), f"head: {self.head!r} is not one of auto, {', '.join(HEADS)}")
         need(self.bn_policy in BN_POLICIES, f"bn_policy: {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         need(1 <= self.auto_budget <= 100, f"auto_budget: {self.auto_budget} is outside 1..100")
         need(1 <= self.epochs <= 1000, f"epochs: {self.epochs} is outside 1..1000")

@@ -124,10 +124,10 @@ def l2_at(step: int) -> float:
 
 
 def best_on_path(feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, val_sets: list[torch.Tensor],
-                 num_classes: int, steps: int, label_smoothing: float) -> dict:
+                 num_classes: int, steps: int, label_smoothing: float, fits_class=HeadFits) -> dict:
     """Walk the L2 path on `feats`; the step with the lowest validation loss: {"loss", "acc", "l2", "correct"}
     ("correct": per validation image, in the order of torch.cat(val_sets), for paired comparisons)."""
-    fits = HeadFits(feats, labels, train_masks, num_classes)
+    fits = fits_class(feats, labels, train_masks, num_classes)
     val = torch.cat(val_sets)
     best = None
     for k in range(steps):
@@ -141,7 +141,8 @@ def best_on_path(feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.T
 
 
 def choose_features(feats: torch.Tensor, last_features: int, labels: torch.Tensor, train_masks: torch.Tensor,
-                    val_sets: list[torch.Tensor], num_classes: int, steps: int, label_smoothing: float) -> dict:
+                    val_sets: list[torch.Tensor], num_classes: int, steps: int, label_smoothing: float,
+                    fits_class=HeadFits) -> dict:
     """Last-layer or multi-layer features, by the validation loss of each one's best probe (the same folds).
 
     `feats` are multi-layer features whose last `last_features` columns are the last layer's. Returns
@@ -149,7 +150,7 @@ def choose_features(feats: torch.Tensor, last_features: int, labels: torch.Tenso
     validation accuracy minus last-layer's on the same images, gain_se its paired standard error.
     """
     candidates = {"last": feats[:, -last_features:], "multi-layer": feats}
-    scores = {name: best_on_path(x, labels, train_masks, val_sets, num_classes, steps, label_smoothing)
+    scores = {name: best_on_path(x, labels, train_masks, val_sets, num_classes, steps, label_smoothing, fits_class)
               for name, x in candidates.items()}
     chosen = min(scores, key=lambda name: scores[name]["loss"])
     diff = scores["multi-layer"]["correct"].float() - scores["last"]["correct"].float()

@@ -7,6 +7,7 @@ from .config import RunConfig
 from .datasets import load_dataset, stratified_folds, stratified_split
 
 CV_FOLDS = 5  # head-only runs validate by k-fold cross-validation on the cached features
+LEAVE_ONE_OUT_UP_TO, LEAVE_ONE_OUT_MAX = 5, 100  # few-shot sets: leave-one-out (see with_cross_validation)
 
 
 @dataclass
@@ -41,10 +42,31 @@ def load_run_data(config: RunConfig) -> RunData:
 
 def with_cross_validation(data: RunData, seed: int) -> RunData:
     """Every image both ways: k folds give each image an out-of-fold prediction (head-only runs fit in
-    milliseconds on cached features), and the head kept is fitted on all of them."""
-    # At least 2 folds: a class of one image is then validated by a fit that never saw that class.
-    k = min(CV_FOLDS, max(2, min(data.labels.count(c) for c in set(data.labels))))
+    milliseconds on cached features), and the head kept is fitted on all of them.
+
+    Few-shot sets (a class of LEAVE_ONE_OUT_UP_TO images or fewer, LEAVE_ONE_OUT_MAX images in all) validate
+    by leave-one-out. An image that is the only one of its class cannot be validated (without it the class
+    is unknown): it is left out of the scores, and said so. With one image in every class nothing can be
+    validated: the scores are then on the training images, and the words say that too.
+    """
+    counts = {c: data.labels.count(c) for c in set(data.labels)}
     everything = list(range(len(data.labels)))
+    if min(counts.values()) <= LEAVE_ONE_OUT_UP_TO and len(everything) <= LEAVE_ONE_OUT_MAX:
+        scored = [i for i in everything if counts[data.labels[i]] > 1]
+        alone = len(everything) - len(scored)
+        if not scored:
+            return RunData(data.classes, data.paths, data.labels, everything, everything,
+                           "no validation possible with one image a class: the scores are on the training images",
+                           {"kind": "none", "reason": "one image a class"}, None)
+        words = "leave-one-out (each image scored by a head fitted without it)"
+        if alone:
+            words += f"; {alone} image{'s' if alone > 1 else ''} alone in {'their' if alone > 1 else 'its'} class " \
+                     f"cannot be scored"
+        return RunData(data.classes, data.paths, data.labels, everything, scored, words,
+                       {"kind": "cv", "folds": len(everything), "leave_one_out": True, "unscored": alone},
+                       [[i] for i in everything])
+    # At least 2 folds: a class of one image is then validated by a fit that never saw that class.
+    k = min(CV_FOLDS, max(2, min(counts.values())))
     return RunData(data.classes, data.paths, data.labels, everything, everything,
                    f"{k}-fold cross-validation (out-of-fold predictions)", {"kind": "cv", "folds": k, "seed": seed},
                    stratified_folds(data.labels, k, seed))

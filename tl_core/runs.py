@@ -388,10 +388,10 @@ def pid_alive(pid: int | None) -> bool:
 
 # ---------------------------------------------------------------- progress, for a live view
 def validation_kind(record: dict) -> str:
-    """"cv", "holdout" or "separate": how a run validated, from its metrics or fit_start event.
-    (Runs made before validation_method existed said it only in words.)"""
+    """"cv", "holdout", "separate" or "none" (one image a class): how a run validated, from its metrics or
+    fit_start event. (Runs made before validation_method existed said it only in words.)"""
     method = record.get("validation_method")
-    if isinstance(method, dict) and method.get("kind") in ("cv", "holdout", "separate"):
+    if isinstance(method, dict) and method.get("kind") in ("cv", "holdout", "separate", "none"):
         return method["kind"]
     words = str(record.get("validation") or "")
     return "cv" if "cross-validation" in words else "separate" if "separate" in words else "holdout"

@@ -33,6 +33,7 @@ from .datasets import decode_images
 from .devices import describe
 from .outputs import save_outputs
 from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, choose_features, l2_at, one_thread
+from .prototypes import PrototypeFits, head_for
 from .runs import RunFolder, read_config, record_facts, write_status
 from .storage import workspace_root
 from .run_data import RunData, load_run_data, with_cross_validation
@@ -118,6 +119,7 @@ class Fit:
         self.validation_method = {}  # the same as data: {"kind": "holdout" | "separate" | "cv", ...}
         self.preprocess, self.size, self.channels_last, self.trains_on_images = {}, 0, False, False
         self.feature_kind = "last"  # what the head reads: "last" or "multi-layer" (tl_core.multilayer)
+        self.head_kind = "logistic"  # how the probe fits the head: "logistic" or "prototype" (tl_core.prototypes)
         self.pixels = self.features = self.source = None  # batch sources: images, frozen features, the phase's own
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
 
@@ -228,20 +230,30 @@ class Fit:
             train_masks = torch.zeros(1, n, dtype=torch.bool)
             train_masks[0, self.train_idx] = True
             val_sets = [torch.tensor(self.val_idx, dtype=torch.long)]
+        self.head_kind = head_for(self.config.head, self.labels.bincount(minlength=len(self.classes)).tolist())
+        record_facts(self.run_dir, head=self.head_kind)
+        if self.head_kind == "prototype":
+            smallest = int(self.labels.bincount(minlength=len(self.classes)).min())
+            self.emit("notice", phase="probe", kind="head", message=(
+                f"a prototype head (each class the mean of its images' features): the smallest class has "
+                f"{smallest} image{'s' if smallest != 1 else ''}, too few to fit a regression"
+                if self.config.head == "auto" else "a prototype head (each class the mean of its images' features)"))
+        fits_class = PrototypeFits if self.head_kind == "prototype" else HeadFits
         with one_thread():
-            if self.config.features == "auto" and self.feature_kind == "multi-layer":
-                feats = self._choose_features(feats, train_masks, val_sets, epochs)
-            fits = HeadFits(feats, self.labels.cpu(), train_masks, len(self.classes))
+            if self.config.features == "auto" and self.feature_kind == "multi-layer" \
+                    and self.validation_method.get("kind") != "none":  # nothing to measure the choice on
+                feats = self._choose_features(feats, train_masks, val_sets, epochs, fits_class)
+            fits = fits_class(feats, self.labels.cpu(), train_masks, len(self.classes))
             for k in range(epochs):
                 self._probe_epoch(fits, val_sets, l2_at(k))
                 if self.stop_phase:
                     break
 
     def _choose_features(self, feats: torch.Tensor, train_masks: torch.Tensor, val_sets: list[torch.Tensor],
-                         epochs: int) -> torch.Tensor:
+                         epochs: int, fits_class) -> torch.Tensor:
         """Keep multi-layer features only where they validate better than the last layer's; the features kept."""
         choice = choose_features(feats, self.model.last_features, self.labels.cpu(), train_masks, val_sets,
-                                 len(self.classes), epochs, self.config.label_smoothing)
+                                 len(self.classes), epochs, self.config.label_smoothing, fits_class)
         record_facts(self.run_dir, features=choice["features"], features_choice=choice)
         self.emit("notice", phase="probe", kind="features", message=choice["words"])
         if choice["features"] == "last":
