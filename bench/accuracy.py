@@ -46,6 +46,8 @@ RECIPES = {
     "last": dict(freeze="head", features="last"),
     "multi": dict(freeze="head", features="multi-layer"),
     "top-2+light": dict(freeze="top-2", epochs=8, augment="light"),
+    "prototype": dict(freeze="head", head="prototype"),  # few-shot: nearest class mean
+    "logistic": dict(freeze="head", head="logistic"),
 }
 TEST_PER_CLASS = 50
 
@@ -138,7 +140,7 @@ def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int) -> dict:
     wall = time.perf_counter() - start
     facts = read_config_record(run_dir)
     return {"test_acc": test_accuracy(run_dir, test_dir, "cpu"), "wall_s": wall, "val_acc": metrics["val_acc"],
-            "features": metrics.get("features"), "kept": metrics["kept"]["phase"],
+            "features": metrics.get("features"), "head": metrics.get("head"), "kept": metrics["kept"]["phase"],
             "choice": (facts.get("features_choice") or {}).get("words")}
 
 
