@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from tl_core import backbones
+from tl_core import backbones, ranking
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
@@ -119,6 +119,30 @@ if st.button("Check these weights", key="check_weights", icon=":material/fact_ch
         else:
             st.success("The weights load: ready to train.", icon=":material/check:")
             catalogue_table.clear()
+
+st.subheader("Which backbone for your images?")
+st.caption(f"Each backbone whose weights are here passes up to {ranking.MAX_IMAGES} of your images once; a probe on "
+           "its features is cross-validated. That is what feature extraction would reach, beside ImageNet's "
+           "Top-1 above. With a single backbone here (offline), its image sizes are compared instead. On this "
+           "computer's CPU: about a minute.")
+if not state.dataset_dir:
+    st.page_link(common.DATA_PAGE, label="Choose your images first (step 2)", icon=":material/photo_library:")
+elif st.button("Rank on my images", key="rank_backbones", icon=":material/leaderboard:"):
+    bar = st.progress(0.0, text="Starting…")
+    try:
+        state.ranking = ranking.rank(state.dataset_dir, on_progress=lambda i, n, what: bar.progress(
+            i / n, text=f"Features of {what} ({i + 1} of {n})"))
+        state.ranking_dataset = state.dataset_dir
+    except common.USER_ERRORS + (RuntimeError,) as error:
+        common.show_error(error)
+    bar.empty()
+if state.get("ranking") and state.get("ranking_dataset") == state.dataset_dir:
+    st.dataframe([{"backbone": r["backbone"], "weights": common.weights_label(r["weights"]),
+                   "image size": r["image_size"], "accuracy on your images": 100 * r["acc"], "seconds": r["seconds"]}
+                  for r in state.ranking["rows"]], hide_index=True, key="ranking_table", column_config={
+        "accuracy on your images": st.column_config.ProgressColumn(min_value=0.0, max_value=100.0, format="%.1f %%"),
+        "seconds": st.column_config.NumberColumn(format="%.1f s")})
+    st.caption(common.literal(state.ranking["words"] + "."))
 
 st.divider()
 st.page_link(common.DATA_PAGE, label="Next: choose your images", icon=":material/arrow_forward:")

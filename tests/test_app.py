@@ -72,6 +72,17 @@ def finish_run(run_dir: Path, dataset: datasets.Dataset) -> None:
 
 
 # ---------------------------------------------------------------- 1 Backbone
+def test_backbone_page_ranks_image_sizes_on_the_users_images():
+    dataset = small_dataset(per_class=4)
+    at = open_page("pages/1_Backbone.py", dataset_dir=str(dataset.root))
+    at.button(key="rank_backbones").click().run()
+    assert not at.exception
+    table = next(frame.value for frame in at.dataframe if "image size" in frame.value.columns)
+    assert sorted(table["image size"]) == [160, 224, 288]  # offline, one backbone: its sizes are compared
+    assert table["accuracy on your images"].between(0, 100).all()
+    assert any("ranks first" in caption.value for caption in at.caption)
+
+
 def test_backbone_page_lists_the_embedded_model_offline_and_preselects_it():
     at = open_page()
     catalogue = at.dataframe[0].value.set_index("name")

@@ -102,3 +102,24 @@ def test_two_images_a_class_validate_by_leave_one_out(sample_dir, tmp_path, monk
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["validation_method"]["leave_one_out"] and metrics["n_val"] == 6
     assert metrics["val_acc"] == pytest.approx(sum(r[i] for i, r in enumerate(metrics["confusion"])) / 6)
+
+
+def test_the_ranking_puts_random_weights_below_the_pretrained_ones(sample_dir, tmp_path, monkeypatch):
+    from tl_core.datasets import ingest_folder
+    from tl_core.ranking import rank
+
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
+    dataset = ingest_folder(sample_dir)  # 300 real images: random weights' features are weak, not useless
+    result = rank(dataset.root, [("tf_efficientnet_lite0", "none"), ("tf_efficientnet_lite0", "embedded")],
+                  image_size=96)
+    assert [r["weights"] for r in result["rows"]] == ["embedded", "none"]
+    assert result["rows"][0]["acc"] > result["rows"][1]["acc"] + 0.03  # measured: 0.87 against 0.79
+    assert result["compares"] == "backbones" and "ranks first" in result["words"]
+
+
+def test_with_one_backbone_the_ranking_compares_image_sizes(small_sample, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
+    assert cli(["rank", "--data", str(small_sample), "--backbones", "tf_efficientnet_lite0:embedded"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["compares"] == "image sizes" and sorted(r["image_size"] for r in result["rows"]) == [160, 224, 288]
+    assert "image sizes are compared instead" in result["words"]

@@ -38,13 +38,35 @@ def main(argv: list[str] | None = None) -> int:
     runs = commands.add_parser("runs", help="list the runs of the workspace")
     runs.add_argument("--json", action="store_true")
 
+    rank = commands.add_parser("rank", help="which backbone suits these images: cross-validated probe accuracy "
+                                          "of each one's frozen features (one JSON object)")
+    rank.add_argument("--data", required=True, help="a folder of class folders")
+    rank.add_argument("--backbones", default=None,
+                      help="NAME:WEIGHTS,... (default: every catalogue backbone whose weights are here)")
+    rank.add_argument("--image-size", type=int, default=None)
+
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                "export": _export, "runs": _runs}[args.command](args)
+                "export": _export, "runs": _runs, "rank": _rank}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _rank(args) -> int:
+    from .datasets import ingest_folder
+    from .ranking import rank
+
+    candidates = None
+    if args.backbones:
+        candidates = [tuple(item.split(":", 1)) if ":" in item else (item, "embedded")
+                      for item in args.backbones.split(",")]
+    dataset = ingest_folder(args.data)
+    result = rank(dataset.root, candidates, image_size=args.image_size,
+                  on_progress=lambda i, n, what: print(f"[{i + 1}/{n}] features of {what}", file=sys.stderr))
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 def _train(args) -> int:
