@@ -108,11 +108,18 @@ with webcam_tab:
     st.caption("Take pictures with your camera, class by class, then make a dataset of them.")
     webcam_class = st.text_input("Class of the next pictures", key="webcam_class", placeholder="e.g. thumbs up")
     shot = st.camera_input("Take a picture", key="webcam_shot")
+    live = common.live_guess(shot)  # what the pictures kept so far make of this one, at once
+    if live and live["guess"]:
+        best = live["guess"][0]
+        kept = len(state.webcam_shots)
+        st.info(common.literal(f"Live guess from the {kept} picture{'s' if kept != 1 else ''} kept so far: "
+                               f"{best['label']} ({best['prob']:.0%})"), icon=":material/bolt:")
     if shot is not None and st.button(f"Keep this picture as '{common.literal(webcam_class) or '?'}'",
                                       key="webcam_keep",
                                       disabled=not webcam_class.strip()):
         state.webcam_shots.append((f"webcam_{len(state.webcam_shots) + 1:03d}.jpg", shot.getvalue(),
                                    webcam_class.strip()))
+        common.live_keep(live, webcam_class.strip())
     if state.webcam_shots:
         per_class: dict[str, int] = {}
         for _, _, label in state.webcam_shots:
@@ -125,7 +132,7 @@ with webcam_tab:
             if dataset is not None:
                 state.webcam_shots = []
                 use_dataset(dataset)
-        clear_col.button("Discard the pictures", key="webcam_clear", on_click=lambda: state.webcam_shots.clear())
+        clear_col.button("Discard the pictures", key="webcam_clear", on_click=common.live_discard)
 
 with earlier_tab:
     earlier = {str(d.root): d for d in datasets.list_datasets()}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import auto_plan, backbones, devices, jobs, plots, runs
+from tl_core import auto_plan, backbones, devices, jobs, plots, prototypes, runs
 from tl_core.config import ConfigError, defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
@@ -183,6 +183,39 @@ def backbone_input_size(backbone: str) -> tuple[int, bool]:
     model = structure_model(backbone)
     size = backbones.data_config(model)["input_size"][-1]
     return size, bool((getattr(model, "pretrained_cfg", {}) or {}).get("fixed_input_size", False))
+
+
+def live_guess(shot) -> dict | None:
+    """The live loop of the webcam tab: this picture's features (computed once per picture) and the guess of
+    prototypes of the pictures kept so far (tl_core.prototypes.LiveClassifier, one per session)."""
+    state = st.session_state
+    if shot is None:
+        return None
+    if state.get("live_shot", {}).get("id") != shot.file_id:
+        if "live" not in state:
+            with st.spinner("Loading the backbone for live guesses…"):
+                state.live = prototypes.LiveClassifier()
+        try:
+            image = open_image(shot.getvalue(), name="webcam picture")
+        except ImageRefused:
+            return None
+        features = state.live.features(image)
+        state.live_shot = {"id": shot.file_id, "image": image, "features": features,
+                           "guess": state.live.predict(image, features)}
+    return state.live_shot
+
+
+def live_keep(live: dict | None, label: str) -> None:
+    """The kept picture joins the live prototypes at once (its features are already computed)."""
+    if live is not None and "live" in st.session_state:
+        st.session_state.live.add(live["image"], label, live["features"])
+        live["guess"] = st.session_state.live.predict(live["image"], live["features"])
+
+
+def live_discard() -> None:
+    st.session_state.webcam_shots.clear()
+    for key in ("live", "live_shot"):
+        st.session_state.pop(key, None)
 
 
 def plan_measurement() -> dict | None:

@@ -205,6 +205,27 @@ def test_images_per_class_and_webcam_pictures_make_datasets():
     assert webcam.name == "webcam pictures" and webcam.counts() == {"bag": 2, "sandal": 2}
 
 
+def test_webcam_pictures_get_a_live_guess_from_the_ones_kept():
+    from PIL import Image
+
+    def photo(name, index):
+        out = io.BytesIO()
+        Image.open(sorted((SAMPLE_DIR / name).glob("*.png"))[index]).convert("RGB").save(out, "JPEG")
+        return ("shot.jpg", out.getvalue(), "image/jpeg")
+
+    at = open_page("pages/2_Data.py")
+    for name in ("Bag", "Trouser"):
+        at.text_input(key="webcam_class").set_value(name.lower())
+        at.camera_input(key="webcam_shot").set_value(photo(name, 1))
+        at.run()
+        at.button(key="webcam_keep").click().run()
+    at.camera_input(key="webcam_shot").set_value(photo("Trouser", 6))  # a new picture: guessed before it is kept
+    at.run()
+    assert not at.exception
+    live = [info.value.replace("\\", "") for info in at.info if "Live guess" in info.value]
+    assert live and "from the 2 pictures kept so far: trouser" in live[0]
+
+
 # ---------------------------------------------------------------- 3 Layers
 def test_layer_switches_change_the_trainable_parameter_total():
     at = open_page("pages/3_Layers.py", image_size=64, image_size_backbone=EMBEDDED)

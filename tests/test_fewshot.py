@@ -123,3 +123,21 @@ def test_with_one_backbone_the_ranking_compares_image_sizes(small_sample, tmp_pa
     result = json.loads(capsys.readouterr().out)
     assert result["compares"] == "image sizes" and sorted(r["image_size"] for r in result["rows"]) == [160, 224, 288]
     assert "image sizes are compared instead" in result["words"]
+
+
+def test_the_live_loop_learns_each_picture_at_once(sample_dir):
+    from tl_core.datasets import open_image
+    from tl_core.prototypes import LiveClassifier
+
+    live = LiveClassifier()
+    assert live.predict(open_image((sample_dir / "Bag").glob("*.png").__next__().read_bytes())) == []
+    shots = {name: sorted((sample_dir / name).glob("*.png")) for name in ("Bag", "Trouser", "Sneaker")}
+    for name, files in shots.items():
+        live.add(open_image(files[0].read_bytes()), name)
+    before = [f.clone() for f in live.feats]
+    for name, files in shots.items():  # unseen pictures of each class
+        guess = live.predict(open_image(files[4].read_bytes()))
+        assert guess[0]["label"] == name and abs(sum(g["prob"] for g in guess) - 1) < 1e-5
+    live.add(open_image(sorted((sample_dir / "Coat").glob("*.png"))[0].read_bytes()), "Coat")
+    assert live.classes == ["Bag", "Trouser", "Sneaker", "Coat"]
+    assert all(torch.equal(a, b) for a, b in zip(before, live.feats))  # a new class leaves the others as they were

@@ -74,3 +74,52 @@ def head_for(requested: str, class_counts: list[int]) -> str:
     if requested != "auto":
         return requested
     return "prototype" if min(class_counts) <= PROTOTYPES_UP_TO else "logistic"
+
+
+LIVE_SCALE_STEPS = 4  # the scale a live classifier uses (no validation to pick it): SCALE_START × 2³ / features
+
+
+class LiveClassifier:
+    """The instant loop of a live demo: each labelled image's frozen features are computed once (one
+    forward pass), and the prototypes follow at once, with no training step; `predict` answers from
+    the images given so far. Runs on the CPU: a webcam picture at a time needs no GPU."""
+
+    def __init__(self, backbone: str = "tf_efficientnet_lite0", weights: str = "embedded"):
+        from . import backbones, multilayer
+
+        body = backbones.create_model(backbone, 2, weights=weights)
+        kind = "multi-layer" if multilayer.supports(body) else "last"
+        self.model = multilayer.build(body, 2, kind).eval()
+        self.preprocess = backbones.data_config(self.model)
+        self.feats, self.labels, self.classes = [], [], []
+
+    @torch.inference_mode()
+    def features(self, image) -> torch.Tensor:
+        """1 × features of a PIL image, preprocessed as a run would."""
+        from .augment import normalize
+        from .datasets import prepare_image
+
+        size = self.preprocess["input_size"][-1]
+        pixels = prepare_image(image, size, self.preprocess["crop_pct"], self.preprocess["interpolation"])
+        x = normalize(pixels[None], self.preprocess["mean"], self.preprocess["std"])
+        return self.model.forward_features(x).float()
+
+    def add(self, image, label: str, features: torch.Tensor | None = None) -> None:
+        """Learn one labelled image (its features, if already computed by `predict`)."""
+        if label not in self.classes:
+            self.classes.append(label)
+        self.feats.append(self.features(image) if features is None else features)
+        self.labels.append(self.classes.index(label))
+
+    def predict(self, image, features: torch.Tensor | None = None) -> list[dict]:
+        """[{"label", "prob"}], most likely first; [] before any image was added."""
+        if not self.classes:
+            return []
+        x = self.features(image) if features is None else features
+        fits = PrototypeFits(torch.cat([*self.feats, x]), torch.tensor([*self.labels, 0]),
+                             torch.tensor([[True] * len(self.labels) + [False]]), len(self.classes))
+        for _ in range(LIVE_SCALE_STEPS):
+            fits.step()
+        probs = fits.logits()[0, -1].softmax(0)
+        order = probs.argsort(descending=True)
+        return [{"label": self.classes[k], "prob": float(probs[k])} for k in order]
