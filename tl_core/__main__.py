@@ -45,13 +45,34 @@ def main(argv: list[str] | None = None) -> int:
                       help="NAME:WEIGHTS,... (default: every catalogue backbone whose weights are here)")
     rank.add_argument("--image-size", type=int, default=None)
 
+    grow = commands.add_parser("grow", help="add images or classes to a finished run's model: a new run that trains "
+                                            "only the head, the old images' features reused")
+    grow.add_argument("run_dir", help="the finished run to grow")
+    grow.add_argument("--data", required=True, help="a folder of class folders: new classes, or more images of old ones")
+    grow.add_argument("--name", default=None)
+
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                "export": _export, "runs": _runs, "rank": _rank}[args.command](args)
+                "export": _export, "runs": _runs, "rank": _rank, "grow": _grow}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _grow(args) -> int:
+    from . import train
+    from .callbacks import ConsoleProgress
+    from .grow import grow, old_class_recall
+
+    run_dir = grow(args.run_dir, args.data, args.name)
+    print(f"run folder: {run_dir}", flush=True)
+    metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
+    old = old_class_recall(Path(args.run_dir), run_dir)
+    print(f"done: validation accuracy {metrics['val_acc']:.1%}; the old classes' mean recall "
+          f"{old['before']:.1%} before, {old['after']:.1%} after")
+    print(run_dir)
+    return 0
 
 
 def _rank(args) -> int:
