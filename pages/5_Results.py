@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from tl_core import advice, auto_plan, compare, evaluate, plots, runs
+from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, plots, runs
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48
@@ -242,5 +242,26 @@ if metrics and status.get("state") == "done":
                        f"({baseline_state}).", icon=":material/stop_circle:")
             st.button("Train from scratch again", key="start_baseline", icon=":material/replay:",
                       on_click=start_baseline, args=(run_dir,))
+
+if metrics and status.get("state") == "done":
+    with st.expander("Grow this model: add a class, or more images of one", icon=":material/add_circle:"):
+        st.caption("A zip of class folders: a new folder name adds a class, an existing one adds images to it. "
+                   "Only the head learns again, on the backbone's frozen features (the images it already had "
+                   "are not passed through the backbone again); the Results of the new run compare the old "
+                   "classes' recall before and after.")
+        zipped = st.file_uploader("Zip of class folders", type=["zip"], key="grow_zip")
+        if zipped is not None and st.button("Grow the model", key="grow_start", icon=":material/add_circle:"):
+            try:
+                with st.spinner("Checking the images and computing the new ones' features…"):
+                    added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem)
+                    config = grow.grown_config(run_dir, added)
+                state.run_dir = str(common.job_manager().submit(config))
+                st.success("The grown model is training: watch it on the Train page.", icon=":material/check:")
+                st.page_link(common.TRAIN_PAGE, label="Watch it", icon=":material/model_training:")
+            except common.USER_ERRORS as error:
+                common.show_error(error)
+    if old := runs.read_config_record(run_dir).get("old_classes"):
+        st.caption(f"Grown from another run: the old classes' mean recall was {old['before']:.1%} and is "
+                   f"{old['after']:.1%} now.")
 
 st.page_link(common.RUNS_PAGE, label="All runs, side by side", icon=":material/table_chart:")

@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
 def _grow(args) -> int:
     from . import train
     from .callbacks import ConsoleProgress
-    from .grow import grow, old_class_recall
+    from .grow import grow
+    from .runs import read_config_record
 
     run_dir = grow(args.run_dir, args.data, args.name)
     print(f"run folder: {run_dir}", flush=True)
     metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
-    old = old_class_recall(Path(args.run_dir), run_dir)
+    old = read_config_record(run_dir)["old_classes"]
     print(f"done: validation accuracy {metrics['val_acc']:.1%}; the old classes' mean recall "
           f"{old['before']:.1%} before, {old['after']:.1%} after")
     print(run_dir)

@@ -22,22 +22,26 @@ from .storage import atomic_file, read_json, workspace_root
 
 
 def grow(parent_dir: str | Path, new_images: str | Path, name: str | None = None) -> Path:
-    """Prepare the grown run (dataset version, config, warmed feature cache); return its folder, untrained."""
+    """Ingest the folder `new_images` and prepare the grown run; return its folder, queued and untrained."""
+    return create_run(grown_config(parent_dir, ingest_folder(new_images), name))
+
+
+def grown_config(parent_dir: str | Path, added, name: str | None = None) -> RunConfig:
+    """The grown run's config, on a new dataset version (the parent's images and the `added` dataset's), with
+    its feature cache already written: call it before the run is queued, so the worker finds the cache."""
     parent_dir = Path(parent_dir)
     parent = read_config(parent_dir)
     preprocess = read_json(RunFolder(parent_dir).preprocess)
     old = load_dataset(parent.dataset_dir)
-    added = ingest_folder(new_images)
     files = [(Path(item["path"]).name, (old.root / item["path"]).read_bytes(), item["label"]) for item in old.items]
     files += [(Path(item["path"]).name, (added.root / item["path"]).read_bytes(), item["label"]) for item in added.items]
     merged = ingest_files(files, name=f"{old.name} + {added.name}")
     features = preprocess.get("features", "last")
-    config = parent.replace(dataset_dir=str(merged.root), parent_run=parent_dir.name, freeze="head",
-                            features=features, augment="none", lr=None, val_dataset_dir=None,
-                            name=name or f"{parent.name or parent_dir.name} grown")
-    run_dir = create_run(config)
     _warm_feature_cache(parent, preprocess, old, merged, features)
-    return run_dir
+    return parent.replace(dataset_dir=str(merged.root), parent_run=parent_dir.name, freeze="head",
+                          features=features, augment="none", lr=None, val_dataset_dir=None,
+                          name=name or f"{parent.name or parent_dir.name} grown",
+                          extra={**parent.extra, "grown": True})
 
 
 def old_class_recall(parent_dir: Path, child_dir: Path) -> dict:

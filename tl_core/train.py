@@ -93,6 +93,10 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             except OSError as unrecorded:  # a full disk: the caller still gets the reason, with this note
                 error.add_note(f"(the failure could not be recorded in {run_dir}: {unrecorded})")
             raise
+        if config.extra.get("grown") and config.parent_run:  # a grown model: has it kept what it knew?
+            from .grow import old_class_recall
+
+            old_class_recall(run_dir.parent / config.parent_run, run_dir)
         write_status(run_dir, state="done", ended=time.time())
         return metrics
 
