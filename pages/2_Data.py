@@ -23,6 +23,7 @@ def ingest(action, *args, **kwargs) -> datasets.Dataset | None:
     """Run one tl_core ingest with a progress bar; a user error becomes a message."""
     bar = st.progress(0.0, text="Checking images…")
     try:
+        kwargs.setdefault("workspace", common.space().data_workspace)  # the user's own datasets folder
         dataset = action(*args, progress=common.progress_callback(bar), **kwargs)
     except common.USER_ERRORS as error:
         common.show_error(error)
@@ -44,7 +45,7 @@ def use_dataset(dataset: datasets.Dataset | None, key: str = "dataset_dir") -> N
 def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | None:
     """A copy of `dataset` without some of its images (datasets.without); a user error becomes a message."""
     try:
-        return datasets.without(dataset, **leave_out)
+        return datasets.without(dataset, workspace=common.space().data_workspace, **leave_out)
     except common.USER_ERRORS as error:
         common.show_error(error)
         return None
@@ -52,7 +53,7 @@ def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | No
 
 def sample_dataset() -> datasets.Dataset | None:
     """The bundled sample, ingested once per workspace."""
-    for dataset in datasets.list_datasets():
+    for dataset in datasets.list_datasets(common.space().data_workspace):
         if dataset.source.get("path") == str(SAMPLE_DIR.resolve()) and dataset.name == SAMPLE_NAME:
             return dataset
     return ingest(datasets.ingest_folder, SAMPLE_DIR, name=SAMPLE_NAME)
@@ -128,7 +129,7 @@ with webcam_tab:
         clear_col.button("Discard the pictures", key="webcam_clear", on_click=lambda: state.webcam_shots.clear())
 
 with earlier_tab:
-    earlier = {str(d.root): d for d in datasets.list_datasets()}
+    earlier = {str(d.root): d for d in datasets.list_datasets(common.space().data_workspace)}
     if not earlier:
         st.caption("No datasets yet.")
     else:

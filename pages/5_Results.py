@@ -14,7 +14,7 @@ state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("5 · Results")
-all_runs = [str(run_dir) for run_dir in runs.list_runs()]
+all_runs = common.visible_runs()  # a student's own runs; everyone's for the teacher
 if not all_runs:
     common.need_first("No runs yet: train a model first.", common.TRAIN_PAGE, "4 · Train")
 
