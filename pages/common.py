@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, devices, jobs, plots, runs, spaces
+from tl_core import backbones, devices, executors, plots, runs, spaces
 from tl_core.config import ConfigError, defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
@@ -242,8 +242,8 @@ def init_state() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _job_manager_for(workspace: str) -> jobs.JobManager:
-    return jobs.JobManager(Path(workspace))
+def _job_manager_for(workspace: str) -> executors.Executor:
+    return executors.make_executor(Path(workspace))  # the local worker queue, or Ray with TL_STUDIO_RAY_ADDRESS
 
 
 def job_manager() -> spaces.UserQueue:
