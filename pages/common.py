@@ -194,7 +194,10 @@ def _enter(space: spaces.Space, code: str, granted: str, rerun: bool = True) -> 
 def space() -> spaces.Space:
     """What this visitor owns and sees: their own space on a classroom server, everything on a laptop."""
     found = st.session_state.get("space")
-    return found if isinstance(found, spaces.Space) and access_code() else spaces.Space.laptop()
+    if not access_code():
+        return spaces.Space.laptop()
+    # a classroom session that has not signed in (a page run on its own) owns and sees nothing
+    return found if isinstance(found, spaces.Space) else spaces.Space(workspace_root(), spaces.NOBODY)
 
 
 def restore_session() -> None:

@@ -1,5 +1,6 @@
 """A classroom on one server: per-user spaces, ownership enforced in tl_core, identity and choices that survive
 a reload, a fair queue, one worker per GPU."""
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -269,3 +270,22 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     student = sign_in("dave")
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # not registered for a student
         student.switch_page(common.CLASS_PAGE)
+
+
+@pytest.mark.usefixtures("navigation_pages", "fake_jobs")
+def test_on_a_laptop_a_reload_keeps_the_choices_and_asks_nothing(monkeypatch, _workspace):
+    monkeypatch.delenv(common.ACCESS_CODE_ENV, raising=False)
+    data = datasets.ingest_files([(p.name, p.read_bytes(), c) for c in ("Bag", "Trouser")
+                                  for p in sorted((SAMPLE_DIR / c).glob("*.png"))[:4]])
+    at = open_page("pages/4_Train.py", dataset_dir=str(data.root), freeze="all", lr_plan="all", lr=3e-4)
+    assert not [t for t in at.text_input if t.label == "Access code"]
+    at.button(key="start_training").click().run()
+    run_dir = at.session_state["run_dir"]
+    assert run_dir and runs.read_owner(Path(run_dir)) is None
+    reloaded = open_page("pages/4_Train.py")  # a new browser session: the address carries nothing
+    assert reloaded.session_state["dataset_dir"] == str(data.root) and reloaded.session_state["freeze"] == "all"
+    assert reloaded.session_state["run_dir"] == run_dir and reloaded.session_state["lr"] == 3e-4
+    shutil.rmtree(data.root)  # deleted since: a restored choice that no longer holds is dropped
+    again = open_page("pages/4_Train.py")
+    assert again.session_state["dataset_dir"] is None
+    assert "Choose your images first" in plain(again.info[0].value)

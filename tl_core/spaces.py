@@ -28,6 +28,7 @@ from .runs import RunFolder, delete_run, list_runs, read_owner, read_status, req
 from .storage import atomic_write_json, read_json, workspace_root
 
 TEACHER = "teacher"
+NOBODY = "-nobody"  # no claimable name starts with '-': a space that owns nothing
 MAX_QUEUED_ENV = "TL_STUDIO_MAX_QUEUED"
 _NAME = re.compile(r"^[\w][\w \-]{0,23}$")
 _SECRET_FILE = ".secret"
