@@ -37,8 +37,8 @@ def classroom_url(tmp_path):
 
 def sign_in(page, url: str, name: str) -> None:
     page.goto(url)
-    page.get_by_label("Access code").fill(CODE)
-    page.get_by_label("Your name").fill(name)
+    page.get_by_role("textbox", name="Access code").fill(CODE)
+    page.get_by_role("textbox", name="Your name").fill(name)
     page.get_by_role("button", name="Enter").click()
 
 
@@ -69,7 +69,7 @@ def test_two_students_each_keep_their_own_session_through_a_reload(classroom_url
             alice.reload()  # a reload: the same student, the same choices, no code asked again
             expect(alice.get_by_text("Signed in as alice")).to_be_visible()
             expect(alice.get_by_text("Fashion sample (300 images, 10 classes)").first).to_be_visible()
-            expect(alice.get_by_label("Access code")).to_have_count(0)
+            expect(alice.get_by_role("textbox", name="Access code")).to_have_count(0)
             bob.reload()
             expect(bob.get_by_text("Signed in as bob")).to_be_visible()
             expect(bob.get_by_text("Data: not chosen yet")).to_be_visible()
