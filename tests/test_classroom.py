@@ -148,6 +148,21 @@ def test_the_job_manager_starts_runs_in_the_fair_order(classroom):
     assert manager.queue_position(bobs) == 2
 
 
+def test_the_expected_start_counts_rounds_of_the_slots_at_a_typical_run_length(classroom):
+    from tl_core.storage import atomic_write_json
+
+    alice, bob, _ = classroom
+    data = dataset_of(alice)
+    for wall_s in (10.0, 30.0, 20.0):
+        done = run_of(alice, data, "done")
+        atomic_write_json(runs.RunFolder(done).metrics, {"wall_s": wall_s, "classes": []})
+    waiting = [run_of(bob, dataset_of(bob)) for _ in range(3)]
+    manager = jobs.JobManager(alice.workspace, background=False, slots=2)
+    assert [manager.expected_wait(p) for p in waiting] == [20.0, 20.0, 40.0]  # median 20 s; 2 slots a round
+    runs.write_status(waiting[0], state="running")
+    assert manager.expected_wait(waiting[0]) is None
+
+
 WORKER = """import os, sys, time, pathlib
 pathlib.Path(sys.argv[1], "..", "..", "gpus-" + pathlib.Path(sys.argv[1]).name).resolve().write_text(
     os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
@@ -267,6 +282,12 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     at.selectbox(key="class_chosen").set_value(str(bob_run)).run()
     at.button(key="class_cancel").click().run()
     assert runs.read_status(bob_run)["state"] == "cancelled" and runs.read_status(alice_run)["state"] == "queued"
+    runs.write_status(alice_run, state="done")
+    at.run()
+    at.selectbox(key="class_chosen").set_value(str(alice_run)).run()
+    at.button(key="class_project").click().run()
+    assert not at.exception and at.session_state["results_run"] == str(alice_run)
+    assert at.title[0].value == "5 · Results" and at.selectbox(key="results_run").value == str(alice_run)
     student = sign_in("dave")
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # not registered for a student
         student.switch_page(common.CLASS_PAGE)
