@@ -136,8 +136,19 @@ with earlier_tab:
         chosen_root = st.selectbox("Datasets you added before", list(earlier), key="earlier_dataset",
                                    format_func=lambda root: f"{common.dataset_label(earlier[root])} · "
                                                             f"{earlier[root].created}")
-        if st.button("Use this dataset", key="use_earlier"):
+        use_col, delete_col = st.columns(2)
+        if use_col.button("Use this dataset", key="use_earlier"):
             use_dataset(earlier[chosen_root])
+        if delete_col.button("Delete this dataset", key="delete_earlier", icon=":material/delete:"):
+            try:  # only one's own: tl_core.spaces refuses anyone else's, and one a live run needs
+                common.space().delete_dataset(chosen_root)
+            except common.USER_ERRORS + (OSError,) as error:
+                common.show_error(error)
+            else:
+                for key in ("dataset_dir", "val_dataset_dir"):
+                    if state[key] == chosen_root:
+                        state[key] = None
+                st.rerun()
 
 # ---------------------------------------------------------------- the audit
 dataset = common.active_dataset()

@@ -16,10 +16,10 @@ from tl_core.sample_data import SAMPLE_DIR
 CODE, TEACHER_CODE = "tulip-42", "oak-7"
 
 
-def dataset_of(space: spaces.Space, classes=("Bag", "Trouser"), per_class=4) -> datasets.Dataset:
-    files = [(path.name, path.read_bytes(), name) for name in classes
-             for path in sorted((SAMPLE_DIR / name).glob("*.png"))[:per_class]]
-    return datasets.ingest_files(files, name="mine", workspace=space.data_workspace)
+def dataset_of(space: spaces.Space, classes=("Bag", "Trouser"), per_class=4, name="mine") -> datasets.Dataset:
+    files = [(path.name, path.read_bytes(), label) for label in classes
+             for path in sorted((SAMPLE_DIR / label).glob("*.png"))[:per_class]]
+    return datasets.ingest_files(files, name=name, workspace=space.data_workspace)
 
 
 def run_of(space: spaces.Space, dataset: datasets.Dataset, state: str = "queued") -> Path:
@@ -80,6 +80,10 @@ def test_datasets_are_per_user_and_cannot_be_borrowed(classroom):
     with pytest.raises(spaces.NotYours):  # training on a guessed path of someone else's data
         queue.submit(RunConfig(dataset_dir=str(bob_data.root)))
     assert runs.list_runs(alice.workspace) == []
+    waiting = run_of(alice, alice_data)
+    with pytest.raises(ValueError, match="waiting for or training on this dataset"):
+        alice.delete_dataset(alice_data.root)
+    alice.cancel_run(waiting)
     alice.delete_dataset(alice_data.root)
     assert not alice_data.root.exists() and bob_data.root.is_dir()
 
@@ -235,6 +239,20 @@ def test_a_new_student_never_sees_another_students_run_as_theirs(classroom_app, 
     shown = [*at.subheader, *at.title, *at.markdown, *at.info, *at.selectbox]
     assert not at.exception and alice_run.name not in plain(" ".join(str(e.value) for e in shown))
     assert "No runs yet" in plain(at.info[0].value)
+
+
+def test_a_student_deletes_their_own_dataset_on_the_data_page(classroom_app, _workspace):
+    at = sign_in("erin")
+    erin = spaces.Space(_workspace, "erin")
+    kept, gone = dataset_of(erin, name="kept"), dataset_of(erin, classes=("Sneaker", "Dress"), name="gone")
+    at.session_state["dataset_dir"] = str(gone.root)
+    at.switch_page("pages/2_Data.py").run()
+    at.selectbox(key="earlier_dataset").set_value(str(gone.root)).run()
+    at.button(key="delete_earlier").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not gone.root.exists() and kept.root.is_dir()
+    assert at.session_state["dataset_dir"] is None
+    assert [option.split(" (")[0] for option in at.selectbox(key="earlier_dataset").options] == ["kept"]
 
 
 def test_a_reload_finds_the_same_user_and_their_choices(classroom_app, _workspace):

@@ -24,7 +24,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs import RunFolder, delete_run, list_runs, read_owner, read_status, request_stop, runs_root
+from .runs import (RunFolder, delete_run, list_runs, read_config_record, read_owner, read_status, request_stop,
+                   runs_root)
 from .storage import atomic_write_json, read_json, workspace_root
 
 TEACHER = "teacher"
@@ -203,11 +204,16 @@ class Space:
         return any(root.is_relative_to(place.resolve()) for place in allowed)
 
     def delete_dataset(self, root: str | Path) -> None:
-        """Remove one of this user's datasets."""
+        """Remove one of this user's datasets; refused while one of their runs waits for it or trains on it."""
         root = Path(root).resolve()
         if not self.owns_dataset(root) or not (root / "manifest.json").is_file() \
                 or root.parent != (self.data_workspace / "datasets").resolve():
             raise NotYours(f"{root.name}: no dataset of yours has this id")
+        for run_dir in self.active_runs():
+            config = (read_config_record(run_dir).get("config") or {})
+            if root in {Path(str(config.get(key) or "")).resolve() for key in ("dataset_dir", "val_dataset_dir")}:
+                raise ValueError(f"run {run_dir.name} is waiting for or training on this dataset: "
+                                 "stop it first, or let it end, then delete the dataset")
         shutil.rmtree(root)
 
     # ---- the session's choices
