@@ -58,6 +58,17 @@ def test_the_command_line_prepares_a_run_without_training_it(small_sample, _work
     assert runs.read_status(run_dir)["state"] == "queued" and not runs.read_events(run_dir)
 
 
+def test_the_averaged_gradients_of_two_halves_are_the_whole_batch_s(_workspace):
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), str(ROOT / "tests" / "ddp_grad_worker.py")],
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180)
+    lines = sorted(re.findall(r"rank \d: .*", proc.stdout))
+    assert proc.returncode == 0 and len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert lines == ["rank 0: shard [0, 2, 4, 6], same as one process: True, moved: True",
+                     "rank 1: shard [1, 3, 5, 7], same as one process: True, moved: True"]
+
+
 def test_two_processes_train_one_model_and_agree(tiny_run, _workspace):
     run_dir = tiny_run(epochs=6, early_stopping=2)
     proc = torchrun(run_dir, _workspace)
