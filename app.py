@@ -10,6 +10,7 @@ from pages import common
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 common.frame_guard()  # in the sidebar: hides the page when another site frames it
 common.require_access_code()  # stops here until the visitor gives the code, when one is needed
+common.restore_session()  # a reload or a reconnect finds the user's choices again
 common.init_state()
 
 steps = [
@@ -21,9 +22,12 @@ steps = [
     st.Page(common.PREDICT_PAGE, title="6 · Predict", icon=":material/image_search:"),
     st.Page(common.EXPORT_PAGE, title="7 · Export", icon=":material/package_2:"),
     st.Page(common.RUNS_PAGE, title="8 · Runs", icon=":material/table_chart:"),
-]
+] + ([st.Page(common.CLASS_PAGE, title="Class (teacher)", icon=":material/school:")] if common.space().teacher else [])
 current_page = st.navigation(steps)
 st.sidebar.title("Transfer Learning Studio")
 common.sidebar()
 common.job_manager()  # started with the server, so runs queued before a restart start again
-current_page.run()
+try:
+    current_page.run()
+finally:  # also when the page stops or reruns itself
+    common.remember_session()

@@ -23,6 +23,7 @@ def ingest(action, *args, **kwargs) -> datasets.Dataset | None:
     """Run one tl_core ingest with a progress bar; a user error becomes a message."""
     bar = st.progress(0.0, text="Checking images…")
     try:
+        kwargs.setdefault("workspace", common.space().data_workspace)  # the user's own datasets folder
         dataset = action(*args, progress=common.progress_callback(bar), **kwargs)
     except common.USER_ERRORS as error:
         common.show_error(error)
@@ -44,7 +45,7 @@ def use_dataset(dataset: datasets.Dataset | None, key: str = "dataset_dir") -> N
 def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | None:
     """A copy of `dataset` without some of its images (datasets.without); a user error becomes a message."""
     try:
-        return datasets.without(dataset, **leave_out)
+        return datasets.without(dataset, workspace=common.space().data_workspace, **leave_out)
     except common.USER_ERRORS as error:
         common.show_error(error)
         return None
@@ -52,7 +53,7 @@ def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | No
 
 def sample_dataset() -> datasets.Dataset | None:
     """The bundled sample, ingested once per workspace."""
-    for dataset in datasets.list_datasets():
+    for dataset in datasets.list_datasets(common.space().data_workspace):
         if dataset.source.get("path") == str(SAMPLE_DIR.resolve()) and dataset.name == SAMPLE_NAME:
             return dataset
     return ingest(datasets.ingest_folder, SAMPLE_DIR, name=SAMPLE_NAME)
@@ -135,15 +136,26 @@ with webcam_tab:
         clear_col.button("Discard the pictures", key="webcam_clear", on_click=common.live_discard)
 
 with earlier_tab:
-    earlier = {str(d.root): d for d in datasets.list_datasets()}
+    earlier = {str(d.root): d for d in datasets.list_datasets(common.space().data_workspace)}
     if not earlier:
         st.caption("No datasets yet.")
     else:
         chosen_root = st.selectbox("Datasets you added before", list(earlier), key="earlier_dataset",
                                    format_func=lambda root: f"{common.dataset_label(earlier[root])} · "
                                                             f"{earlier[root].created}")
-        if st.button("Use this dataset", key="use_earlier"):
+        use_col, delete_col = st.columns(2)
+        if use_col.button("Use this dataset", key="use_earlier"):
             use_dataset(earlier[chosen_root])
+        if delete_col.button("Delete this dataset", key="delete_earlier", icon=":material/delete:"):
+            try:  # only one's own: tl_core.spaces refuses anyone else's, and one a live run needs
+                common.space().delete_dataset(chosen_root)
+            except common.USER_ERRORS + (OSError,) as error:
+                common.show_error(error)
+            else:
+                for key in ("dataset_dir", "val_dataset_dir"):
+                    if state[key] == chosen_root:
+                        state[key] = None
+                st.rerun()
 
 # ---------------------------------------------------------------- the audit
 dataset = common.active_dataset()

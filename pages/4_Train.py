@@ -132,6 +132,8 @@ def live_run(run_dir: str) -> None:
     if status["state"] == "queued":
         position = common.job_manager().queue_position(Path(run_dir))
         where = f"in the queue (position {position})" if position else "for a free slot"
+        wait_s = common.job_manager().expected_wait(Path(run_dir)) if position else None
+        where += f", expected to start in about {runs.format_seconds(wait_s)}" if wait_s else ""
         st.info(f"Waiting {where}: another run is using {common.device_name()}. "
                 "This one starts when it ends.", icon=":material/hourglass_top:")
     fraction, text = runs.progress(events, status)

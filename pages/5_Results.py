@@ -14,7 +14,7 @@ state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("5 · Results")
-all_runs = [str(run_dir) for run_dir in runs.list_runs()]
+all_runs = common.visible_runs()  # a student's own runs; everyone's for the teacher
 if not all_runs:
     common.need_first("No runs yet: train a model first.", common.TRAIN_PAGE, "4 · Train")
 
@@ -253,8 +253,9 @@ if metrics and status.get("state") == "done":
         if zipped is not None and st.button("Grow the model", key="grow_start", icon=":material/add_circle:"):
             try:
                 with st.spinner("Checking the images and computing the new ones' features…"):
-                    added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem)
-                    config = grow.grown_config(run_dir, added)
+                    mine = common.space().data_workspace  # a classroom user's own datasets folder
+                    added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem, workspace=mine)
+                    config = grow.grown_config(run_dir, added, workspace=mine)
                 state.run_dir = str(common.job_manager().submit(config))
                 st.success("The grown model is training: watch it on the Train page.", icon=":material/check:")
                 st.page_link(common.TRAIN_PAGE, label="Watch it", icon=":material/model_training:")

@@ -11,7 +11,7 @@ state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("8 · Runs")
-all_runs = [str(run_dir) for run_dir in runs.list_runs()]
+all_runs = common.visible_runs()  # a student's own runs; everyone's for the teacher
 if not all_runs:
     common.need_first("No runs yet: train a model first.", common.TRAIN_PAGE, "4 · Train")
 
@@ -55,7 +55,7 @@ def shown(setting: str, value) -> str:
 
 def delete_run(run_dir: str) -> None:
     try:
-        runs.delete_run(Path(run_dir))
+        common.space().delete_run(Path(run_dir))
     except (ValueError, OSError) as error:
         state.runs_delete_error = str(error)
 

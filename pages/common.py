@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import auto_plan, backbones, devices, jobs, plots, prototypes, runs
+from tl_core import auto_plan, backbones, devices, executors, plots, prototypes, runs, spaces
 from tl_core.config import ConfigError, defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
 from tl_core.explain import explain_image
@@ -28,6 +28,7 @@ RESULTS_PAGE = "pages/5_Results.py"
 PREDICT_PAGE = "pages/6_Predict.py"
 EXPORT_PAGE = "pages/7_Export.py"
 RUNS_PAGE = "pages/8_Runs.py"
+CLASS_PAGE = "pages/9_Class.py"
 
 # Errors a user can cause, or a full disk; pages show their message, never a traceback.
 USER_ERRORS = (DatasetError, ConfigError, backbones.WeightsUnavailable, ValueError, FileNotFoundError, StorageFull)
@@ -65,6 +66,8 @@ DEFAULTS = {
     "webcam_shots": [],
     "manual_class_ids": [0, 1],
 }
+# The choices a reload restores (the user's state file): everything above but the pictures in hand.
+SAVED_KEYS = [key for key in DEFAULTS if key not in ("webcam_shots", "manual_class_ids")]
 
 
 _AUTOLINK_STARTS = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)")
@@ -90,6 +93,8 @@ def code(value) -> str:
 
 
 ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
+TEACHER_CODE_ENV = "TL_STUDIO_TEACHER_CODE"
+IDENTITY_PARAM = "me"  # the page address carries the signed name, so a reload finds the same user
 _LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 # Another site could show this app in a frame and trick a visitor into clicks (Streamlit sends no
 # X-Frame-Options header): framed by anyone, the page hides itself.
@@ -103,11 +108,20 @@ def frame_guard() -> None:
 
 def access_code() -> str | None:
     """The access code of a shared server: $TL_STUDIO_ACCESS_CODE, else `access_code` in Streamlit secrets."""
-    code = os.environ.get(ACCESS_CODE_ENV, "").strip()
-    if code:
-        return code
+    return _setting(ACCESS_CODE_ENV, "access_code")
+
+
+def teacher_code() -> str | None:
+    """The teacher's code on a classroom server: $TL_STUDIO_TEACHER_CODE, else `teacher_code` in secrets."""
+    return _setting(TEACHER_CODE_ENV, "teacher_code")
+
+
+def _setting(env: str, secret: str) -> str | None:
+    value = os.environ.get(env, "").strip()
+    if value:
+        return value
     try:
-        return str(st.secrets.get("access_code", "")).strip() or None
+        return str(st.secrets.get(secret, "")).strip() or None
     except Exception:  # no secrets.toml at all
         return None
 
@@ -131,20 +145,96 @@ def require_access_code() -> None:
             st.stop()
         return
     granted = hashlib.sha256(code.encode()).hexdigest()  # changing the code ends every session
-    if st.session_state.get("access_granted") == granted:
-        return
+    state = st.session_state
+    if state.get("access_granted") != granted or not isinstance(state.get("space"), spaces.Space):
+        returning = spaces.identity_from_token(st.query_params.get(IDENTITY_PARAM, ""), code)
+        if returning is None or not returning.data_workspace.is_dir():
+            _sign_in_form(code, granted)
+        _enter(returning, code, granted, rerun=False)
+    token = state.identity
+    if st.query_params.get(IDENTITY_PARAM) != token:
+        st.query_params[IDENTITY_PARAM] = token  # kept through page changes, so a reload keeps the user
+
+
+def _sign_in_form(code: str, granted: str) -> None:
+    """The access code and a name; stops the page until they are right."""
     st.title("Transfer Learning Studio")
     with st.form("access_form"):
         given = st.text_input("Access code", type="password", key="access_code_given",
                               help="Your teacher or the person who runs this server gives it.")
+        name = st.text_input("Your name", key="user_name_given", max_chars=24,
+                             help="Your datasets and runs are kept under it; leave it empty to be given one.")
         entered = st.form_submit_button("Enter", type="primary")
     if entered:
-        if hmac.compare_digest(hashlib.sha256(given.strip().encode()).hexdigest(), granted):
-            st.session_state.access_granted = granted
-            st.rerun()
+        digest = hashlib.sha256(given.strip().encode()).hexdigest()
+        teacher = teacher_code()
+        if teacher and hmac.compare_digest(digest, hashlib.sha256(teacher.encode()).hexdigest()):
+            space = spaces.Space(workspace_root(), spaces.TEACHER, teacher=True)
+            space.data_workspace.mkdir(parents=True, exist_ok=True)
+            _enter(space, code, granted)
+        if hmac.compare_digest(digest, granted):
+            try:
+                space = spaces.claim_name(name) if name.strip() else spaces.given_name()
+            except ValueError as error:
+                st.error(literal(error))
+                st.stop()
+            _enter(space, code, granted)
         time.sleep(1.0)  # slows down guessing
         st.error("That is not the access code.")
     st.stop()
+
+
+def _enter(space: spaces.Space, code: str, granted: str, rerun: bool = True) -> None:
+    state = st.session_state
+    state.access_granted, state.space = granted, space
+    state.identity = spaces.identity_token(space.user, code, teacher=space.teacher)
+    st.query_params[IDENTITY_PARAM] = state.identity
+    if rerun:
+        st.rerun()
+
+
+def space() -> spaces.Space:
+    """What this visitor owns and sees: their own space on a classroom server, everything on a laptop."""
+    found = st.session_state.get("space")
+    if not access_code():
+        return spaces.Space.laptop()
+    # a classroom session that has not signed in (a page run on its own) owns and sees nothing
+    return found if isinstance(found, spaces.Space) else spaces.Space(workspace_root(), spaces.NOBODY)
+
+
+def restore_session() -> None:
+    """Once per browser session: the choices this user made before a reload or a reconnect, still theirs."""
+    if st.session_state.get("session_restored"):
+        return
+    saved = space().check_restored({key: value for key, value in space().load_state().items() if key in SAVED_KEYS})
+    for key, value in saved.items():
+        st.session_state[key] = value
+    st.session_state.session_restored = True
+    st.session_state.saved_choices = saved
+
+
+def remember_session() -> None:
+    """Write this user's choices to their state file when they changed (after every run of a page)."""
+    state = st.session_state
+    if not state.get("session_restored"):
+        return
+    choices = {key: state.get(key) for key in SAVED_KEYS}
+    if choices != state.get("saved_choices"):
+        try:
+            space().save_state(choices)
+        except OSError:  # a full disk: the choices stay in this session; nothing else is lost
+            return
+        state.saved_choices = choices
+
+
+def my_runs() -> list[str]:
+    """This user's own runs, newest first (every run on a laptop)."""
+    return [str(run_dir) for run_dir in space().my_runs()]
+
+
+def visible_runs() -> list[str]:
+    """The runs this user may look at: their own; everyone's for the teacher."""
+    return [str(run_dir) for run_dir in space().visible_runs()]
 
 
 def init_state() -> None:
@@ -157,13 +247,13 @@ def init_state() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _job_manager_for(workspace: str) -> jobs.JobManager:
-    return jobs.JobManager(Path(workspace))
+def _job_manager_for(workspace: str) -> executors.Executor:
+    return executors.make_executor(Path(workspace))  # the local worker queue, or Ray with TL_STUDIO_RAY_ADDRESS
 
 
-def job_manager() -> jobs.JobManager:
-    """The server's one job manager (per workspace): it starts queued runs one at a time."""
-    return _job_manager_for(str(workspace_root()))
+def job_manager() -> spaces.UserQueue:
+    """The server's one job manager (per workspace), as this user sees it: their runs carry their name."""
+    return spaces.UserQueue(_job_manager_for(str(workspace_root())), space())
 
 
 @st.cache_resource(show_spinner=False)
@@ -247,6 +337,9 @@ def active_dataset(key: str = "dataset_dir") -> Dataset | None:
     root = st.session_state.get(key)
     if not root:
         return None
+    if not space().owns_dataset(root):
+        st.session_state[key] = None
+        return None
     try:
         return load_dataset(root)
     except DatasetError:
@@ -282,12 +375,13 @@ def run_label(run_dir) -> str:
     row = runs.summarize(Path(run_dir))
     accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
     name = f"{row['name']} · " if row.get("name") else ""
-    return f"{name}{row['run_id']} ({row['state']}{accuracy})"
+    owner = runs.read_owner(Path(run_dir)) if space().teacher else None
+    return f"{owner + ': ' if owner else ''}{name}{row['run_id']} ({row['state']}{accuracy})"
 
 
 def newest_active_run() -> Path | None:
-    """The newest run still queued or running, so a reload or a second tab finds it again."""
-    for run_dir in runs.list_runs():
+    """This user's newest run still queued or running, so a reload or a second tab finds it again."""
+    for run_dir in space().my_runs():
         if runs.read_status(run_dir).get("state") in ACTIVE_STATES:
             return run_dir
     return None
@@ -295,7 +389,7 @@ def newest_active_run() -> Path | None:
 
 def finished_runs() -> list[str]:
     """Runs that finished with a model to use, newest first."""
-    return [str(run_dir) for run_dir in runs.list_runs()
+    return [str(run_dir) for run_dir in space().visible_runs()
             if runs.read_status(run_dir).get("state") == "done" and runs.RunFolder(run_dir).weights.exists()]
 
 
@@ -426,6 +520,9 @@ def sidebar() -> None:
     """Where the user is: the choices made so far, the active run and the device."""
     state = st.session_state
     with st.sidebar:
+        if (user := space().user) is not None:
+            st.caption(f"Signed in as {literal(user)}" + (" (teacher)" if space().teacher else "")
+                       + ": keep this page's address to come back.")
         st.markdown("**Your classifier so far**")
         st.markdown(f":material/neurology: Backbone: {code(state.backbone)}  \n"
                     f":material/key: Weights: {literal(weights_label(state.weights))}")

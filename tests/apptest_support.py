@@ -25,9 +25,9 @@ class FakeJobManager:
         self.cancelled: list[Path] = []
         FakeJobManager.instances.append(self)
 
-    def submit(self, config: RunConfig) -> Path:
+    def submit(self, config: RunConfig, owner: str | None = None) -> Path:
         self.submitted.append(config)
-        return runs.create_run(config, self.workspace)
+        return runs.create_run(config, self.workspace, owner=owner)
 
     def cancel(self, run_dir) -> None:
         self.cancelled.append(Path(run_dir))
@@ -35,6 +35,9 @@ class FakeJobManager:
 
     def queue_position(self, run_dir):
         return 1 if runs.read_status(Path(run_dir)).get("state") == "queued" else None
+
+    def expected_wait(self, run_dir):
+        return None
 
     def running(self):
         return []

@@ -36,7 +36,7 @@ def test_pages_use_no_private_engine_attributes(page):
 
 
 RUN_FILES = ("config.json", "facts.json", "status.json", "events.jsonl", "metrics.json", "predictions.csv", "model.safetensors",
-             "labels.json", "preprocess.json", "worker.lock", "STOP")
+             "labels.json", "preprocess.json", "worker.lock", "STOP", "owner.json")
 
 
 def test_only_runs_py_names_the_files_of_a_run_folder():
@@ -45,7 +45,7 @@ def test_only_runs_py_names_the_files_of_a_run_folder():
 
     folder = RunFolder("/r")
     assert sorted(getattr(folder, name).name for name in ("config", "facts", "status", "events", "metrics", "predictions",
-                                                           "weights", "labels", "preprocess", "lock", "stop")) \
+                                                           "weights", "labels", "preprocess", "lock", "stop", "owner")) \
         == sorted(RUN_FILES)
     for path in [*sorted((ROOT / "tl_core").rglob("*.py")), *PAGES]:
         if path.name == "runs.py" or "bundle" in path.parts:

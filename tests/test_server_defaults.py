@@ -25,7 +25,7 @@ def test_the_server_config_is_safe_by_default():
 def test_an_access_code_is_asked_before_any_page_renders(monkeypatch):
     monkeypatch.setenv(common.ACCESS_CODE_ENV, "tulip-42")
     at = open_page()
-    assert [t.label for t in at.text_input] == ["Access code"] and not at.dataframe  # no page, no sidebar content
+    assert [t.label for t in at.text_input] == ["Access code", "Your name"] and not at.dataframe  # no page yet
     at.text_input(key="access_code_given").set_value("tulip-41")
     at.button[0].click().run()
     assert plain(at.error[0].value) == "That is not the access code." and not at.dataframe

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="embedded | hub | none | FILE.safetensors (default: embedded where the app ships weights, else hub)")
     _add_settings(train)
     train.add_argument("--run-dir", dest="new_run_dir", help="where to put the run folder (default: the workspace's runs/)")
+    train.add_argument("--prepare-only", action="store_true",
+                       help="make the run folder and stop (to train it with torchrun -m tl_core.distributed)")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a finished run on a labelled folder")
     evaluate.add_argument("run_dir")
@@ -115,6 +117,8 @@ def _train(args) -> int:
         return 2
     run_dir = _prepare_run(args)
     print(f"run folder: {run_dir}", flush=True)
+    if args.prepare_only:
+        return 0
     from . import train
     from .callbacks import ConsoleProgress
 

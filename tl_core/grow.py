@@ -26,16 +26,17 @@ def grow(parent_dir: str | Path, new_images: str | Path, name: str | None = None
     return create_run(grown_config(parent_dir, ingest_folder(new_images), name))
 
 
-def grown_config(parent_dir: str | Path, added, name: str | None = None) -> RunConfig:
-    """The grown run's config, on a new dataset version (the parent's images and the `added` dataset's), with
-    its feature cache already written: call it before the run is queued, so the worker finds the cache."""
+def grown_config(parent_dir: str | Path, added, name: str | None = None, workspace: Path | None = None) -> RunConfig:
+    """The grown run's config, on a new dataset version (the parent's images and the `added` dataset's, kept
+    under `workspace`: a classroom user's own), with its feature cache already written: call it before the
+    run is queued, so the worker finds the cache."""
     parent_dir = Path(parent_dir)
     parent = read_config(parent_dir)
     preprocess = read_json(RunFolder(parent_dir).preprocess)
     old = load_dataset(parent.dataset_dir)
     files = [(Path(item["path"]).name, (old.root / item["path"]).read_bytes(), item["label"]) for item in old.items]
     files += [(Path(item["path"]).name, (added.root / item["path"]).read_bytes(), item["label"]) for item in added.items]
-    merged = ingest_files(files, name=f"{old.name} + {added.name}")
+    merged = ingest_files(files, name=f"{old.name} + {added.name}", workspace=workspace)
     features = preprocess.get("features", "last")
     _warm_feature_cache(parent, preprocess, old, merged, features)
     return parent.replace(dataset_dir=str(merged.root), parent_run=parent_dir.name, freeze="head",

@@ -13,6 +13,7 @@ The run folders are the queue: a run is waiting while its status says "queued".
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig
-from .runs import (FINAL_STATES, LOCK_FILE, RunFolder, create_run, list_runs, lock_held, read_status, request_stop,
-                   stop_requested, try_lock, unlock, write_status)
+from .runs import (FINAL_STATES, LOCK_FILE, RunFolder, create_run, list_runs, lock_held, read_metrics, read_owner,
+                   read_status, request_stop, stop_requested, try_lock, unlock, write_status)
 from .storage import workspace_root
 
 BUSY_EXIT = 75  # a worker's exit code when another worker already holds its run (EX_TEMPFAIL)
@@ -39,11 +40,51 @@ class RunBusy(RuntimeError):
 
 
 def default_slots() -> int:
-    """Runs that may train at once in a workspace: $TL_STUDIO_SLOTS, else 1 (one device)."""
+    """Runs that may train at once in a workspace: $TL_STUDIO_SLOTS, else one per GPU (1 without a GPU)."""
     try:
-        return max(1, int(os.environ.get("TL_STUDIO_SLOTS", "1")))
-    except ValueError:
-        return 1
+        return max(1, int(os.environ["TL_STUDIO_SLOTS"]))
+    except (KeyError, ValueError):
+        return max(1, len(gpu_ids()))
+
+
+def gpu_count() -> int:
+    """GPUs the driver shows this process (0 without CUDA); asks without starting CUDA here."""
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this server hands to its workers: $CUDA_VISIBLE_DEVICES's list when set, else 0 … n-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    return [str(index) for index in range(gpu_count())]
+
+
+def worker_gpu(slot: int, gpus: list[str]) -> str | None:
+    """The GPU a worker in `slot` sees as its only one: slot i gets GPU i (wrapping round when there are
+    more slots than GPUs); None without a GPU."""
+    return gpus[slot % len(gpus)] if gpus else None
+
+
+def fair_order(queued: list[tuple[Path, str | None, float]], training: dict[str | None, int] | None = None) -> list[Path]:
+    """Queued runs (path, owner, queued time) in the order they should start: round-robin between owners,
+    first come first served within one owner.
+
+    An owner's k-th waiting run goes in round k, counting the runs they already have training, so one
+    student's ten runs never hold back another student's first; within a round, the earlier queued first.
+    """
+    training = training or {}
+    waiting: dict[str | None, int] = {}
+    keyed = []
+    for path, owner, queued_at in sorted(queued, key=lambda q: (q[2], q[0].name)):
+        rank = training.get(owner, 0) + waiting.get(owner, 0)
+        waiting[owner] = waiting.get(owner, 0) + 1
+        keyed.append(((rank, queued_at, path.name), path))
+    return [path for _, path in sorted(keyed)]
 
 
 def slot_lock_paths(workspace: Path, slots: int) -> list[Path]:
@@ -170,6 +211,7 @@ class JobManager:
                  background: bool = True, worker_command: list[str] | None = None):
         self.workspace = Path(workspace) if workspace else workspace_root()
         self.slots = slots or default_slots()
+        self.gpus = gpu_ids()
         self.poll_s = poll_s
         self.worker_command = list(worker_command or [sys.executable, "-m", "tl_core", "train"])
         self.workers: dict[Path, subprocess.Popen] = {}
@@ -181,9 +223,9 @@ class JobManager:
             threading.Thread(target=self._loop, name="tl-jobs", daemon=True).start()
 
     # ---- what the UI calls ---------------------------------------------------------------------
-    def submit(self, config: RunConfig) -> Path:
-        """Create a queued run for `config`; it starts as soon as a slot is free."""
-        run_dir = create_run(config, self.workspace)
+    def submit(self, config: RunConfig, owner: str | None = None) -> Path:
+        """Create a queued run for `config` (started by `owner`, on a classroom server); it starts when a slot is free."""
+        run_dir = create_run(config, self.workspace, owner=owner)
         self._tick_quietly()
         return run_dir
 
@@ -193,9 +235,13 @@ class JobManager:
     def queue(self, statuses: dict[Path, dict] | None = None) -> list[Path]:
         """Queued runs in the order they will start."""
         statuses = statuses if statuses is not None else self._statuses()
-        queued = [p for p, status in statuses.items()
+        queued = [(p, read_owner(p), _number(status.get("queued"))) for p, status in statuses.items()
                   if status.get("state") == "queued" and p not in self.unsaved_failures]
-        return sorted(queued, key=lambda p: (_number(statuses[p].get("queued")), p.name))
+        training: dict[str | None, int] = {}
+        for p, status in statuses.items():
+            if status.get("state") == "running":
+                training[read_owner(p)] = training.get(read_owner(p), 0) + 1
+        return fair_order(queued, training)
 
     def _statuses(self) -> dict[Path, dict]:
         """Every run's status, each file read once (a tick runs every poll_s)."""
@@ -206,6 +252,18 @@ class JobManager:
         queue = [p.resolve() for p in self.queue()]
         run_dir = Path(run_dir).resolve()
         return queue.index(run_dir) + 1 if run_dir in queue else None
+
+    def expected_wait(self, run_dir: Path) -> float | None:
+        """About how many seconds until a queued run starts: its round of the slots times the typical length of
+        a recent run here; None when it is not waiting or no run has finished yet to judge by."""
+        position = self.queue_position(run_dir)
+        durations = sorted(_number((read_metrics(p) or {}).get("wall_s"), None) or 0.0
+                           for p in list_runs(self.workspace)[:50] if read_status(p).get("state") == "done")
+        durations = [d for d in durations if d > 0]
+        if position is None or not durations:
+            return None
+        typical = durations[len(durations) // 2]
+        return math.ceil(position / self.slots) * typical
 
     def running(self) -> list[Path]:
         """Runs training now in this workspace, whoever started them."""
@@ -288,6 +346,8 @@ class JobManager:
                 log = open(run_dir / "worker.log", "ab")
                 env = dict(os.environ, TL_STUDIO_HOME=str(self.workspace), PYTHONUNBUFFERED="1",
                            **{_RUN_FD_ENV: str(run_fd), _SLOT_FD_ENV: str(slot_fd), "TL_STUDIO_SLOT": str(index)})
+                if (gpu := worker_gpu(index, self.gpus)) is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = gpu  # one worker per GPU: each sees only its slot's
                 proc = subprocess.Popen([*self.worker_command, str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                         cwd=_project_root(), pass_fds=(run_fd, slot_fd))
@@ -352,8 +412,8 @@ class JobManager:
                   file=sys.stderr)
 
 
-def _number(value) -> float:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+def _number(value, default: float | None = 0.0) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def _death_reason(run_dir: Path, code: int) -> str:

@@ -44,6 +44,7 @@ class RunFolder:
     stop = property(lambda self: self.path / "STOP", doc="made to cancel; the worker stops within a batch")
     plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
     candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
+    owner = property(lambda self: self.path / "owner.json", doc="who started the run, on a classroom server")
 
 
 LOCK_FILE = RunFolder(".").lock.name
@@ -74,8 +75,9 @@ def package_versions() -> dict:
     return versions
 
 
-def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path | None = None) -> Path:
-    """Make a run folder holding config.json and a queued status; return its path."""
+def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path | None = None,
+               owner: str | None = None) -> Path:
+    """Make a run folder holding config.json and a queued status (and owner.json, on a classroom server)."""
     run_dir = Path(run_dir) if run_dir else runs_root(workspace) / new_run_id(config)
     if RunFolder(run_dir).config.exists():
         raise FileExistsError(f"{run_dir}: already holds a run")
@@ -84,6 +86,8 @@ def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path |
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / LOCK_FILE).touch()  # made now: a lock file takes no space later, when the disk may be full
         write_status(run_dir, state="queued", queued=time.time())
+        if owner is not None:  # before config.json: a listed run never lacks its owner
+            atomic_write_json(RunFolder(run_dir).owner, {"owner": owner})
         # config.json last: list_runs shows a folder only once it holds one, so a half-made run never shows
         atomic_write_json(RunFolder(run_dir).config, {"config": config.to_dict(), "versions": package_versions()})
     except BaseException:
@@ -106,6 +110,13 @@ def read_config_record(run_dir: Path) -> dict:
     if not record:
         return {}
     return {**(_read_object(RunFolder(run_dir).facts)[0] or {}), **record}
+
+
+def read_owner(run_dir: Path) -> str | None:
+    """Who started the run on a classroom server; None for a laptop's run (or an unreadable owner.json)."""
+    record = _read_object(RunFolder(run_dir).owner)[0] or {}
+    owner = record.get("owner")
+    return owner if isinstance(owner, str) else None
 
 
 def read_config(run_dir: str | Path) -> RunConfig:

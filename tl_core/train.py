@@ -104,12 +104,12 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
 class Fit:
     """One training run; `emit` tells every callback what happened."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, callbacks: list, task: Task | None = None):
+    def __init__(self, config: RunConfig, run_dir: Path, callbacks: list, task: Task | None = None, strategy=None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.callbacks = callbacks
         self.task = task or Classification(config.label_smoothing)
-        self.strategy = SingleDevice(config.device)
+        self.strategy = strategy or SingleDevice(config.device)  # distributed.FabricDDP for several processes
         self.device = self.strategy.device
         self.t0 = time.time()
         self.epoch = self.step = 0
@@ -360,8 +360,9 @@ class Fit:
             min(cfg.batch_size, len(self.train_idx)), lambda size: self._forward_backward(size, optimizer),
             lambda message: self.emit("notice", message=message))
         n_train = len(self.train_idx)
-        drop_last = n_train % batch_size == 1 and n_train > 1  # BatchNorm cannot train on a batch of one
-        steps_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+        n_local = math.ceil(n_train / self.strategy.world_size)  # this process's share (strategy.shard)
+        drop_last = n_local % batch_size == 1 and n_local > 1  # BatchNorm cannot train on a batch of one
+        steps_per_epoch = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
         scheduler = optim.lr_schedule(optimizer, cfg.schedule, cfg.warmup_epochs, steps_per_epoch, epochs)
         generator = torch.Generator().manual_seed(cfg.seed)
         train_idx = torch.tensor(self.train_idx)
