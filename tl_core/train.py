@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backbones, batches, layers, optim
+from . import adapt, backbones, batches, layers, optim
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
@@ -66,10 +66,11 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
             log = EventLog(RunFolder(run_dir).events)
             config = read_config(run_dir)
+            adaptation = adapt.plan_for(config)  # a target domain's callbacks (after BestCheckpoint) and task
             fit = Fit(config, run_dir, [log, StopFile(run_dir),
                                         DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
-                                        NanGuard(), BestCheckpoint(),
-                                        EarlyStopping(config.early_stopping), *(extra_callbacks or [])], task)
+                                        NanGuard(), BestCheckpoint(), EarlyStopping(config.early_stopping),
+                                        *adaptation.callbacks, *(extra_callbacks or [])], task or adaptation.task)
             metrics = fit.run()
         except CancelFit as stop:
             fit.emit("cancelled", reason=str(stop))
@@ -113,6 +114,7 @@ class Fit:
         self.preprocess, self.size, self.channels_last, self.trains_on_images = {}, 0, False, False
         self.pixels = self.features = self.source = None  # batch sources: images, frozen features, the phase's own
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
+        self.extra_metrics = {}  # what callbacks add to metrics.json (a target domain's measures)
 
     def emit(self, event: str, **info) -> None:
         if event not in EVENTS:
