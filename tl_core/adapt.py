@@ -36,8 +36,8 @@ ALIGN_STD_FLOOR = 0.2  # as the probe's: a feature's spread floored at this shar
 ALIGN_MAX_SCALE = 4.0
 DANN_HIDDEN = 256
 # Proxy A-distance below which source and target look alike (a domain classifier near chance): adaptation
-# has nothing to undo, and "auto" leaves the model as it is. Measured: about 0.1-0.3 for two draws of one
-# distribution, 1.5 and more for the bench's shifts (bench/RESULTS.md).
+# has nothing to undo and is not applied. Measured (Fashion-MNIST, 200 a side, Lite0 at 64 px): 0.25 for
+# two draws of one distribution, 1.7-2.0 for the bench's shifts (bench/RESULTS.md).
 PAD_ALIKE, PAD_VERY_DIFFERENT = 0.5, 1.4
 
 
@@ -223,6 +223,7 @@ class DomainAdversarial(Classification, Callback):
         self.domain_head: nn.Module | None = None  # made at fit_start, when the body's width is known
         self.target = None
         self.weight = 0.0
+        self.domain_loss = None  # the last batch's, for metrics.json
         self.generator = torch.Generator().manual_seed(seed)
         self.phase_epochs = self.phase_first_epoch = 0
 
@@ -246,7 +247,8 @@ class DomainAdversarial(Classification, Callback):
     def on_batch_end(self, info, fit):
         if info.get("phase") == "finetune" and info.get("batches"):
             done = (info["epoch"] - self.phase_first_epoch - 1) * info["batches"] + info["batch"]
-            self.weight = reversal_weight(done / (self.phase_epochs * info["batches"]))
+            progress = done / (self.phase_epochs * info["batches"])
+            self.weight = reversal_weight(progress) if self.adaptation.applied else 0.0
 
     def step(self, batch: Batch, features: torch.Tensor, head: nn.Module) -> dict:
         out = super().step(batch, features, head)
@@ -256,8 +258,13 @@ class DomainAdversarial(Classification, Callback):
         domain = torch.cat([torch.zeros(len(features)), torch.ones(len(target_features))]).to(both.device)
         domain_loss = F.binary_cross_entropy_with_logits(self.domain_head(both).squeeze(1), domain)
         out["loss"] = out["loss"] + domain_loss
-        out["domain_loss"] = domain_loss.detach()
+        out["domain_loss"] = self.domain_loss = domain_loss.detach()
         return out
+
+    def on_before_save(self, info, fit):
+        if self.domain_loss is not None:
+            fit.extra_metrics.setdefault("target", {})["dann"] = {
+                "reversal_weight": round(self.weight, 4), "domain_loss": round(float(self.domain_loss), 4)}
 
 
 # ---- a run's adaptation --------------------------------------------------------------------------------------
@@ -302,6 +309,7 @@ class Adaptation(Callback):
         self.method = config.adapt
         self.target: TargetImages | None = None
         self.record: dict = {}
+        self.applied = False  # decided at fit_start by the shift meter
 
     def on_fit_start(self, info, fit):
         self.target = load_target(self.config, fit.classes, fit.size, fit.preprocess)
@@ -315,28 +323,42 @@ class Adaptation(Callback):
         shift["typical_target"] = [self.target.paths[tgt_idx[i]] for i in shift["typical_target"]]
         if self.method == "auto":
             self.method = auto_method(shift["pad"], fit.model)
-        self.record = {"method": self.method, "asked": self.config.adapt, "n_target": len(self.target.pixels),
+        # Adapting to a target that looks like the source only fits sampling noise (on the bench's no-shift
+        # draws AdaBN and alignment each cost 1-2 points): below PAD_ALIKE the model is left as it is.
+        self.applied = self.method != "none" and shift["pad"] >= PAD_ALIKE
+        self.record = {"method": self.method, "asked": self.config.adapt, "applied": self.applied,
+                       "n_target": len(self.target.pixels),
                        "n_target_test": 0 if self.target.test_labels is None else len(self.target.test_labels),
                        "shift": shift}
+        if self.method != "none" and not self.applied:
+            self.record["not_applied"] = (f"the target looks like the training images (proxy A-distance "
+                                          f"{shift['pad']:.2f} < {PAD_ALIKE}): nothing to adapt, the model is "
+                                          f"left as it is")
         fit.extra_metrics["target"] = self.record
         fit.emit("notice", phase="adapt", message=f"shift meter: {shift['words']} (proxy A-distance "
-                                                  f"{shift['pad']:.2f}); adaptation: {self.method}")
+                                                  f"{shift['pad']:.2f}); adaptation: {self.method}"
+                                                  + ("" if self.applied or self.method == "none"
+                                                     else " (not applied: nothing to adapt)"))
 
     def on_before_save(self, info, fit):
         if self.target is None:
             return
         before = self._measure(fit)
-        if self.method == "adabn":
+        if not self.applied:  # "none", or a target with nothing to adapt: what the adapted model does is this
+            self.record["source_only"] = before
+            if self.method != "none":
+                self.record["adapted"] = before
+        elif self.method == "adabn":
             source = _normalised_sample(fit, fit.pixels.pixels[fit.train_idx])
             target = _normalised_sample(fit, self.target.pixels)
             self.record["adabn_layers"] = adapt_batchnorm(fit.model, source, target)
         elif self.method == "align":
             target = pooled_features(fit.model, fit.pixels.to_device, self.target.pixels, self.config.batch_size)
             self.record["alignment"] = fold_alignment(fit.model.get_classifier(), _source_features(fit), target)
-        if self.method in ("adabn", "align"):
+        if self.applied and self.method in ("adabn", "align"):
             self.record["source_only"], self.record["adapted"] = before, self._measure(fit)
-        else:  # nothing changes here: DANN adapted while training; "none" only measures
-            self.record["adapted" if self.method == "dann" else "source_only"] = before
+        elif self.applied:  # DANN adapted while training: its source-only twin is another run
+            self.record["adapted"] = before
         fit.emit("notice", phase="adapt", message=describe_target(self.record))
 
     def _measure(self, fit) -> dict:
@@ -361,6 +383,8 @@ def auto_method(pad: float, model: nn.Module) -> str:
 def describe_target(record: dict) -> str:
     """One line on what adaptation did, in words."""
     before, after = record.get("source_only"), record.get("adapted")
+    if record.get("not_applied"):
+        before = None
     if before and after and "target_acc" in before:
         return (f"{record['method']}: target accuracy {before['target_acc']:.1%} source-only → "
                 f"{after['target_acc']:.1%} adapted")
