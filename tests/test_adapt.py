@@ -240,3 +240,13 @@ def test_hostile_target_zips_get_the_same_verdicts_as_training_data(tmp_path):
     assert {r["name"]: r["reason"] for r in unlabelled.refused} == {r["name"]: r["reason"] for r in labelled.refused}
     assert len(unlabelled.refused) == 4 and len(unlabelled.items) == 2
     assert not any("evil" in p.name or "link" in p.name for p in tmp_path.parent.rglob("*evil*"))
+
+
+def test_an_exported_adapted_model_reproduces_tl_cores_predictions_on_target_images(adabn_run, tmp_path):
+    from tl_core.export import export_run
+
+    run_dir, test = adabn_run
+    images = sorted(test.glob("*/*.png"))
+    report = export_run(run_dir, "onnx", out_dir=tmp_path / "onnx", images=images)
+    assert report["verified"] and report["images"] == len(images) == 40
+    assert report["top1_agreement"] == 1.0 and report["max_prob_diff"] < 1e-4
