@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from pages import common, target_domain
 from tl_core import datasets, plots
 from tl_core.sample_data import SAMPLE_DIR
 
@@ -216,6 +216,8 @@ else:
     else:
         st.info("Upload the validation images: the same class folders, different pictures.")
     upload_tabs("val", "val_dataset_dir")
+
+target_domain.data_section(upload_tabs)
 
 st.divider()
 st.page_link(common.LAYERS_PAGE, label="Next: choose which layers train", icon=":material/arrow_forward:")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from pages import common, target_domain
 from tl_core import plots, runs
 from tl_core import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, RunConfig
@@ -53,7 +53,8 @@ def start_run() -> None:
             epochs=int(state.epochs), batch_size=int(state.batch_size), lr=float(state.lr), augment=state.augment,
             image_size=None if state.image_size == default_size else int(state.image_size),
             early_stopping=int(state.early_stopping), val_fraction=float(state.val_fraction),
-            name=state.run_name.strip())
+            name=state.run_name.strip(), target_dir=state.target_dir, target_test_dir=state.target_test_dir,
+            adapt=state.adapt)
         if state.val_source == "separate" and not state.val_dataset_dir:
             raise ValueError("validation: upload the separate validation set on the Data page, "
                              "or choose to hold out part of the images")
@@ -100,6 +101,7 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
             st.caption("What training sees: the same images, randomly changed every epoch.")
             st.image(augment_preview.augmented(pixels, state.augment), width=110)
             st.button("Show other random changes", key="reshuffle_preview", icon=":material/shuffle:")
+    target_domain.adapt_choice()
     st.button("Start training", key="start_training", type="primary", icon=":material/play_arrow:",
               on_click=start_run)
     if error := state.pop("start_error", None):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common
+from pages import common, target_domain
 from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, plots, runs
 
 MISTAKES_SHOWN = 24
@@ -88,6 +88,7 @@ if metrics:
     time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
+    target_domain.results_section(metrics)
     learnt = metrics.get("kept", {}).get("trainable_params", metrics.get("trainable_params"))
     total = metrics.get("total_params")
     trained = (f"; {learnt:,} of {total:,} parameters learnt"

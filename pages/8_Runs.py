@@ -65,12 +65,13 @@ table_rows = [{**row, "weights": common.weights_label(row["weights"]) if row["we
               for row in summaries]
 st.dataframe(
     pd.DataFrame(table_rows), hide_index=True, key="runs_table",
-    column_order=["run_id", "name", "state", "val_acc", "val_loss", "backbone", "weights", "freeze", "epochs",
+    column_order=["run_id", "name", "state", "val_acc", "target_acc", "adapt", "val_loss", "backbone", "weights", "freeze", "epochs",
                   "augment", "dataset", "device", "wall_s", "error", "damaged"],
     column_config={
         "run_id": "Run", "name": "Name", "state": "State", "backbone": "Backbone", "weights": "Weights",
         "freeze": "Learns", "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
         "val_acc": st.column_config.NumberColumn("Val. accuracy", format="percent"),
+        "target_acc": st.column_config.NumberColumn("Target accuracy", format="percent"), "adapt": "Adapted by",
         "val_loss": st.column_config.NumberColumn("Val. loss", format="%.3f"),
         "wall_s": st.column_config.NumberColumn("Seconds", format="%.0f"),
         "error": st.column_config.TextColumn("Error", width="large"),

@@ -1,4 +1,4 @@
-"""Command line: python -m tl_core {train, evaluate, predict, export, runs}."""
+"""Command line: python -m tl_core {train, evaluate, predict, export, runs, shift}."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("run_dir", nargs="?", help="a prepared run folder (what the app starts)")
     train.add_argument("--data", help="a folder of class folders")
     train.add_argument("--val-data", help="a separate folder of class folders for validation")
+    train.add_argument("--target-data", help="unlabelled images of where the model will be used (any layout)")
+    train.add_argument("--target-test", help="labelled target images (class folders), used only to measure")
     train.add_argument("--weights", default=None,
                        help="embedded | hub | none | FILE.safetensors (default: embedded where the app ships weights, else hub)")
     _add_settings(train)
@@ -37,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"])
     export.add_argument("--out", default=None, help="the bundle's folder (default: RUN_DIR/export/FORMAT)")
 
+    shift = commands.add_parser("shift", help="how different target images look from training images (shift meter)")
+    shift.add_argument("--data", required=True, help="a folder of class folders")
+    shift.add_argument("--target-data", required=True, help="unlabelled images of where the model will be used")
+    shift.add_argument("--backbone", default="tf_efficientnet_lite0")
+
     runs = commands.add_parser("runs", help="list the runs of the workspace")
     runs.add_argument("--json", action="store_true")
 
@@ -56,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                "export": _export, "runs": _runs, "rank": _rank, "grow": _grow}[args.command](args)
+                "export": _export, "runs": _runs, "rank": _rank, "grow": _grow,
+                "shift": _shift}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -173,15 +181,20 @@ def _failure(run_dir: Path, error: BaseException) -> str:
 def _prepare_run(args) -> Path:
     from .config import RunConfig, settings
     from .datasets import ingest_or_reuse_folder
+    from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
     from .runs import create_run
 
     train_set = ingest_or_reuse_folder(args.data)
     val_set = ingest_or_reuse_folder(args.val_data) if args.val_data else None
+    target_set = ingest_unlabelled_or_reuse_folder(args.target_data) if args.target_data else None
+    target_test = ingest_or_reuse_folder(args.target_test) if args.target_test else None
     from .backbones import default_weights
 
     weights = args.weights or default_weights(args.backbone)
     config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
-                       weights=weights, **{name: getattr(args, name) for name in settings()})
+                       weights=weights, target_dir=str(target_set.root) if target_set else None,
+                       target_test_dir=str(target_test.root) if target_test else None,
+                       **{name: getattr(args, name) for name in settings()})
     return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
 
 
@@ -211,6 +224,17 @@ def _export(args) -> int:
 
     report = export_run(args.run_dir, args.format, out_dir=args.out)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _shift(args) -> int:
+    from .adapt import measure_shift
+    from .backbones import default_weights
+    from .datasets import ingest_or_reuse_folder
+    from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
+
+    source, target = ingest_or_reuse_folder(args.data), ingest_unlabelled_or_reuse_folder(args.target_data)
+    print(json.dumps(measure_shift(source.root, target.root, args.backbone, default_weights(args.backbone)), indent=2))
     return 0
 
 

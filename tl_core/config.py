@@ -13,6 +13,18 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
 FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
 HEADS = ("logistic", "prototype")  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
+# Domain adaptation to a run's target images (tl_core/adapt.py); one sentence each on when it helps.
+ADAPT_HELP = {
+    "none": "train as usual; target images, when given, are only measured",
+    "adabn": "BatchNorm statistics re-estimated on the target images (no labels, one forward pass): helps when "
+             "the target differs in lighting, contrast, polarity or colour; works with feature extraction",
+    "align": "the target's features moved to the source's mean and spread, folded into the head: the cheapest, "
+             "works with cached features, helps when the shift moves every feature alike",
+    "dann": "fine-tuning with a domain classifier behind gradient reversal, so the features stop telling source "
+            "from target: needs layers that train, for shifts the cheap methods do not undo",
+    "auto": "the method the shift meter favours; none when the target looks like the source",
+}
+ADAPT_METHODS = tuple(ADAPT_HELP)
 _FREEZE_RE = re.compile(r"^(head|all|top-\d+|[\w.\-]+(,[\w.\-]+)*)$")
 
 
@@ -60,6 +72,8 @@ class RunConfig:
 
     dataset_dir: str
     val_dataset_dir: str | None = None
+    target_dir: str | None = None  # unlabelled images of where the model will be used (an ingested dataset)
+    target_test_dir: str | None = None  # labelled target images, used only to measure
     backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name; (tf_)efficientnet_lite0 works offline")
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors (the CLI picks by backbone)
     freeze: str = _setting("auto", str, "auto | head | top-N | all | GROUP,GROUP: the layer groups that train "
@@ -89,6 +103,8 @@ class RunConfig:
     seed: int = _setting(0, int, "seed of the split, the shuffles and the initialisation")
     probe_first: bool = _setting(True, bool, "fit the head on frozen features before unfreezing anything")
     name: str = _setting("", str, "a name to find the run again")
+    adapt: str = _setting("none", str, "domain adaptation to the target images (--target-data): "
+                          + "; ".join(f"{k}: {v.split(':')[0]}" for k, v in ADAPT_HELP.items()), ADAPT_METHODS)
     parent_run: str | None = None  # the run this one was made from (a from-scratch baseline's pretrained twin)
     extra: dict = field(default_factory=dict)
 
@@ -125,6 +141,11 @@ class RunConfig:
         need(self.early_stopping >= 0, f"early_stopping: {self.early_stopping} must be 0 (off) or more")
         need(0 < self.val_fraction < 1, f"val_fraction: {self.val_fraction} is outside (0, 1)")
         need(self.device in DEVICES, f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        need(self.adapt in ADAPT_METHODS, f"adapt: {self.adapt!r} is not one of {', '.join(ADAPT_METHODS)}")
+        need(self.adapt in ("none", "auto") or bool(self.target_dir),
+             f"adapt: {self.adapt} adapts to target images; give them (--target-data DIR) or choose none")
+        need(self.adapt != "dann" or self.freeze != "head",
+             "adapt: dann changes the features, so layers must train: choose freeze top-N or all, or adabn/align")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

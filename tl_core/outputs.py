@@ -42,7 +42,8 @@ def save_outputs(fit) -> dict:
                "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), "validation": fit.validation,
                "validation_method": fit.validation_method, "features": fit.feature_kind,
                "head": fit.head_kind,
-               "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit)}
+               "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit),
+               **fit.extra_metrics}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)
     atomic_write_json(folder.metrics, metrics)

@@ -316,11 +316,21 @@ def summarize(run_dir: Path) -> dict:
         "device": record.get("device"),
         "val_acc": metrics.get("val_acc"),
         "val_loss": metrics.get("val_loss"),
+        **target_summary(metrics),
         "wall_s": metrics.get("wall_s"),
         "queued": status.get("queued"),
         "error": status.get("error"),
         "damaged": "; ".join(problems) or None,
     }
+
+
+def target_summary(metrics: dict) -> dict:
+    """A run's accuracy on labelled target images (adapted when it adapted) and the method; None without them."""
+    target = metrics.get("target") if isinstance(metrics.get("target"), dict) else {}
+    measured = target.get("adapted") or target.get("source_only") or {}
+    accuracy = measured.get("target_acc") if isinstance(measured, dict) else None
+    return {"target_acc": accuracy if isinstance(accuracy, numbers.Real) else None,
+            "adapt": target.get("method") if target else None}
 
 
 def list_runs(workspace: Path | None = None) -> list[Path]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import auto_plan, backbones, batches, layers, multilayer, optim
+from . import adapt, auto_plan, backbones, batches, layers, multilayer, optim
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
@@ -70,10 +70,11 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             if config.freeze == "auto":  # measure the candidate plans first; the run trains the one kept
                 config = auto_plan.resolve(config, run_dir, lambda message: log(
                     "notice", {"phase": "plan", "message": message}, None))
+            adaptation = adapt.plan_for(config)  # a target domain's callbacks (after BestCheckpoint) and task
             fit = Fit(config, run_dir, [log, StopFile(run_dir),
                                         DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
-                                        NanGuard(), BestCheckpoint(),
-                                        EarlyStopping(config.early_stopping), *(extra_callbacks or [])], task)
+                                        NanGuard(), BestCheckpoint(), EarlyStopping(config.early_stopping),
+                                        *adaptation.callbacks, *(extra_callbacks or [])], task or adaptation.task)
             metrics = fit.run()
         except CancelFit as stop:
             if fit is None:  # stopped while the Auto plan measured its candidates
@@ -126,6 +127,7 @@ class Fit:
         self.head_kind = "logistic"  # how the probe fits the head: "logistic" or "prototype" (tl_core.prototypes)
         self.pixels = self.features = self.source = None  # batch sources: images, frozen features, the phase's own
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
+        self.extra_metrics = {}  # what callbacks add to metrics.json (a target domain's measures)
 
     def emit(self, event: str, **info) -> None:
         if event not in EVENTS:
