@@ -255,7 +255,8 @@ if metrics and status.get("state") == "done":
             try:
                 with st.spinner("Checking the images and computing the new ones' features…"):
                     mine = common.space().data_workspace  # a classroom user's own datasets folder
-                    added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem, workspace=mine)
+                    added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem, workspace=mine,
+                                                min_classes=1)
                     config = grow.grown_config(run_dir, added, workspace=mine)
                 state.run_dir = str(common.job_manager().submit(config))
                 st.success("The grown model is training: watch it on the Train page.", icon=":material/check:")

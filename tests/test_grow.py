@@ -52,6 +52,16 @@ def test_a_grown_model_knows_the_new_class_and_keeps_the_old_ones(parent_and_new
     assert read_metrics(child)["features"] == read_metrics(parent)["features"]
 
 
+def test_a_single_new_class_is_enough_to_grow(parent_and_new, tmp_path):
+    from tl_core.grow import grow
+
+    parent, new = parent_and_new
+    shutil.rmtree(new / "Dress")  # only the new class: a folder of one class is what growing takes most
+    child = grow(parent, new)
+    assert set(load_dataset(read_config(child).dataset_dir).classes) == {"Bag", "Dress", "Sandal", "Sneaker",
+                                                                          "Trouser"}
+
+
 def test_the_old_images_features_are_reused_not_recomputed(parent_and_new, tmp_path, monkeypatch):
     from tl_core import grow as grow_module
 

@@ -23,7 +23,7 @@ from .storage import atomic_file, read_json, workspace_root
 
 def grow(parent_dir: str | Path, new_images: str | Path, name: str | None = None) -> Path:
     """Ingest the folder `new_images` and prepare the grown run; return its folder, queued and untrained."""
-    return create_run(grown_config(parent_dir, ingest_folder(new_images), name))
+    return create_run(grown_config(parent_dir, ingest_folder(new_images, min_classes=1), name))
 
 
 def grown_config(parent_dir: str | Path, added, name: str | None = None, workspace: Path | None = None) -> RunConfig:

@@ -48,15 +48,16 @@ class _Entry(NamedTuple):
 
 
 def ingest_folder(src: str | Path, name: str | None = None, workspace: Path | None = None, *,
-                  progress: Callable[[int, int], None] | None = None) -> Dataset:
-    """Ingest a folder of class folders (`cats/a.jpg`, `dogs/b.png`); bad files are refused, not fatal."""
+                  progress: Callable[[int, int], None] | None = None, min_classes: int = 2) -> Dataset:
+    """Ingest a folder of class folders (`cats/a.jpg`, `dogs/b.png`); bad files are refused, not fatal.
+    `min_classes=1` takes a single class (images added to a model that has the others: tl_core.grow)."""
     src = Path(src)
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder")
     files, folders = _walk_folder(src)
     entries, refused = _tree_entries(files, folders)
     source = {"kind": "folder", "path": str(src.resolve()), "fingerprint": _fingerprint(src, files)}
-    return _ingest(entries, refused, name or src.resolve().name, source, workspace, progress)
+    return _ingest(entries, refused, name or src.resolve().name, source, workspace, progress, min_classes)
 
 
 def ingest_or_reuse_folder(src: str | Path, name: str | None = None, workspace: Path | None = None) -> Dataset:
@@ -76,7 +77,8 @@ def ingest_or_reuse_folder(src: str | Path, name: str | None = None, workspace: 
 
 def ingest_zip(src: str | Path | bytes, name: str | None = None, workspace: Path | None = None, *,
                max_members: int = MAX_ZIP_MEMBERS, max_total_bytes: int = MAX_ZIP_BYTES,
-               max_ratio: float = MAX_ZIP_RATIO, progress: Callable[[int, int], None] | None = None) -> Dataset:
+               max_ratio: float = MAX_ZIP_RATIO, progress: Callable[[int, int], None] | None = None,
+               min_classes: int = 2) -> Dataset:
     """Ingest a zip of class folders (one wrapper folder allowed), reading members one by one.
 
     Nothing is extracted blindly: escaping paths, links, encrypted members and zip bombs are refused.
@@ -93,7 +95,7 @@ def ingest_zip(src: str | Path | bytes, name: str | None = None, workspace: Path
         files, folders = _zip_tree(archive, infos, max_ratio)
         entries, refused = _tree_entries(files, folders)
         source = {"kind": "zip", "file": label}
-        return _ingest(entries, refused, name or Path(label).stem, source, workspace, progress)
+        return _ingest(entries, refused, name or Path(label).stem, source, workspace, progress, min_classes)
 
 
 def ingest_files(files: list[tuple], name: str | None = None, workspace: Path | None = None, *,
@@ -229,7 +231,7 @@ def _is_clutter(parts: tuple[str, ...]) -> bool:
 
 
 def _ingest(entries: list[_Entry], refused: list[dict], name: str, source: dict, workspace: Path | None,
-            progress: Callable[[int, int], None] | None) -> Dataset:
+            progress: Callable[[int, int], None] | None, min_classes: int = 2) -> Dataset:
     """Validate and copy entries into a new dataset folder, which appears only once complete."""
     dataset_id, created = _new_id()
     datasets_dir = Path(workspace or workspace_root()) / "datasets"
@@ -237,7 +239,7 @@ def _ingest(entries: list[_Entry], refused: list[dict], name: str, source: dict,
     with _published_or_removed(building):
         items, bad = _store_entries(entries, building, progress)
         refused = refused + bad
-        _check_usable(Counter(item["label"] for item in items), refused)
+        _check_usable(Counter(item["label"] for item in items), refused, min_classes)
         manifest = {"id": dataset_id, "name": name, "created": created,
                     "classes": sorted({item["label"] for item in items}),
                     "items": items, "refused": refused, "source": source}
@@ -285,10 +287,13 @@ def _store_entries(entries: list[_Entry], root: Path, progress) -> tuple[list[di
     return items, refused
 
 
-def _check_usable(counts: Counter, refused: list[dict]) -> None:
-    """Two classes at least; a class with a single image is the audit's warning, not an error."""
+def _check_usable(counts: Counter, refused: list[dict], min_classes: int = 2) -> None:
+    """Two classes at least (one for images added to a model); a class of a single image is the audit's
+    warning, not an error."""
     note = _refused_note(refused)
-    if len(counts) < 2:
+    if not counts and min_classes < 2:
+        raise DatasetError(f"no usable images{note}", refused)
+    if len(counts) < min_classes:
         found = f"{len(counts)} ({', '.join(sorted(counts))})" if counts else "0"
         raise DatasetError(f"fewer than 2 classes: found {found}{note}; a classifier needs images of "
                            "2 classes or more, one folder per class", refused)
