@@ -6,9 +6,10 @@ train split), 30 unlabelled target images a class (train split, disjoint, shifte
 through tl_core.train, the numbers read from each run's metrics.json "target":
 - head + adapt=adabn: the probe's source-only target accuracy, and after AdaBN;
 - head + adapt=align: after feature alignment;
+- head + adapt=auto: what the shift meter and the quick check (lowest target entropy, no labels) chose;
 - top-2 fine-tune (5 epochs), adapt=none: fine-tuned source-only; the same with adapt=dann.
 
-    python bench/adapt.py [--draws 3] [--shifts none,inverted,blur_lowres,tint_contrast] [--size 64]
+    python bench/adapt.py [--draws 3] [--shifts none,blur_lowres,tint_contrast] [--methods adabn,align,auto,finetune,dann] [--redo]
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from tl_core.datasets.unlabelled import ingest_unlabelled_folder  # noqa: E402
 from tl_core.runs import create_run  # noqa: E402
 from tl_core.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
 
-COLUMNS = ("source_only", "adabn", "align", "finetune_source_only", "dann")
+COLUMNS = ("source_only", "adabn", "align", "auto", "finetune_source_only", "dann")
+METHODS = ("adabn", "align", "auto", "finetune", "dann")
 
 
 def folders(root: Path, shift: str, draw: int) -> tuple[Path, Path, Path]:
@@ -58,17 +60,27 @@ def one_run(source, target, test, draw: int, size: int, **changes) -> dict:
     return {"val_acc": metrics["val_acc"], **metrics["target"]}
 
 
-def draw_row(root: Path, shift: str, draw: int, size: int) -> dict:
+def draw_row(root: Path, shift: str, draw: int, size: int, methods: list[str]) -> dict:
     source_dir, target_dir, test_dir = folders(root, shift, draw)
     source, target, test = ingest_folder(source_dir), ingest_unlabelled_folder(target_dir), ingest_folder(test_dir)
-    adabn = one_run(source, target, test, draw, size, adapt="adabn")
-    align = one_run(source, target, test, draw, size, adapt="align")
-    tuned = one_run(source, target, test, draw, size, adapt="none", freeze="top-2", epochs=5)
-    dann = one_run(source, target, test, draw, size, adapt="dann", freeze="top-2", epochs=5)
-    return {"shift": shift, "draw": draw, "pad": adabn["shift"]["pad"], "val_acc_probe": adabn["val_acc"],
-            "source_only": adabn["source_only"]["target_acc"], "adabn": adabn["adapted"]["target_acc"],
-            "align": align["adapted"]["target_acc"], "finetune_source_only": tuned["source_only"]["target_acc"],
-            "dann": dann["adapted"]["target_acc"]}
+    row = {"shift": shift, "draw": draw}
+    if "adabn" in methods:  # also the probe's source-only accuracy
+        adabn = one_run(source, target, test, draw, size, adapt="adabn")
+        row.update(pad=adabn["shift"]["pad"], val_acc_probe=adabn["val_acc"],
+                   source_only=adabn["source_only"]["target_acc"], adabn=adabn["adapted"]["target_acc"])
+    if "align" in methods:
+        row["align"] = one_run(source, target, test, draw, size, adapt="align")["adapted"]["target_acc"]
+    if "auto" in methods:
+        auto = one_run(source, target, test, draw, size, adapt="auto")
+        row["auto"] = (auto.get("adapted") or auto["source_only"])["target_acc"]
+        row["auto_chose"] = auto["method"]
+    if "finetune" in methods:
+        tuned = one_run(source, target, test, draw, size, adapt="none", freeze="top-2", epochs=5)
+        row["finetune_source_only"] = tuned["source_only"]["target_acc"]
+    if "dann" in methods:
+        row["dann"] = one_run(source, target, test, draw, size, adapt="dann", freeze="top-2",
+                              epochs=5)["adapted"]["target_acc"]
+    return row
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -82,26 +94,33 @@ def main() -> None:
     parser.add_argument("--shifts", default=",".join(SHIFTS))
     parser.add_argument("--size", type=int, default=64, help="input size in px (Fashion-MNIST is 28 px)")
     parser.add_argument("--data", default=None)
+    parser.add_argument("--methods", default=",".join(METHODS), help="runs to (re)do; others are kept from the json")
+    parser.add_argument("--redo", action="store_true", help="run --methods again even where the json has them")
+    parser.add_argument("--out", default=str(HERE / "results" / "adapt-cpu.json"))
     args = parser.parse_args()
     if not fashion_mnist_available():
         sys.exit("bench needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist")
     root = Path(args.data or tempfile.mkdtemp(prefix="tl_bench_adapt_"))
     os.environ["TL_STUDIO_HOME"] = str(root / "workspace")
-    out = HERE / "results" / "adapt-cpu.json"
-    rows = json.loads(out.read_text()) if out.exists() and args.data else []
+    out = Path(args.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    methods = args.methods.split(",")
     for shift in args.shifts.split(","):
         for draw in range(args.draws):
-            if any(r["shift"] == shift and r["draw"] == draw for r in rows):
-                continue
-            row = draw_row(root, shift, draw, args.size)
-            rows.append(row)
-            out.write_text(json.dumps(rows, indent=2))
-            print(json.dumps(row), flush=True)
+            done = next((r for r in rows if r["shift"] == shift and r["draw"] == draw), None)
+            if done is None:
+                done = {"shift": shift, "draw": draw}
+                rows.append(done)
+            todo = [m for m in methods if args.redo or {"finetune": "finetune_source_only"}.get(m, m) not in done]
+            if todo:
+                done.update(draw_row(root, shift, draw, args.size, todo))
+                out.write_text(json.dumps(rows, indent=2))
+                print(json.dumps(done), flush=True)
     print("| shift | proxy A-distance | " + " | ".join(COLUMNS) + " |")
     for shift in args.shifts.split(","):
-        mine = [r for r in rows if r["shift"] == shift]
+        mine = [r for r in rows if r["shift"] == shift and "pad" in r]
         print(f"| {shift} | {statistics.mean(r['pad'] for r in mine):.2f} | "
-              + " | ".join(_mean_sd([r[c] for r in mine]) for c in COLUMNS) + " |")
+              + " | ".join(_mean_sd([r[c] for r in mine if c in r]) for c in COLUMNS) + " |")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,8 @@ def test_a_dann_run_writes_the_whole_run_folder_contract(small_sample, inverted_
     # the domain head trained behind a reversal weight warmed up to its end value (2 epochs × 3 batches)
     assert target["dann"]["reversal_weight"] == pytest.approx(adapt.reversal_weight(1.0), abs=1e-4)
     assert 0 < target["dann"]["domain_loss"] < 5
+    # DANN keeps where its warm-up ends, whatever source validation preferred
+    assert metrics["kept"]["phase"] == "finetune" and target["dann"]["kept_epoch"] == metrics["epochs_run"]
     notices = [e["message"] for e in read_events(run_dir) if e["event"] == "notice"]
     assert any(m.startswith("shift meter:") for m in notices)
     assert any(m.startswith("dann: target accuracy") for m in notices)
@@ -250,3 +252,16 @@ def test_an_exported_adapted_model_reproduces_tl_cores_predictions_on_target_ima
     report = export_run(run_dir, "onnx", out_dir=tmp_path / "onnx", images=images)
     assert report["verified"] and report["images"] == len(images) == 40
     assert report["top1_agreement"] == 1.0 and report["max_prob_diff"] < 1e-4
+
+
+def test_auto_picks_the_surest_candidate_on_the_target_without_its_labels(small_sample, inverted_target):
+    unlabelled, test = inverted_target
+    config = RunConfig(dataset_dir=str(ingest_folder(small_sample).root),
+                       target_dir=str(ingest_unlabelled_folder(unlabelled).root),
+                       target_test_dir=str(ingest_folder(test).root), adapt="auto", epochs=2, image_size=64)
+    target = train.run(create_run(config))["target"]
+    entropies = target["quick_check"]["entropy"]
+    assert set(entropies) == {"none", "adabn", "align"} and target["asked"] == "auto"
+    assert target["method"] == min(entropies, key=entropies.get)
+    chosen = target.get("adapted") or target["source_only"]
+    assert chosen["entropy"] == pytest.approx(entropies[target["method"]], abs=1e-3)

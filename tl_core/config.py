@@ -22,7 +22,8 @@ ADAPT_HELP = {
              "works with cached features, helps when the shift moves every feature alike",
     "dann": "fine-tuning with a domain classifier behind gradient reversal, so the features stop telling source "
             "from target: needs layers that train, for shifts the cheap methods do not undo",
-    "auto": "the method the shift meter favours; none when the target looks like the source",
+    "auto": "the method the shift meter and a quick check favour (the surest predictions on the target "
+            "images, no labels needed); none when the target looks like the source",
 }
 ADAPT_METHODS = tuple(ADAPT_HELP)
 _FREEZE_RE = re.compile(r"^(head|all|top-\d+|[\w.\-]+(,[\w.\-]+)*)$")
