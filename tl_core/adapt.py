@@ -36,8 +36,8 @@ ALIGN_STD_FLOOR = 0.2  # as the probe's: a feature's spread floored at this shar
 ALIGN_MAX_SCALE = 4.0
 DANN_HIDDEN = 256
 # Proxy A-distance below which source and target look alike (a domain classifier near chance): adaptation
-# has nothing to undo and is not applied. Measured (Fashion-MNIST, 200 a side, Lite0 at 64 px): 0.25 for
-# two draws of one distribution, 1.7-2.0 for the bench's shifts (bench/RESULTS.md).
+# has nothing to undo and is not applied. Measured (Fashion-MNIST, 200 a side, Lite0 at 64 px): 0.0-0.25 for
+# two draws of one distribution, 1.7-2.0 for the shifts tried (bench/RESULTS.md).
 PAD_ALIKE, PAD_VERY_DIFFERENT = 0.5, 1.4
 
 
