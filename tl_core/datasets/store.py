@@ -31,6 +31,8 @@ class Dataset:
     refused: list[dict]
     created: str = ""
     source: dict = field(default_factory=dict)
+    tasks: list[dict] = field(default_factory=list)  # a labels table's tasks [{name, kind, classes}]; [] for folders
+    notes: list[str] = field(default_factory=list)  # what the ingest wants the user to know (labels_table)
 
     def paths(self) -> list[Path]:
         """Absolute image paths, in items order."""
@@ -81,4 +83,5 @@ def list_datasets(workspace: Path | None = None) -> list[Dataset]:
 def _from_manifest(root: Path, manifest: dict) -> Dataset:
     return Dataset(root=Path(root), id=manifest["id"], name=manifest["name"], classes=list(manifest["classes"]),
                    items=list(manifest["items"]), refused=list(manifest.get("refused", [])),
-                   created=manifest.get("created", ""), source=dict(manifest.get("source", {})))
+                   created=manifest.get("created", ""), source=dict(manifest.get("source", {})),
+                   tasks=list(manifest.get("tasks", [])), notes=list(manifest.get("notes", [])))
