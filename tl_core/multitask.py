@@ -265,7 +265,11 @@ def load_task_data(config, layout: TaskLayout | None = None) -> tuple[RunData, T
         raise ValueError(f"{dataset.name}: not a dataset with a labels table")
     if config.val_dataset_dir:
         raise ValueError("a multi-task run validates on its own images: leave the separate validation set out")
-    layout = layout or TaskLayout(dataset.tasks)
+    only = config.extra.get("only_task")  # one task of the table: a separate model, to compare with sharing
+    tasks = [t for t in dataset.tasks if t["name"] == only] if only else dataset.tasks
+    if not tasks:
+        raise ValueError(f"{dataset.name}: no task named {only!r}")
+    layout = layout or TaskLayout(tasks)
     targets = layout.targets(dataset.items)
     strata = stratification_labels(targets, layout)
     train_idx, val_idx = stratified_split(strata, config.val_fraction, config.seed)
@@ -365,4 +369,57 @@ def _logits_of(probs: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
     for head in layout:
         if head.multi_label:
             out[:, head.outputs] = p[:, head.outputs].logit()
+    return out
+
+
+def task_view(metrics: dict, predictions: list[dict], task: str) -> tuple[dict, list[dict]]:
+    """One task of a multi-task run's metrics and predictions, in the shape of a single-task run's (accuracy,
+    per-class table, confusion matrix; per-tag scores for a multi-label task), for the pages that show one."""
+    measured = metrics["tasks"][task]
+    view = {k: v for k, v in metrics.items() if k != "tasks"}
+    view.update(val_acc=measured["score"], macro_f1=measured.get("macro_f1"), score_name=measured.get("score_name"))
+    if measured["kind"] == "multi-label":
+        view.update(classes=list(measured["per_tag"]), confusion=None,
+                    per_class={tag: {k: m[k] for k in ("precision", "recall", "f1", "support")}
+                               for tag, m in measured["per_tag"].items()})
+    else:
+        view.update(classes=measured["classes"], confusion=measured["confusion"], per_class=measured["per_class"])
+    return view, [row for row in predictions if row.get("task") == task]
+
+
+def task_summary_rows(metrics: dict) -> list[dict]:
+    """One row per task: its kind, headline score and on how many images, for a table."""
+    return [{"task": name, "kind": m["kind"], "measure": m.get("score_name"), "score": m.get("score"),
+             "macro F1": m.get("macro_f1"), "images": m.get("n")} for name, m in metrics.get("tasks", {}).items()]
+
+
+def audit_tasks(dataset, few: int = 5, imbalance: float = 3.0) -> list[dict]:
+    """Per task of a labels-table dataset: images per class (or tag), how many lack a label, the largest ÷
+    smallest class, and warnings in words (a class with few images, a strong imbalance, missing labels)."""
+    out = []
+    for task in dataset.tasks:
+        counts = {c: 0 for c in task["classes"]}
+        missing = 0
+        for item in dataset.items:
+            value = item.get("tasks", {}).get(task["name"])
+            if value is None:  # a multi-label task's empty cell is a label: none of its tags
+                missing += 1
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                counts[v] = counts.get(v, 0) + 1
+        present = [n for n in counts.values() if n]
+        ratio = max(present) / min(present) if present else 0.0
+        warnings = []
+        if missing:
+            warnings.append(f"{missing} image{'s' if missing != 1 else ''} without a label for {task['name']}: "
+                            "they train the other tasks only")
+        thin = [c for c, n in counts.items() if n < few]
+        if thin:
+            warnings.append(f"{task['name']}: {len(thin)} {'tag' if task['kind'] == 'multi-label' else 'class'}"
+                            f"{'s' if len(thin) != 1 else ''} with fewer than {few} images "
+                            f"({', '.join(thin[:3])}{'…' if len(thin) > 3 else ''}): expect shaky scores for them")
+        if ratio >= imbalance:
+            warnings.append(f"{task['name']}: the largest class has {ratio:.0f}× the images of the smallest")
+        out.append({"task": task["name"], "kind": task["kind"], "counts": counts, "missing": missing,
+                    "imbalance_ratio": ratio, "warnings": warnings})
     return out

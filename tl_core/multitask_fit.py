@@ -83,7 +83,13 @@ class MultiTaskFit(Fit):
 
     def _evaluate(self, idx: list[int]) -> tuple[float, float]:
         summary = self.task_summary(self.predict_probs(idx), self.targets[idx])
+        self._last_validation = summary
         return summary["loss"], summary["score"]
+
+    def epoch_details(self) -> dict:
+        summary = getattr(self, "_last_validation", None)
+        return {"tasks": {name: {"val_loss": t["loss"], "val_score": t["score"]} for name, t in
+                          summary["tasks"].items()}} if summary else {}
 
     def _reference_loss(self) -> float | None:
         if self.features is None:

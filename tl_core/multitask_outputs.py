@@ -35,6 +35,7 @@ def save_multitask_outputs(fit) -> dict:
     wall = time.time() - fit.t0
     metrics = {"val_acc": summary["score"], "val_loss": summary["loss"],
                "headline": "mean of the tasks' scores (accuracy for single-label tasks, mAP for multi-label)",
+               "macro_f1": sum(t["macro_f1"] for t in per_task.values()) / len(per_task),
                "tasks": per_task, "task_weights": fit.task.weights,
                "best_epoch": fit.best["epoch"], "epochs_run": fit.epoch, "wall_s": round(wall, 2),
                "images_per_s": round(len(fit.train_idx) * fit.epoch / wall, 1),

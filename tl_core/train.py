@@ -403,7 +403,7 @@ class Fit:
             self.emit("epoch_end", phase="finetune", epoch=self.epoch, step=self.step,
                       train_loss=total_loss / seen, train_acc=float(total_correct) / seen,
                       val_loss=val_loss, val_acc=val_acc, seconds=time.time() - t_epoch, train_seconds=train_seconds,
-                      elapsed=time.time() - self.t0, images_per_s=seen / train_seconds)
+                      elapsed=time.time() - self.t0, images_per_s=seen / train_seconds, **self.epoch_details())
             if self.stop_phase:
                 break
 
@@ -449,6 +449,10 @@ class Fit:
             with nullcontext() if source is self.features else self.strategy.autocast():
                 out.append(self._probabilities(head(source.features(batch.inputs))).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def epoch_details(self) -> dict:
+        """More of a fine-tune epoch_end event, from the last validation (a multi-task fit's per-task scores)."""
+        return {}
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(1)
