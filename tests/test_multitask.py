@@ -172,3 +172,11 @@ def test_fine_tuning_trains_every_head_and_the_shared_layers_jointly(labelled, _
     assert len(tuned) == 2 and all(0 <= e["train_acc"] <= 1 and e["train_loss"] > 0 for e in tuned)
     assert metrics["task_weights"] == {"category": 1.0, "group": 1.0, "tags": 0.5}
     assert metrics["trainable_params"] == metrics["total_params"]
+
+
+def test_the_task_figure_draws_each_task_from_the_events(multitask_run):
+    from tl_core import plots
+
+    figure = plots.task_figure(runs.read_events(multitask_run))
+    assert [trace.name for trace in figure.data] == ["category", "group", "tags"]
+    assert all(len(trace.x) == 3 for trace in figure.data)  # one point a probe epoch
