@@ -43,6 +43,11 @@ class Dataset:
         index_of = {name: index for index, name in enumerate(self.classes)}
         return [index_of[item["label"]] for item in self.items]
 
+    @property
+    def num_outputs(self) -> int:
+        """The model's outputs for this data: its classes, or every task's classes side by side (a labels table)."""
+        return sum(len(task["classes"]) for task in self.tasks) if self.tasks else len(self.classes)
+
     def counts(self) -> dict[str, int]:
         """Images per class, in class order."""
         per_class = Counter(item["label"] for item in self.items)
