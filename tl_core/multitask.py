@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .datasets import load_dataset, stratified_split
 from .evaluate import classification_metrics
-from .probe import HeadFits
+from .probe import PROBE_ITERS_PER_EPOCH, HeadFits
 from .run_data import RunData
 from .tasks import Batch, Task
 
@@ -334,7 +334,7 @@ def probe_tasks(fit, feats: torch.Tensor, train_masks: torch.Tensor, val_sets: l
                     val_probs[rows, head.outputs] = fits.validation_log_probs(sub_val).exp()
                     train_probs[rows, head.outputs] = fits.logits()[-1].softmax(-1).cpu()
         fit.epoch += 1
-        fit.step += 30
+        fit.step += PROBE_ITERS_PER_EPOCH
         kept_train = train_masks[-1]
         train = fit.task_summary(train_probs[kept_train], y[kept_train])
         val = fit.task_summary(val_probs[fit.val_idx], y[fit.val_idx])
