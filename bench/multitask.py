@@ -7,7 +7,9 @@ draw of training images and each plan, one run trains a head per task on one bac
 task each; all are scored on the same test images (accuracy, or mAP for tags). Walls are each arm's whole
 training time, cold feature cache at the start of each arm.
 
-    python bench/multitask.py [--draws 3] [--plans head,top-2] [--epochs 5]
+    python bench/multitask.py [--draws 3] [--plans head,top-2] [--epochs 5] [--root DIR] [--device cuda]
+
+--root keeps the images (written once, reused: a machine without the Debian package can run on a copy).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from tl_core.sample_data import write_fashion_mnist_folder, write_fashion_task_t
 TASKS = ("category", "group", "tags")
 
 
-def one_arm(workspace: Path, train: Path, test: Path, plan: str, epochs: int, only: str | None) -> tuple[dict, float]:
+def one_arm(workspace: Path, train: Path, test: Path, plan: str, epochs: int, only: str | None,
+            device: str = "auto") -> tuple[dict, float]:
     """({task: test score}, training seconds) of one run (all tasks, or `only` one)."""
     os.environ["TL_STUDIO_HOME"] = str(workspace)
     from tl_core import runs
@@ -37,7 +40,7 @@ def one_arm(workspace: Path, train: Path, test: Path, plan: str, epochs: int, on
     from tl_core.train import run
 
     dataset = ingest_labelled_or_reuse_folder(train, "labels.csv")
-    config = RunConfig(dataset_dir=str(dataset.root), freeze=plan, epochs=epochs,
+    config = RunConfig(dataset_dir=str(dataset.root), freeze=plan, epochs=epochs, device=device,
                        extra={"only_task": only} if only else {})
     run_dir = runs.create_run(config)
     t0 = time.time()
@@ -53,19 +56,33 @@ def main() -> None:
     parser.add_argument("--plans", default="head,top-2")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--root", default=None, help="where the images are (or are written once)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--write-only", action="store_true", help="write the images under --root and stop")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="tl_multitask_"))
-    test = write_fashion_mnist_folder(root / "test", "test", per_class=50, seed=0)
-    write_fashion_task_table(test)
+    root = Path(args.root or tempfile.mkdtemp(prefix="tl_multitask_"))
+    test = root / "test"
+    if not (test / "labels.csv").exists():
+        write_fashion_mnist_folder(test, "test", per_class=50, seed=0)
+        write_fashion_task_table(test)
+    for draw in range(args.draws):
+        train = root / f"train{draw}"
+        if not (train / "labels.csv").exists():
+            write_fashion_mnist_folder(train, "train", per_class=args.per_class, seed=100 + draw)
+            write_fashion_task_table(train)
+    if args.write_only:
+        return
+    workspaces = Path(tempfile.mkdtemp(prefix="tl_multitask_ws_"))
     results = []
     for draw in range(args.draws):
-        train = write_fashion_mnist_folder(root / f"train{draw}", "train", per_class=args.per_class, seed=100 + draw)
-        write_fashion_task_table(train)
+        train = root / f"train{draw}"
         for plan in args.plans.split(","):
-            shared, shared_wall = one_arm(root / f"ws-{draw}-{plan}-shared", train, test, plan, args.epochs, None)
+            shared, shared_wall = one_arm(workspaces / f"{draw}-{plan}-shared", train, test, plan, args.epochs, None,
+                                          args.device)
             alone, alone_wall = {}, 0.0
             for task in TASKS:  # one workspace for the three: they share the feature cache, as in the app
-                score, wall = one_arm(root / f"ws-{draw}-{plan}-alone", train, test, plan, args.epochs, task)
+                score, wall = one_arm(workspaces / f"{draw}-{plan}-alone", train, test, plan, args.epochs, task,
+                                      args.device)
                 alone[task] = score[task]
                 alone_wall += wall
             row = {"draw": draw, "plan": plan, "shared": shared, "alone": alone, "shared_wall": shared_wall,
