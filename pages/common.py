@@ -266,9 +266,10 @@ def device_name() -> str:
 
 
 @st.cache_resource(show_spinner="Building the model…", max_entries=4)
-def structure_model(backbone: str):
-    """The backbone with random weights: enough for layer groups, sizes and timing, which weights do not change."""
-    return backbones.create_model(backbone, num_classes=2, weights="none")
+def structure_model(backbone: str, num_classes: int = 2):
+    """The backbone with random weights and a head for `num_classes`: enough for layer groups, sizes and
+    timing, which weights do not change (the head's size does: give the dataset's class count)."""
+    return backbones.create_model(backbone, num_classes=max(int(num_classes), 2), weights="none")
 
 
 def backbone_input_size(backbone: str) -> tuple[int, bool]:
