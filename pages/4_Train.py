@@ -4,9 +4,9 @@ from pathlib import Path
 import streamlit as st
 
 from pages import common, target_domain
-from tl_core import plots, runs
+from tl_core import plots, run_data, runs
 from tl_core import augment as augment_preview
-from tl_core.config import AUGMENTATIONS, RunConfig
+from tl_core.config import AUGMENTATIONS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64, 128]
@@ -29,8 +29,8 @@ if not state.run_dir or not Path(state.run_dir).is_dir():  # a reload or a secon
     active = common.newest_active_run()
     state.run_dir = str(active) if active else None
 
-validation = ("a separate validation set" if state.val_source == "separate" and state.val_dataset_dir
-              else f"{state.val_fraction:.0%} held out")
+validation = run_data.planned_validation(dataset.labels(), state.freeze, state.augment, state.val_fraction,
+                                         separate=state.val_source == "separate" and bool(state.val_dataset_dir))
 st.markdown(f"**Data** {common.literal(common.dataset_label(dataset))}, {validation} · "
             f"**Backbone** {common.code(state.backbone)} ({common.literal(common.weights_label(state.weights))}) · "
             f"**Learns** {common.code(state.freeze)}")
@@ -69,7 +69,10 @@ run_active = run_status.get("state") in common.ACTIVE_STATES
 with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     epochs_col, lr_col, batch_col = st.columns(3)
     epochs_col.number_input("Epochs", 1, 500, step=1, key="epochs",
-                            help="How many times training goes through every image. More helps up to a point.")
+                            help="How many times training goes through every image. More helps up to a point. "
+                                 f"When layers learn, the new head is first fitted on frozen features for "
+                                 f"{PROBE_EPOCHS_BEFORE_FINETUNE} more epochs (a second or so), so the progress "
+                                 f"counts {PROBE_EPOCHS_BEFORE_FINETUNE} + these.")
     lr_col.select_slider("Learning rate", LEARNING_RATES, key="lr", format_func=lambda lr: f"{lr:g}",
                          help="How big each learning step is. It follows the plan chosen on the Layers page: "
                               "0.001 for the head alone, 0.0003 when the top layers learn, 0.0001 for all of them. "

@@ -11,6 +11,9 @@ SCHEDULES = ("cosine", "onecycle")
 BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
+# When layers train, the head is first fitted on frozen features for this many epochs (milliseconds each),
+# before the epochs the user set: a fine-tune then starts from a good head (tl_core/train.py).
+PROBE_EPOCHS_BEFORE_FINETUNE = 5
 FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
 HEADS = ("logistic", "prototype")  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
 # Domain adaptation to a run's target images (tl_core/adapt.py); one sentence each on when it helps.
@@ -88,7 +91,8 @@ class RunConfig:
                          "from one image a class), auto (prototypes for classes of 5 images or fewer)", ("auto", *HEADS))
     bn_policy: str = _setting("eval", str, "eval: every BatchNorm keeps its pretrained statistics (safe on small "
                               "data); frozen_eval: trained layers use batch statistics; train: all do", BN_POLICIES)
-    epochs: int = _setting(10, int, "passes over the training images (after the probe when layers train)")
+    epochs: int = _setting(10, int, "passes over the training images; when layers train, the head's "
+                           f"{PROBE_EPOCHS_BEFORE_FINETUNE} probe epochs on frozen features come first, in addition")
     batch_size: int = _setting(32, int, "images per step")
     lr: float | None = _setting(None, float, "peak learning rate next to the head (default: by plan: head 1e-3, "
                                 "top-N 3e-4, all 1e-4)")

@@ -439,7 +439,12 @@ def _number(value, default=None):
 
 
 def progress(events: list[dict], status: dict) -> tuple[float, str]:
-    """(fraction done, text with epoch, ETA and speed) of a run, from its events so far."""
+    """(fraction done, text with epoch, ETA and speed) of a run, from its events so far.
+
+    The epochs counted are every epoch the run will train: when layers learn, the head's probe epochs on
+    frozen features come before the epochs the user set, and the text says so. Before the first epoch of a
+    phase, the one-off pass through the frozen layers is named as such, not shown as "epoch 0".
+    """
     fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
     if fit_start is None:
         planning = [e for e in events if e["event"] == "notice" and e.get("phase") == "plan"]
@@ -447,6 +452,7 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
             return 0.0, str(planning[-1].get("message", ""))
         return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
     total = max(_number(fit_start.get("epochs"), 1), 1)
+    probe_epochs = _number(fit_start.get("probe_epochs"))
     epoch_ends = [e for e in events if e["event"] == "epoch_end" and _number(e.get("epoch")) is not None]
     done = epoch_ends[-1]["epoch"] if epoch_ends else 0
     last = events[-1]
@@ -454,6 +460,14 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
         shown, of = _number(last.get("done"), 0), _number(last.get("total"), 1)
         return (min(shown / max(of, 1), 1.0),
                 f"Passing every image through the frozen backbone once: {shown} of {of}")
+    phase_start = next((e for e in reversed(events) if e["event"] == "phase_start"), None)
+    since_phase = events[events.index(phase_start) + 1:] if phase_start is not None else []
+    if phase_start is not None and not any(e["event"] in ("epoch_end", "batch_end") for e in since_phase):
+        if phase_start.get("phase") == "probe":
+            return 0.0, "Computing features: every image goes through the frozen backbone once…"
+        if phase_start.get("phase") == "finetune":
+            return (done / total, f"Epoch {done} of {total}: running the frozen layers once over every image "
+                                  f"before fine-tuning…")
     fraction = done / total
     if last["event"] == "batch_end" and _number(last.get("batches")) and _number(last.get("epoch")) is not None \
             and _number(last.get("batch")) is not None:
@@ -461,7 +475,10 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
     this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
                   and _number(e.get("seconds")) is not None] if epoch_ends else []
     mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
-    eta = format_seconds((total - done) * mean_epoch_s) if mean_epoch_s is not None else "–"
+    eta = f" · about {format_seconds((total - done) * mean_epoch_s)} left" if mean_epoch_s is not None else ""
     speed = _number(last.get("images_per_s")) or (_number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
     speed_text = f" · {speed:,.0f} images/s" if speed else ""
-    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total} · about {eta} left{speed_text}"
+    of_what = ""
+    if probe_epochs and 0 < probe_epochs < total:  # a fine-tune follows the probe: say what the total holds
+        of_what = f" (the {total - probe_epochs} you set, after {probe_epochs} fitting the head)"
+    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total}{of_what}{eta}{speed_text}"
