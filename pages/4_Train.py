@@ -88,10 +88,11 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     name_col.text_input("Run name (optional)", key="run_name", placeholder="e.g. first try",
                         help="A name to find this run again among the results.")
     st.radio("Augmentation", list(AUGMENTATIONS), key="augment", horizontal=True,
-             format_func={"none": "None", "light": "Light: crops and flips",
-                          "strong": "Strong: plus colour, shape and erasing"}.get,
+             format_func=augment_preview.PRESETS.get,
              help="Random changes to the training images make more varied examples and less over-fitting; "
-                  "slower, because every epoch processes the images again.")
+                  "slower, because every epoch processes the images again. " + augment_preview.FLIP_WARNING)
+    if state.augment in augment_preview.FLIPS:
+        st.warning(augment_preview.FLIP_WARNING, icon=":material/flip:")
     if state.augment != "none":
         try:
             first_of_class = {}
@@ -129,10 +130,11 @@ def charts(run_dir: str, events: list[dict]) -> None:
 
 @st.fragment(run_every=1.0)
 def live_run(run_dir: str) -> None:
-    """Redrawn every second while the run is queued or running."""
+    """Redrawn every second while the run is queued or running, its header (with the state) included."""
     status = runs.read_status(Path(run_dir))
     if status.get("state") not in common.ACTIVE_STATES:
         st.rerun()  # the whole page: shows the outcome and stops this timer
+    st.subheader(f"Run {common.literal(common.run_label(run_dir))}")
     events = read_run_events(run_dir)
     if status["state"] == "queued":
         position = common.job_manager().queue_position(Path(run_dir))
@@ -181,8 +183,9 @@ def finished_run(run_dir: str, status: dict) -> None:
 
 
 if state.run_dir:
-    st.subheader(f"Run {common.literal(common.run_label(state.run_dir))}")
+    common.show_run(state.run_dir)
     if run_active:
         live_run(state.run_dir)
     else:
+        st.subheader(f"Run {common.literal(common.run_label(state.run_dir))}")
         finished_run(state.run_dir, run_status)

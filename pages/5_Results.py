@@ -64,6 +64,7 @@ if state.get("results_run") not in all_runs:
     state.results_run = default_run()
 st.selectbox("Run", all_runs, key="results_run", format_func=common.run_label)
 run_dir = Path(state.results_run)
+common.show_run(run_dir)
 status = runs.read_status(run_dir)
 metrics = runs.read_metrics(run_dir)
 events = runs.read_events(run_dir)
