@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "light", "crop", "strong")  # what each does: tl_core/augment.py PRESETS
 SCHEDULES = ("cosine", "onecycle")
 BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -100,7 +100,9 @@ class RunConfig:
     label_smoothing: float = _setting(0.1, float, "label smoothing of the training loss")
     schedule: str = _setting("cosine", str, "learning-rate schedule after warm-up", SCHEDULES)
     warmup_epochs: float = _setting(1.0, float, "epochs of linear warm-up")
-    augment: str = _setting("none", str, "augmentation of the training images", AUGMENTATIONS)
+    augment: str = _setting("none", str, "augmentation of the training images: light (crops and flips), crop "
+                            "(crops, no flips: for digits and text), strong (plus colour, shape, erasing)",
+                            AUGMENTATIONS)
     image_size: int | None = _setting(None, int, "square input size in px (default: the backbone's own)")
     early_stopping: int = _setting(5, int, "epochs without a better validation loss before a phase stops; 0: never")
     val_fraction: float = _setting(0.2, float, "share of the images held out for validation (stratified)")
