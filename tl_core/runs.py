@@ -316,6 +316,7 @@ def summarize(run_dir: Path) -> dict:
         "device": record.get("device"),
         "val_acc": metrics.get("val_acc"),
         "val_loss": metrics.get("val_loss"),
+        "validation": validation_protocol(metrics),
         **target_summary(metrics),
         "wall_s": metrics.get("wall_s"),
         "queued": status.get("queued"),
@@ -418,10 +419,27 @@ def validation_kind(record: dict) -> str:
     return "cv" if "cross-validation" in words else "separate" if "separate" in words else "holdout"
 
 
-def format_seconds(seconds: float | None) -> str:
-    """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min."""
+def validation_protocol(metrics: dict) -> str | None:
+    """How a finished run's scores were measured, in a few words; None before it finished."""
+    if not metrics or metrics.get("val_acc") is None:
+        return None
+    method = metrics.get("validation_method") if isinstance(metrics.get("validation_method"), dict) else {}
+    kind = validation_kind(metrics)
+    if kind == "cv":
+        return "leave-one-out" if method.get("leave_one_out") else f"{method.get('folds', '?')}-fold cross-validation"
+    if kind == "holdout":
+        fraction = method.get("fraction")
+        return f"{fraction:.0%} held out" if isinstance(fraction, (int, float)) else "held out"
+    return {"separate": "a separate set", "none": "not validated"}.get(kind, str(metrics.get("validation")))
+
+
+def format_seconds(seconds: float | None, short: bool = False) -> str:
+    """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min; `short` (for a metric
+    tile, which cuts long values): 42 s, 3.1 min, 1.0 h."""
     if seconds is None:
         return "–"
+    if short and seconds >= 60:
+        return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
