@@ -78,7 +78,8 @@ class RunConfig:
     val_dataset_dir: str | None = None
     target_dir: str | None = None  # unlabelled images of where the model will be used (an ingested dataset)
     target_test_dir: str | None = None  # labelled target images, used only to measure
-    backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name; (tf_)efficientnet_lite0 works offline")
+    backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name (default tf_efficientnet_lite0, "
+                             "EfficientNet-Lite0 with weights shipped with the app: works offline)")
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors (the CLI picks by backbone)
     freeze: str = _setting("auto", str, "auto | head | top-N | all | GROUP,GROUP: the layer groups that train "
                            "(auto: measured on your images within --auto-budget)")
