@@ -63,6 +63,36 @@ def estimate(row: dict) -> float:
     return cost["once_s"] + cost["epoch_s"] if row["plan"] == "head" else cost["epoch_s"]
 
 
+def estimate_before(row: dict) -> float:
+    """What the Layers page showed before bench/plan_cost.py existed: one batch timed cold (the backward on its
+    first call), in the default memory layout, every frozen layer counted every epoch."""
+    import copy
+    import time
+
+    import torch
+
+    model = backbones.create_model(backbones.EMBEDDED_MODEL, 10, weights="none")
+    groups = layers.layer_groups(model)
+    trainable = layers.parse_freeze(row["plan"], groups)
+    timed = copy.deepcopy(model)
+    layers.apply_freeze(timed, layers.layer_groups(timed), trainable, "eval")
+    images = torch.randn(8, 3, row["image_size"], row["image_size"])
+    timed.eval()
+    with torch.no_grad():
+        timed(images[:2])
+        start = time.perf_counter()
+        timed(images)
+        forward = (time.perf_counter() - start) / 8
+    n_val = round(row["n_images"] * 0.2)
+    if row["plan"] == "head":
+        return forward * row["n_images"]
+    layers.set_train_mode(timed, "eval")
+    start = time.perf_counter()
+    timed(images).logsumexp(1).mean().backward()
+    train = (time.perf_counter() - start) / 8
+    return train * (row["n_images"] - n_val) + forward * n_val
+
+
 def measured(row: dict) -> float:
     return row["wall_s"] if row["plan"] == "head" else row["finetune_epoch_s"]
 
@@ -84,12 +114,29 @@ def report(rows: list[dict]) -> None:
     print(f"({len(rows) // max(len(set(r['plan'] for r in rows)), 1)} draws; mean ± standard deviation)")
 
 
+def before_after(rows: list[dict]) -> None:
+    """old ÷ new estimate, timed back to back (so a shared machine's load moves both alike), per plan."""
+    print("| plan | old estimate ÷ new estimate |")
+    print("|---|---:|")
+    for plan in dict.fromkeys(row["plan"] for row in rows):
+        ratios = []
+        for row in [r for r in rows if r["plan"] == plan]:
+            ratios.append(estimate_before(row) / estimate(row))
+        spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+        print(f"| {plan} | {statistics.mean(ratios):.1f} ± {spread:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--plans", default="head,top-2,all")
     parser.add_argument("--estimate-only", action="store_true")
+    parser.add_argument("--before-after", action="store_true",
+                        help="the old and the new estimate of the saved runs, each timed right after the other")
     args = parser.parse_args()
+    if args.before_after:
+        before_after(json.loads(RESULTS.read_text())["runs"])
+        return
     if args.estimate_only:
         report(json.loads(RESULTS.read_text())["runs"])
         return
