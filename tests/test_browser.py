@@ -97,6 +97,7 @@ def watch_progress(page, until, timeout_s: float) -> list[str]:
     return seen
 
 
+@pytest.mark.timeout(1800)  # two real runs on a CPU, the first with the Auto plan's measurements
 def test_sample_data_to_trained_classifier_in_the_browser(app_url, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
