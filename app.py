@@ -25,9 +25,11 @@ steps = [
 ] + ([st.Page(common.CLASS_PAGE, title="Class (teacher)", icon=":material/school:")] if common.space().teacher else [])
 current_page = st.navigation(steps)
 st.sidebar.title("Transfer Learning Studio")
-common.sidebar()
+sidebar_slot = st.sidebar.container()  # filled after the page ran: it shows the choices the page just made
 common.job_manager()  # started with the server, so runs queued before a restart start again
+st.session_state.shown_run = None  # the page sets it (common.show_run) when it shows a run
 try:
     current_page.run()
 finally:  # also when the page stops or reruns itself
+    common.sidebar(sidebar_slot)
     common.remember_session()

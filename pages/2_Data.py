@@ -61,7 +61,8 @@ def sample_dataset() -> datasets.Dataset | None:
 
 def upload_tabs(prefix: str, key: str) -> None:
     """Folder and zip uploads that make a dataset and store its folder under `key`."""
-    folder_tab, zip_tab = st.tabs(["A folder of class folders", "A zip file"])
+    folder_tab, zip_tab = st.tabs(["A folder of class folders", "A zip file"], key=f"{prefix}_upload_tab",
+                                  on_change="rerun")  # keyed: a button's rerun keeps the tab the user is on
     with folder_tab:
         uploads = st.file_uploader("Choose the folder that holds one folder per class",
                                    accept_multiple_files="directory", key=f"{prefix}_folder_upload")
@@ -80,14 +81,17 @@ if st.button("Try the sample dataset", key="use_sample", type="primary", icon=":
     use_dataset(sample_dataset())
 
 st.subheader("Or bring your own")
+# Keyed tabs track which one is open: without a key, a button's rerun showed the first tab again.
 folder_zip_tab, per_class_tab, webcam_tab, earlier_tab = st.tabs(
     [":material/folder_zip: Folder or zip", ":material/category: Images per class", ":material/photo_camera: Webcam",
-     ":material/history: Earlier datasets"])
+     ":material/history: Earlier datasets"], key="data_source_tab", on_change="rerun")
 with folder_zip_tab:
     upload_tabs("train", "dataset_dir")
 
 with per_class_tab:
     st.caption("Name each class and drop its images.")
+    st.text_input("Dataset name", key="per_class_name", placeholder="e.g. my pets",
+                  help="To find it again among your datasets; left empty, it is named by the date.")
     for class_id in state.manual_class_ids:
         name_col, files_col = st.columns([1, 3])
         class_name = name_col.text_input("Class name", key=f"class_name_{class_id}", placeholder="e.g. cats")
@@ -103,7 +107,7 @@ with per_class_tab:
         if not files:
             st.warning("Drop some images first.")
         else:
-            use_dataset(ingest(datasets.ingest_files, files))
+            use_dataset(ingest(datasets.ingest_files, files, name=state.get("per_class_name", "").strip() or None))
 
 with webcam_tab:
     st.caption("Take pictures with your camera, class by class, then make a dataset of them.")

@@ -23,9 +23,11 @@ st.title("3 · Choose which layers learn")
 st.write("The backbone is a stack of layer groups, from the input image (top) to the head that names your "
          "classes (bottom). Frozen groups keep what they learnt on ImageNet; trainable groups adapt to your images.")
 
+dataset = common.active_dataset()
+n_classes = dataset.num_outputs if dataset is not None else 2  # the head's size depends on it (every task's classes)
 with st.spinner(f"Building {state.backbone}…"):
     try:
-        model = common.structure_model(state.backbone)
+        model = common.structure_model(state.backbone, n_classes)
     except common.USER_ERRORS as error:
         common.show_error(error)
         common.need_first("Choose another backbone first.", common.BACKBONE_PAGE, "1 · Backbone")
@@ -53,9 +55,11 @@ def switch_flipped() -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def seconds_per_image(backbone: str, image_size: int, trainable: frozenset, bn_policy: str) -> tuple[float, float]:
-    """Measured once per backbone, size and plan (plan_cost.seconds_per_image)."""
-    return plan_cost.seconds_per_image(common.structure_model(backbone), image_size, set(trainable), bn_policy)
+def plan_seconds(backbone: str, n_classes: int, image_size: int, trainable: frozenset, bn_policy: str,
+                 n_train: int, n_val: int, augment: str) -> dict:
+    """Measured once per backbone, size, plan and data (plan_cost.estimate)."""
+    return plan_cost.estimate(common.structure_model(backbone, n_classes), image_size, set(trainable), bn_policy,
+                              n_train, n_val, augment)
 
 
 # ---------------------------------------------------------------- the plan
@@ -94,14 +98,14 @@ common.sync_lr()
 
 # ---------------------------------------------------------------- what the plan costs
 common.sync_image_size()
-dataset = common.active_dataset()
 n_images = len(dataset.items) if dataset is not None else 100
 n_val = 0 if state.val_source == "separate" else round(n_images * state.val_fraction)
 n_train = n_images - n_val
 with st.spinner("Timing one small batch on this computer…"):
-    forward_s, train_s = seconds_per_image(state.backbone, state.image_size, frozenset(trainable), state.bn_policy)
+    cost = plan_seconds(state.backbone, n_classes, state.image_size, frozenset(trainable), state.bn_policy,
+                        n_train, n_val, state.augment)
 head_only = trainable == {head.name}
-epoch_s = plan_cost.epoch_seconds(forward_s, train_s, head_only, n_train, n_val)
+epoch_s = cost["epoch_s"]
 
 trainable_params = sum(group.num_params for group in groups if group.name in trainable)
 total_params = sum(group.num_params for group in groups)
@@ -110,16 +114,23 @@ params_col.metric("Trainable parameters", f"{trainable_params:,}", delta_arrow="
                   delta=f"{trainable_params / total_params:.1%} of {total_params:,}")
 groups_col.metric("Groups that learn", f"{len(trainable)} of {len(groups)}", delta_arrow="off", delta_color="off",
                   delta=f"plan: {state.freeze}")
-time_col.metric("Estimated time per epoch", runs.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
-                delta=f"{n_train} + {n_val} images at {state.image_size} px")
-if head_only:
+if head_only and state.augment == "none":
+    time_col.metric("Estimated time", runs.format_seconds(cost["once_s"]), delta_arrow="off", delta_color="off",
+                    delta=f"{n_images} images at {state.image_size} px")
     st.write(f"Only the head learns, so each image goes through the frozen backbone **once** (about "
-             f"{runs.format_seconds(epoch_s)}); after that an epoch takes well under a second. With augmentation "
-             "(next step) every epoch runs the images through again.")
+             f"{runs.format_seconds(cost['once_s'])}); after that an epoch takes well under a second. With "
+             "augmentation (next step) every epoch runs the images through again.")
+else:
+    time_col.metric("Estimated time per epoch", runs.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
+                    delta=f"{n_train} + {n_val} images at {state.image_size} px")
+    if cost["once_s"]:
+        st.caption(f"Before the first epoch, every image goes once through the frozen layers (about "
+                   f"{runs.format_seconds(cost['once_s'])}), for the head's first fit and for the layers that "
+                   "never change.")
 on_gpu = "CUDA" in common.device_name()
 st.caption(f"An estimate, from timing one batch of {plan_cost.TIMING_BATCH} images on this computer's CPU"
            + (f"; training runs on the {common.device_name()}, which is much faster." if on_gpu else ".")
-           + ("" if dataset is not None else " No dataset chosen yet, so it assumes 100 images."))
+           + ("" if dataset is not None else " No dataset chosen yet, so it assumes 100 images of 2 classes."))
 if dataset is None:
     st.page_link(common.DATA_PAGE, label="Choose your images (step 2) for a real estimate",
                  icon=":material/photo_library:")

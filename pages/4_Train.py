@@ -4,9 +4,9 @@ from pathlib import Path
 import streamlit as st
 
 from pages import common, target_domain
-from tl_core import plots, runs
+from tl_core import plots, run_data, runs
 from tl_core import augment as augment_preview
-from tl_core.config import AUGMENTATIONS, RunConfig
+from tl_core.config import AUGMENTATIONS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64, 128]
@@ -29,8 +29,8 @@ if not state.run_dir or not Path(state.run_dir).is_dir():  # a reload or a secon
     active = common.newest_active_run()
     state.run_dir = str(active) if active else None
 
-validation = ("a separate validation set" if state.val_source == "separate" and state.val_dataset_dir
-              else f"{state.val_fraction:.0%} held out")
+validation = run_data.planned_validation(dataset.labels(), state.freeze, state.augment, state.val_fraction,
+                                         separate=state.val_source == "separate" and bool(state.val_dataset_dir))
 st.markdown(f"**Data** {common.literal(common.dataset_label(dataset))}, {validation} · "
             f"**Backbone** {common.code(state.backbone)} ({common.literal(common.weights_label(state.weights))}) · "
             f"**Learns** {common.code(state.freeze)}")
@@ -69,7 +69,10 @@ run_active = run_status.get("state") in common.ACTIVE_STATES
 with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     epochs_col, lr_col, batch_col = st.columns(3)
     epochs_col.number_input("Epochs", 1, 500, step=1, key="epochs",
-                            help="How many times training goes through every image. More helps up to a point.")
+                            help="How many times training goes through every image. More helps up to a point. "
+                                 f"When layers learn, the new head is first fitted on frozen features for "
+                                 f"{PROBE_EPOCHS_BEFORE_FINETUNE} more epochs (a second or so), so the progress "
+                                 f"counts {PROBE_EPOCHS_BEFORE_FINETUNE} + these.")
     lr_col.select_slider("Learning rate", LEARNING_RATES, key="lr", format_func=lambda lr: f"{lr:g}",
                          help="How big each learning step is. It follows the plan chosen on the Layers page: "
                               "0.001 for the head alone, 0.0003 when the top layers learn, 0.0001 for all of them. "
@@ -85,10 +88,11 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     name_col.text_input("Run name (optional)", key="run_name", placeholder="e.g. first try",
                         help="A name to find this run again among the results.")
     st.radio("Augmentation", list(AUGMENTATIONS), key="augment", horizontal=True,
-             format_func={"none": "None", "light": "Light: crops and flips",
-                          "strong": "Strong: plus colour, shape and erasing"}.get,
+             format_func=augment_preview.PRESETS.get,
              help="Random changes to the training images make more varied examples and less over-fitting; "
-                  "slower, because every epoch processes the images again.")
+                  "slower, because every epoch processes the images again. " + augment_preview.FLIP_WARNING)
+    if state.augment in augment_preview.FLIPS:
+        st.warning(augment_preview.FLIP_WARNING, icon=":material/flip:")
     if state.augment != "none":
         try:
             first_of_class = {}
@@ -128,10 +132,11 @@ def charts(run_dir: str, events: list[dict]) -> None:
 
 @st.fragment(run_every=1.0)
 def live_run(run_dir: str) -> None:
-    """Redrawn every second while the run is queued or running."""
+    """Redrawn every second while the run is queued or running, its header (with the state) included."""
     status = runs.read_status(Path(run_dir))
     if status.get("state") not in common.ACTIVE_STATES:
         st.rerun()  # the whole page: shows the outcome and stops this timer
+    st.subheader(f"Run {common.literal(common.run_label(run_dir))}")
     events = read_run_events(run_dir)
     if status["state"] == "queued":
         position = common.job_manager().queue_position(Path(run_dir))
@@ -180,8 +185,9 @@ def finished_run(run_dir: str, status: dict) -> None:
 
 
 if state.run_dir:
-    st.subheader(f"Run {common.literal(common.run_label(state.run_dir))}")
+    common.show_run(state.run_dir)
     if run_active:
         live_run(state.run_dir)
     else:
+        st.subheader(f"Run {common.literal(common.run_label(state.run_dir))}")
         finished_run(state.run_dir, run_status)

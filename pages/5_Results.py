@@ -64,12 +64,25 @@ if state.get("results_run") not in all_runs:
     state.results_run = default_run()
 st.selectbox("Run", all_runs, key="results_run", format_func=common.run_label)
 run_dir = Path(state.results_run)
+common.show_run(run_dir)
 status = runs.read_status(run_dir)
 metrics = runs.read_metrics(run_dir)
 events = runs.read_events(run_dir)
 
+
+@st.fragment(run_every=2.0)
+def wait_for(watched: str, message: str) -> None:
+    """`message` while the run `watched` is queued or running ("{run}", "{state}": its label and state, as they
+    are now); the whole page again as soon as it ends."""
+    state_now = runs.read_status(Path(watched)).get("state")
+    if state_now not in common.ACTIVE_STATES:
+        st.rerun()
+    st.info(message.format(run=common.literal(common.run_label(watched)), state=state_now),
+            icon=":material/hourglass_top:")
+
+
 if status.get("state") in common.ACTIVE_STATES:
-    st.info("This run is still training; its results appear when it ends.", icon=":material/hourglass_top:")
+    wait_for(str(run_dir), "This run is still training; its results appear here when it ends.")
     st.page_link(common.TRAIN_PAGE, label="Watch it live", icon=":material/model_training:")
 elif status.get("state") == "failed":
     st.error(f"The run failed: {common.literal(status.get('error') or 'no reason given')}")
@@ -80,13 +93,23 @@ for problem in runs.damage(run_dir):  # a damaged file is a message here, never 
                icon=":material/broken_image:")
 
 if metrics:
+    if warning := advice.headline(metrics, events):  # a weak or unstable run says so before any number
+        st.warning(common.literal(warning), icon=":material/report:")
     accuracy_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(6)
+    n_scored = metrics.get("n_val") or 0
+    interval = (evaluate.accuracy_interval(metrics["val_acc"], n_scored)
+                if isinstance(metrics.get("val_acc"), (int, float)) and n_scored else None)
     accuracy_col.metric("Mean task score" if metrics.get("tasks") else "Validation accuracy",
-                        f"{metrics.get('val_acc', 0):.1%}")
+                        f"{metrics.get('val_acc', 0):.1%}",
+                        delta=f"95 %: {interval[0]:.0%}–{interval[1]:.0%}" if interval else None,
+                        delta_arrow="off", delta_color="off",
+                        help=f"On {n_scored} validation images; with 95 % confidence the accuracy on more images "
+                             "like these lies in the interval below it." if interval else None)
     f1_col.metric("Macro F1", f"{metrics.get('macro_f1', 0):.3f}", help="F1 averaged over classes, each counting the same")
     loss_col.metric("Validation loss", f"{metrics.get('val_loss', float('nan')):.3f}")
     epoch_col.metric("Best epoch", f"{metrics.get('best_epoch', '–')} of {metrics.get('epochs_run', '–')}")
-    time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s")))
+    time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s"), short=True),
+                    help=runs.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
     target_domain.results_section(metrics)
@@ -150,10 +173,12 @@ if metrics:
     heat_maps = st.toggle("Show why (heat maps)", key="results_heatmaps",
                           help="Grad-CAM: red marks the parts of each image that made the model choose its "
                                "class. Computed once per image, then remembered.")
-    if heat_maps and runs.validation_kind(metrics) == "cv":
-        st.caption("The predictions shown are cross-validated: each came from a head fitted without that image. "
-                   "The heat maps come from the final model, fitted on every image; where it answers "
-                   "differently, the caption says so.")
+    cross_validated = runs.validation_kind(metrics) == "cv"
+    if heat_maps and cross_validated:  # said in a box, not small print: two models answer in the galleries
+        st.info("Two models answer here. The predictions, and so the mistakes, are cross-validated: each came "
+                "from a head fitted without that image. The heat maps explain the final model, fitted on every "
+                "image, which may get the image right: then its caption ends with the final model's answer "
+                "(\"· final model: …\").", icon=":material/info:")
 
     st.subheader("Images of one cell of the confusion matrix")
     true_col, predicted_col = st.columns(2)
@@ -180,7 +205,9 @@ if metrics:
     else:
         st.caption(f"{len(mistakes)} mistakes, the most confident first"
                    + (f" (showing {MISTAKES_SHOWN})" if len(mistakes) > MISTAKES_SHOWN else "")
-                   + ". Caption: true class → predicted class (confidence).")
+                   + (". Caption: true class → cross-validated prediction (confidence)" if cross_validated
+                      else ". Caption: true class → predicted class (confidence)")
+                   + (", then the final model's answer where it differs." if heat_maps and cross_validated else "."))
         with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
             gallery(mistakes[:MISTAKES_SHOWN], [f"{row['label']} → {row['predicted']} ({row['confidence']:.0%})"
                                                 for row in mistakes[:MISTAKES_SHOWN]], run_dir, heat_maps)
@@ -228,8 +255,7 @@ if metrics and status.get("state") == "done":
         baseline_state = runs.read_status(baseline).get("state")
         pretrained_metrics, baseline_metrics = runs.read_metrics(pretrained_dir), runs.read_metrics(baseline)
         if baseline_state in common.ACTIVE_STATES:
-            st.info(f"The from-scratch run {common.literal(common.run_label(baseline))} is {baseline_state}; "
-                    "the comparison appears here when it ends.", icon=":material/hourglass_top:")
+            wait_for(str(baseline), "The from-scratch run {run} is {state}; the comparison appears here when it ends.")
             st.page_link(common.TRAIN_PAGE, label="Watch it on the Train page", icon=":material/model_training:")
         elif baseline_state == "done" and pretrained_metrics and baseline_metrics \
                 and "val_acc" in pretrained_metrics and "val_acc" in baseline_metrics:

@@ -22,7 +22,8 @@ if state.get("predict_top_k", 0) > len(model.classes):
 top_k = st.slider("Classes to show per image", 1, len(model.classes), min(3, len(model.classes)),
                   key="predict_top_k")
 
-upload_tab, webcam_tab = st.tabs([":material/upload: Upload images", ":material/photo_camera: Webcam"])
+upload_tab, webcam_tab = st.tabs([":material/upload: Upload images", ":material/photo_camera: Webcam"],
+                                 key="predict_source_tab", on_change="rerun")  # kept across reruns
 with upload_tab:
     uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="predict_uploads",
                                help="PNG, JPEG, WebP, BMP, GIF or TIFF; anything else is refused with a reason.")

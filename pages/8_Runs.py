@@ -63,17 +63,18 @@ def delete_run(run_dir: str) -> None:
 summaries = [runs.summarize(Path(path)) for path in all_runs]
 table_rows = [{**row, "weights": common.weights_label(row["weights"]) if row["weights"] else None}
               for row in summaries]
+runs_table = pd.DataFrame(table_rows).style.format(  # what a run has not measured (yet) reads "–", not "None"
+    {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": runs.format_seconds},
+    na_rep="–")
 st.dataframe(
-    pd.DataFrame(table_rows), hide_index=True, key="runs_table",
-    column_order=["run_id", "name", "state", "val_acc", "target_acc", "adapt", "val_loss", "backbone", "weights", "freeze", "epochs",
-                  "augment", "dataset", "device", "wall_s", "error", "damaged"],
+    runs_table, hide_index=True, key="runs_table",
+    column_order=["run_id", "name", "state", "val_acc", "validation", "target_acc", "adapt", "val_loss", "backbone",
+                  "weights", "freeze", "epochs", "augment", "dataset", "device", "wall_s", "error", "damaged"],
     column_config={
         "run_id": "Run", "name": "Name", "state": "State", "backbone": "Backbone", "weights": "Weights",
         "freeze": "Learns", "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
-        "val_acc": st.column_config.NumberColumn("Val. accuracy", format="percent"),
-        "target_acc": st.column_config.NumberColumn("Target accuracy", format="percent"), "adapt": "Adapted by",
-        "val_loss": st.column_config.NumberColumn("Val. loss", format="%.3f"),
-        "wall_s": st.column_config.NumberColumn("Seconds", format="%.0f"),
+        "val_acc": "Val. accuracy", "validation": "Validated by", "target_acc": "Target accuracy",
+        "adapt": "Adapted by", "val_loss": "Val. loss", "wall_s": "Training time",
         "error": st.column_config.TextColumn("Error", width="large"),
         "damaged": st.column_config.TextColumn("Damaged files", width="large"),
     })

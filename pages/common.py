@@ -266,9 +266,10 @@ def device_name() -> str:
 
 
 @st.cache_resource(show_spinner="Building the model…", max_entries=4)
-def structure_model(backbone: str):
-    """The backbone with random weights: enough for layer groups, sizes and timing, which weights do not change."""
-    return backbones.create_model(backbone, num_classes=2, weights="none")
+def structure_model(backbone: str, num_classes: int = 2):
+    """The backbone with random weights and a head for `num_classes`: enough for layer groups, sizes and
+    timing, which weights do not change (the head's size does: give the dataset's class count)."""
+    return backbones.create_model(backbone, num_classes=max(int(num_classes), 2), weights="none")
 
 
 def backbone_input_size(backbone: str) -> tuple[int, bool]:
@@ -406,6 +407,7 @@ def pick_finished_run(key: str, label: str = "Model (a finished run)") -> Path:
     if st.session_state.get(key) not in finished:
         st.session_state[key] = st.session_state.run_dir if st.session_state.run_dir in finished else finished[0]
     st.selectbox(label, finished, key=key, format_func=run_label)
+    show_run(st.session_state[key])
     return Path(st.session_state[key])
 
 
@@ -521,22 +523,34 @@ def upload_name(uploads, fallback: str) -> str:
     return fallback or time.strftime("upload %Y-%m-%d %H:%M")
 
 
-def sidebar() -> None:
-    """Where the user is: the choices made so far, the active run and the device."""
+def show_run(run_dir) -> None:
+    """Tell the sidebar which run this page shows (the sidebar is drawn after the page, so it never lags)."""
+    st.session_state.shown_run = str(run_dir) if run_dir else None
+
+
+def sidebar(slot) -> None:
+    """In `slot` (a sidebar container drawn after the page ran): the choices the next run will take, kept
+    apart from the run the page shows, which may have been trained with other choices; and the device."""
     state = st.session_state
-    with st.sidebar:
+    with slot:
         if (user := space().user) is not None:
             st.caption(f"Signed in as {literal(user)}" + (" (teacher)" if space().teacher else "")
                        + ": keep this page's address to come back.")
-        st.markdown("**Your classifier so far**")
+        st.markdown("**Next run** (your choices so far)")
         st.markdown(f":material/neurology: Backbone: {code(state.backbone)}  \n"
                     f":material/key: Weights: {literal(weights_label(state.weights))}")
         dataset = active_dataset()
         st.markdown(f":material/photo_library: Data: "
                     f"{literal(dataset_label(dataset)) if dataset else '*not chosen yet*'}")
         st.markdown(f":material/layers: Trains: {code(state.freeze)}")
-        if state.run_dir and Path(state.run_dir).is_dir():
-            st.markdown(f":material/model_training: Run: {literal(run_label(state.run_dir))}")
+        shown = state.get("shown_run")
+        latest = state.run_dir if state.run_dir and Path(state.run_dir).is_dir() else None
+        if shown and Path(shown).is_dir():
+            plan = runs.read_config_record(Path(shown)).get("config", {}).get("freeze")
+            st.markdown(f":material/visibility: **Showing run**: {literal(run_label(shown))}"
+                        + (f", trained {code(plan)}" if plan else ""))
+        elif latest:
+            st.markdown(f":material/model_training: **Your latest run**: {literal(run_label(latest))}")
         else:
-            st.markdown(":material/model_training: Run: *none yet*")
+            st.markdown(":material/model_training: **Runs**: *none yet*")
         st.caption(f"Device: {device_name()}")

@@ -41,7 +41,8 @@ def data_section(labelled_upload_tabs) -> None:
              "production line), give some of them here: no labels needed. The studio measures how different "
              "they look and can adapt the model to them.")
     folder_tab, zip_tab, test_tab = st.tabs(["Target images (a folder, any layout)", "Target images (a zip)",
-                                             "Labelled target images, to measure"])
+                                             "Labelled target images, to measure"],
+                                            key="target_source_tab", on_change="rerun")  # kept across reruns
     with folder_tab:
         uploads = st.file_uploader("Images from where the model will be used", accept_multiple_files=True,
                                    key="target_upload")

@@ -1,4 +1,5 @@
-"""End to end in a real browser: sample data → train the head on CPU → live chart → results.
+"""End to end in a real browser, as a newcomer goes: sample data → train with the defaults → the results'
+headline; then a second, augmented run to watch live → its results.
 
 Drives Debian's Chromium through Playwright against `streamlit run app.py`. With TL_SCREENSHOTS=1 it
 saves one screenshot per step into assets/screenshots/ for the README.
@@ -50,9 +51,9 @@ def app_url(tmp_path):
     env = dict(os.environ, TL_STUDIO_HOME=str(tmp_path / "workspace"))
     log = open(tmp_path / "streamlit.log", "wb")
     server = subprocess.Popen(
+        # The file watcher is left to .streamlit/config.toml, as `make run` leaves it (no "Inotify" flood).
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -79,7 +80,25 @@ def go_to(page, step: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=step).click()
 
 
-def test_sample_data_to_trained_classifier_in_the_browser(app_url):
+def watch_progress(page, until, timeout_s: float) -> list[str]:
+    """The distinct texts of the run's progress bar, read every half second until `until` shows."""
+    from playwright.sync_api import Error as PlaywrightError
+    seen: list[str] = []
+    deadline = time.time() + timeout_s
+    while not until.is_visible():
+        assert time.time() < deadline, f"the run did not finish within {timeout_s:.0f} s; progress: {seen[-3:]}"
+        try:  # the live fragment redraws every second: the bar may be gone between two reads
+            text = page.get_by_test_id("stProgress").first.inner_text(timeout=1_000).strip()
+        except PlaywrightError:
+            text = ""
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        page.wait_for_timeout(500)
+    return seen
+
+
+@pytest.mark.timeout(1800)  # two real runs on a CPU, the first with the Auto plan's measurements
+def test_sample_data_to_trained_classifier_in_the_browser(app_url, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
@@ -107,9 +126,23 @@ def test_sample_data_to_trained_classifier_in_the_browser(app_url):
             go_to(page, "3 · Layers")
             expect(page.get_by_text("Trainable parameters")).to_be_visible()
             expect(page.get_by_text("Only the head learns")).to_be_visible()
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("12,810")  # the head of 10 classes
             page.wait_for_timeout(1000)
             shoot(page, "3_layers")
 
+            # The newcomer's run: every default, the Auto plan included.
+            go_to(page, "4 · Train")
+            expect(page.get_by_text("if the Auto plan keeps feature extraction")).to_be_visible()
+            page.get_by_role("button", name="Start training").click()
+            progress_texts = watch_progress(page, until=page.get_by_text("final validation accuracy"), timeout_s=900)
+            assert progress_texts, "no progress was shown while the run trained"
+            assert not any(text.startswith("Epoch 0 of") for text in progress_texts), progress_texts
+            page.get_by_role("link", name="See the results").click()
+            accuracy = page.get_by_test_id("stMetric").filter(has_text="Validation accuracy")
+            expect(accuracy).to_contain_text(re.compile(r"95 %: \d+%–\d+%"))  # the headline, with its interval
+            expect(page.get_by_test_id("stSidebar").get_by_text("Showing run")).to_be_visible()
+
+            # A second run to watch live: smaller images, one epoch, augmented so epochs pass through images.
             go_to(page, "4 · Train")
             size_input = page.get_by_role("spinbutton", name="Image size (px)")
             size_input.fill("96")
@@ -119,8 +152,10 @@ def test_sample_data_to_trained_classifier_in_the_browser(app_url):
             epochs_input.press("Enter")
             page.get_by_text("Light: crops and flips").click()  # epochs then go through the images: a live run to watch
             expect(page.get_by_text("What training sees")).to_be_visible()
+            expect(page.get_by_text("Flips mirror the images").first).to_be_visible()
             page.wait_for_timeout(1000)
             page.get_by_role("button", name="Start training").click()
+            expect(page.get_by_text("final validation accuracy")).to_be_hidden()  # the first run's end, replaced
             in_progress = page.get_by_text(re.compile(r"^Epoch \d+ of \d+"))
             expect(in_progress.or_(page.get_by_text("final validation accuracy"))).to_be_visible(timeout=120_000)
             expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()
@@ -137,3 +172,4 @@ def test_sample_data_to_trained_classifier_in_the_browser(app_url):
             shoot(page, "5_results")
         finally:
             browser.close()
+    assert "Inotify" not in (tmp_path / "streamlit.log").read_text(errors="replace")

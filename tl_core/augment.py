@@ -3,7 +3,8 @@
 Images are decoded and resized once (datasets.decode_images); augmenting those tensors keeps
 that saving, where timm's PIL pipelines would decode every image again every epoch.
 The presets follow timm's train recipe in spirit: random-resized crop and flip ("light"),
-plus RandAugment and random erasing ("strong").
+plus RandAugment and random erasing ("strong"); "crop" leaves out the flip, for images whose mirror
+image is another thing (digits, letters, text, anything with a left and a right).
 """
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ from torchvision.transforms import v2
 from .config import AUGMENTATIONS
 from .datasets import decode_images
 
+PRESETS = {  # the words a user chooses from
+    "none": "None",
+    "light": "Light: crops and flips",
+    "crop": "Crops only: no flips",
+    "strong": "Strong: plus colour, shape and erasing",
+}
+FLIPS = ("light", "strong")  # the presets that mirror images left to right
+FLIP_WARNING = ("Flips mirror the images left to right: wrong for digits, letters, text or anything with a "
+                "handedness (a mirrored 3 is no 3, a mirrored left hand is a right one). For those, choose "
+                "\"Crops only\".")
 
 
 def make_augment(preset: str, size: int):
@@ -22,7 +33,9 @@ def make_augment(preset: str, size: int):
     if preset == "none":
         return None
     steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-    if preset == "strong":
+    if preset == "crop":
+        steps = steps[:1]
+    elif preset == "strong":
         steps = [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                  v2.RandAugment(num_ops=2, magnitude=9),
                  v2.RandomErasing(p=0.25, value=127)]

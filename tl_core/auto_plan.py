@@ -56,9 +56,8 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
             rows.append({"plan": plan, "groups": len(trainable) - 1, "skipped": True,
                          "why": f"too few images to measure a fine-tune: {n_val} would be held out"})
             continue
-        forward_s, train_s = plan_cost.seconds_per_image(model, size, trainable, config.bn_policy)
-        estimate = head["seconds"] * 0.5 + FINETUNE_EPOCHS * plan_cost.epoch_seconds(
-            forward_s, train_s, False, n_train, head["n_images"] - n_train)
+        cost = plan_cost.estimate(model, size, trainable, config.bn_policy, n_train, n_val)
+        estimate = head["seconds"] * 0.5 + cost["once_s"] + FINETUNE_EPOCHS * cost["epoch_s"]
         spent = time.time() - t0
         if spent + estimate > budget_s:
             rows.append({"plan": plan, "groups": len(trainable) - 1, "skipped": True, "estimate_s": estimate,

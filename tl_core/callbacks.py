@@ -208,7 +208,25 @@ def _jsonable(value):
 
 
 class ConsoleProgress(Callback):
-    """Prints a line per epoch (and the notices) for the command line."""
+    """Prints a line per epoch (and the notices) for the command line.
+
+    A notice about an epoch (early stopping's) is emitted by a callback while that epoch's end is still being
+    announced, before this one hears of the epoch: it waits, so the epoch's line comes first.
+    """
+
+    def __init__(self):
+        self.printed_epoch = 0
+        self.waiting: list[str] = []
+
+    def __call__(self, event: str, info: dict, fit) -> None:
+        if event not in ("notice", "epoch_end", "batch_end", "after_loss", "before_step"):
+            self._print_waiting()  # a notice about an epoch that never ended (a restart, a stop) still shows
+        super().__call__(event, info, fit)
+
+    def _print_waiting(self) -> None:
+        for message in self.waiting:
+            print(f"  {message}", flush=True)
+        self.waiting.clear()
 
     def on_fit_start(self, info, fit):
         if validation_kind(info) == "cv":
@@ -219,9 +237,14 @@ class ConsoleProgress(Callback):
               f"{info['trainable_params']:,} of {info['total_params']:,} parameters trainable", flush=True)
 
     def on_notice(self, info, fit):
+        if isinstance(info.get("epoch"), int) and info["epoch"] > self.printed_epoch:
+            self.waiting.append(info["message"])
+            return
         print(f"  {info['message']}", flush=True)
 
     def on_epoch_end(self, info, fit):
         print(f"  epoch {info['epoch']:3d} [{info.get('phase', '')}] train loss {info['train_loss']:.3f} "
               f"acc {info['train_acc']:.1%} | val loss {info['val_loss']:.3f} acc {info['val_acc']:.1%} "
               f"| {info['seconds']:.1f} s", flush=True)
+        self.printed_epoch = info["epoch"]
+        self._print_waiting()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig
-from .runs import RunFolder, read_config, read_config_record, read_events, read_metrics
+from .config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
+from .runs import RunFolder, read_config, read_config_record, read_events, read_metrics, validation_protocol
 
 # Settings a person compares; the rest (paths, seeds) only clutters the table.
 COMPARED_SETTINGS = ("backbone", "weights", "freeze", "epochs", "lr", "batch_size", "augment", "image_size",
@@ -12,10 +12,15 @@ COMPARED_SETTINGS = ("backbone", "weights", "freeze", "epochs", "lr", "batch_siz
 
 
 def settings_table(run_dirs: list[Path]) -> list[dict]:
-    """One row per setting and score, one column per run; `differs` marks the rows that are not all alike."""
+    """One row per setting and score, one column per run; `differs` marks the rows that are not all alike.
+    The first rows say what the scores were measured on: the dataset and the validation protocol (scores
+    of a 5-fold cross-validation and of a 20 % hold-out are not the same measurement)."""
     records = [{**read_config_record(d).get("config", {}), **_built(d)} for d in run_dirs]
     metrics = [read_metrics(d) or {} for d in run_dirs]
     rows = []
+    for key, values in (("dataset", [_dataset_name(r.get("dataset_dir")) for r in records]),
+                        ("validation", [validation_protocol(m) for m in metrics])):
+        rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
     for key in COMPARED_SETTINGS:
         values = [r.get(key) for r in records]
         rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
@@ -23,6 +28,18 @@ def settings_table(run_dirs: list[Path]) -> list[dict]:
         values = [m.get(key) for m in metrics]
         rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
     return rows
+
+
+def _dataset_name(root) -> str | None:
+    """A dataset's own name (the one the user gave), else its folder's name."""
+    from .datasets import DatasetError, load_dataset
+
+    if not root:
+        return None
+    try:
+        return load_dataset(root).name
+    except (DatasetError, OSError, ValueError):
+        return Path(str(root)).name
 
 
 def _built(run_dir: Path) -> dict:
@@ -45,7 +62,7 @@ def scratch_config(config: RunConfig, of_run: str) -> RunConfig:
     A frozen random backbone would be meaningless, so the whole network trains, with no probe phase
     (random features have nothing to probe) and the epochs the transfer run had in all.
     """
-    probe = 5 if config.freeze != "head" and config.probe_first else 0
+    probe = PROBE_EPOCHS_BEFORE_FINETUNE if config.freeze != "head" and config.probe_first else 0
     epochs = config.epochs + probe
     from .backbones import architecture_for
 
@@ -90,7 +107,8 @@ def transfer_verdict(pretrained: dict, scratch: dict) -> dict:
     margin = max(0.02, 1.96 * _difference_se(pretrained, scratch))
     if gain > margin:
         text = (f"Transfer helped: the pretrained backbone reached {pretrained['val_acc']:.0%} against "
-                f"{scratch['val_acc']:.0%} from scratch on the same data and budget (+{gain:.0%}).")
+                f"{scratch['val_acc']:.0%} from scratch on the same data and budget (+{gain * 100:.0f} "
+                f"percentage points).")
         kind = "positive"
     elif gain < -margin:
         text = (f"Negative transfer: training from scratch did better ({scratch['val_acc']:.0%} against "
@@ -99,7 +117,8 @@ def transfer_verdict(pretrained: dict, scratch: dict) -> dict:
         kind = "negative"
     else:
         text = (f"No clear difference: {pretrained['val_acc']:.0%} pretrained against {scratch['val_acc']:.0%} "
-                f"from scratch, within what chance moves on this many validation images (±{margin:.0%}). "
+                f"from scratch, within what chance moves on this many validation images (±{margin * 100:.0f} "
+                f"percentage points). "
                 "More validation images would tell them apart.")
         kind = "neutral"
     return {"gain": gain, "margin": margin, "kind": kind, "text": text}

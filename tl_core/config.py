@@ -6,11 +6,14 @@ import json
 import re
 from dataclasses import dataclass, field
 
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "light", "crop", "strong")  # what each does: tl_core/augment.py PRESETS
 SCHEDULES = ("cosine", "onecycle")
 BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
+# When layers train, the head is first fitted on frozen features for this many epochs (milliseconds each),
+# before the epochs the user set: a fine-tune then starts from a good head (tl_core/train.py).
+PROBE_EPOCHS_BEFORE_FINETUNE = 5
 FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
 HEADS = ("logistic", "prototype")  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
 # Domain adaptation to a run's target images (tl_core/adapt.py); one sentence each on when it helps.
@@ -75,7 +78,8 @@ class RunConfig:
     val_dataset_dir: str | None = None
     target_dir: str | None = None  # unlabelled images of where the model will be used (an ingested dataset)
     target_test_dir: str | None = None  # labelled target images, used only to measure
-    backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name; (tf_)efficientnet_lite0 works offline")
+    backbone: str = _setting("tf_efficientnet_lite0", str, "any timm model name (default tf_efficientnet_lite0, "
+                             "EfficientNet-Lite0 with weights shipped with the app: works offline)")
     weights: str = "embedded"  # embedded | hub | none | path/to/file.safetensors (the CLI picks by backbone)
     freeze: str = _setting("auto", str, "auto | head | top-N | all | GROUP,GROUP: the layer groups that train "
                            "(auto: measured on your images within --auto-budget)")
@@ -88,7 +92,8 @@ class RunConfig:
                          "from one image a class), auto (prototypes for classes of 5 images or fewer)", ("auto", *HEADS))
     bn_policy: str = _setting("eval", str, "eval: every BatchNorm keeps its pretrained statistics (safe on small "
                               "data); frozen_eval: trained layers use batch statistics; train: all do", BN_POLICIES)
-    epochs: int = _setting(10, int, "passes over the training images (after the probe when layers train)")
+    epochs: int = _setting(10, int, "passes over the training images; when layers train, the head's "
+                           f"{PROBE_EPOCHS_BEFORE_FINETUNE} probe epochs on frozen features come first, in addition")
     batch_size: int = _setting(32, int, "images per step")
     lr: float | None = _setting(None, float, "peak learning rate next to the head (default: by plan: head 1e-3, "
                                 "top-N 3e-4, all 1e-4)")
@@ -96,7 +101,9 @@ class RunConfig:
     label_smoothing: float = _setting(0.1, float, "label smoothing of the training loss")
     schedule: str = _setting("cosine", str, "learning-rate schedule after warm-up", SCHEDULES)
     warmup_epochs: float = _setting(1.0, float, "epochs of linear warm-up")
-    augment: str = _setting("none", str, "augmentation of the training images", AUGMENTATIONS)
+    augment: str = _setting("none", str, "augmentation of the training images: light (crops and flips), crop "
+                            "(crops, no flips: for digits and text), strong (plus colour, shape, erasing)",
+                            AUGMENTATIONS)
     image_size: int | None = _setting(None, int, "square input size in px (default: the backbone's own)")
     early_stopping: int = _setting(5, int, "epochs without a better validation loss before a phase stops; 0: never")
     val_fraction: float = _setting(0.2, float, "share of the images held out for validation (stratified)")

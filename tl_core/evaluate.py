@@ -3,6 +3,7 @@ calibration; and a run's saved predictions sliced for the gallery (a confusion c
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 
@@ -33,6 +34,13 @@ def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
         "confusion": confusion.tolist(),
         "classes": list(classes),
     }
+
+
+def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of an accuracy measured on `n` images: honest even for tiny validation sets."""
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def calibration(confidence, correct, bins: int = 10) -> list[dict]:

@@ -23,6 +23,8 @@ from .model_card import model_card
 from .runs import RunFolder
 from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+SHARED_MODE = 0o644  # exported files are for taking away and sharing, unlike the workspace's own (0600)
+
 FORMATS = ("onnx", "torchscript", "safetensors")
 _RUN_FILES = RunFolder(".")  # a bundle keeps the names the run folder gives its weights, labels and preprocessing
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": _RUN_FILES.weights.name}
@@ -287,8 +289,15 @@ def _write_bundle(run_dir: Path, predictor, out_dir: Path, fmt: str, report: dic
 
 
 def _write_zip(out_dir: Path, zip_path: Path, folder: str, fmt: str) -> None:
+    """The bundle as a zip a user takes away: the zip and every file in it readable as ordinary files are
+    (0644). Atomic writes make private temporary files (0600), which the zip used to carry along."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for name in (MODEL_FILES[fmt], *BUNDLE_FILES):
-            archive.write(out_dir / name, f"{folder}/{name}")
+            entry = zipfile.ZipInfo.from_file(out_dir / name, f"{folder}/{name}")
+            entry.external_attr = (0o100000 | SHARED_MODE) << 16  # a regular file, rw-r--r--
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, (out_dir / name).read_bytes(), compresslevel=1)
     atomic_write_bytes(zip_path, buffer.getvalue())
+    for path in (zip_path, *(out_dir / name for name in (MODEL_FILES[fmt], *BUNDLE_FILES))):
+        os.chmod(path, SHARED_MODE)

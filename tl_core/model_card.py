@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 from pathlib import Path
 
 from .runs import RunFolder
@@ -125,11 +124,11 @@ def _pct(x) -> str:
     return "?" if x is None else f"{x:.1%}"
 
 
-def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion: honest even for tiny validation sets."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def _wilson(p: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (the Results page shows the same one)."""
+    from .evaluate import accuracy_interval
+
+    return accuracy_interval(p, n)
 
 
 def _export_versions(fmt: str) -> dict:

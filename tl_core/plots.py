@@ -11,7 +11,19 @@ import numbers
 import plotly.graph_objects as go
 
 PHASE_NAMES = {"probe": "head on frozen features", "finetune": "fine-tune"}
-_LAYOUT = dict(margin=dict(l=40, r=10, t=40, b=40), height=320, legend=dict(orientation="h", y=-0.25))
+_TITLE_ROOM, _LEGEND_ROW = 64, 24  # px: a title clear of the toolbar Streamlit draws at the top right; a legend row
+
+
+def _layout(title: str, legend_rows: int = 1, height: int = 320) -> dict:
+    """Title top left, above the plot and clear of the toolbar; the legend below the x axis with a margin that
+    holds `legend_rows` rows (names wrap in a narrow column), so neither is cut off."""
+    bottom = 56 + _LEGEND_ROW * legend_rows  # the axis title, then the legend's rows
+    height += _LEGEND_ROW * max(legend_rows - 1, 0)  # the plot keeps its size as the legend grows
+    return dict(title=dict(text=title, x=0, xanchor="left", xref="container", y=1, yanchor="top",
+                           yref="container", pad=dict(t=10, l=8)),
+                margin=dict(l=40, r=10, t=_TITLE_ROOM, b=bottom), height=height,
+                legend=dict(orientation="h", x=0, xanchor="left", y=-56 / (height - _TITLE_ROOM - bottom),
+                            yanchor="top"))
 
 
 def label(name) -> str:
@@ -45,7 +57,7 @@ def loss_figure(events: list[dict]) -> go.Figure:
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["val_loss"] for e in epochs], name="validation loss",
                     mode="lines+markers")
     _mark_phases(fig, epochs)
-    fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="cross-entropy", **_LAYOUT)
+    fig.update_layout(xaxis_title="epoch", yaxis_title="cross-entropy", **_layout("Loss"))
     return fig
 
 
@@ -58,8 +70,7 @@ def accuracy_figure(events: list[dict]) -> go.Figure:
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["val_acc"] for e in epochs], name="validation accuracy",
                     mode="lines+markers")
     _mark_phases(fig, epochs)
-    fig.update_layout(title="Accuracy", xaxis_title="epoch", yaxis=dict(tickformat=".0%", range=[0, 1.02]),
-                      **_LAYOUT)
+    fig.update_layout(xaxis_title="epoch", yaxis=dict(tickformat=".0%", range=[0, 1.02]), **_layout("Accuracy"))
     return fig
 
 
@@ -72,7 +83,7 @@ def compare_figure(runs: dict[str, list[dict]], metric: str = "val_acc") -> go.F
                         mode="lines+markers")
     title = {"val_acc": "Validation accuracy", "val_loss": "Validation loss",
              "train_loss": "Training loss", "train_acc": "Training accuracy"}.get(metric, metric)
-    fig.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
+    fig.update_layout(xaxis_title="epoch", **_layout(title, legend_rows=max(len(runs), 1)))
     if metric.endswith("acc"):
         fig.update_yaxes(tickformat=".0%")
     return fig
@@ -85,9 +96,8 @@ def confusion_figure(metrics: dict) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", showscale=False,
                                text=matrix, texttemplate="%{text}",
                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
-    fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true",
-                      yaxis=dict(autorange="reversed"), margin=dict(l=40, r=10, t=40, b=40),
-                      height=120 + 32 * len(classes))
+    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis=dict(autorange="reversed"),
+                      **{**_layout("Confusion matrix", legend_rows=0), "height": 150 + 32 * len(classes)})
     return fig
 
 
@@ -95,8 +105,7 @@ def counts_figure(counts: dict[str, int]) -> go.Figure:
     """Images per class as bars."""
     fig = go.Figure(go.Bar(x=[label(name) for name in counts], y=list(counts.values()), text=list(counts.values()),
                            textposition="outside"))
-    fig.update_layout(title="Images per class", yaxis_title="images", margin=dict(l=40, r=10, t=40, b=40),
-                      height=300)
+    fig.update_layout(yaxis_title="images", **_layout("Images per class", legend_rows=0, height=300))
     return fig
 
 
@@ -117,9 +126,9 @@ def reliability_figure(table: list[dict]) -> go.Figure:
     fig.add_scatter(x=[r["confidence"] for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
                     name="this model", text=[f"{r['count']} images" for r in rows],
                     hovertemplate="confidence %{x:.0%}<br>right %{y:.0%}<br>%{text}<extra></extra>")
-    fig.update_layout(title="Reliability: is it right as often as it is sure?", xaxis_title="confidence",
-                      yaxis_title="accuracy", xaxis=dict(tickformat=".0%", range=[0, 1]),
-                      yaxis=dict(tickformat=".0%", range=[0, 1.02]), **_LAYOUT)
+    fig.update_layout(xaxis_title="confidence", yaxis_title="accuracy", xaxis=dict(tickformat=".0%", range=[0, 1]),
+                      yaxis=dict(tickformat=".0%", range=[0, 1.02]),
+                      **_layout("Reliability: is it right as often as it is sure?"))
     return fig
 
 
@@ -139,8 +148,8 @@ def plan_figure(plan: dict) -> go.Figure:
                                 symbol=["star" if r["plan"] == chosen else "circle" for r in rows]))
     if rows:
         fig.add_hline(y=base, line_dash="dot", annotation_text="last-layer probe", line_color="gray")
-    fig.update_layout(title="Which layers should learn? Measured on your images", xaxis_title="layer groups that learn",
-                      yaxis=dict(title="estimated accuracy", tickformat=".0%"), showlegend=False, **_LAYOUT)
+    fig.update_layout(xaxis_title="layer groups that learn", yaxis=dict(title="estimated accuracy", tickformat=".0%"),
+                      showlegend=False, **_layout("Which layers should learn? Measured on your images", legend_rows=0))
     return fig
 
 

@@ -70,3 +70,22 @@ def with_cross_validation(data: RunData, seed: int) -> RunData:
     return RunData(data.classes, data.paths, data.labels, everything, everything,
                    f"{k}-fold cross-validation (out-of-fold predictions)", {"kind": "cv", "folds": k, "seed": seed},
                    stratified_folds(data.labels, k, seed))
+
+
+def planned_validation(labels: list[int], freeze: str, augment: str, val_fraction: float, separate: bool) -> str:
+    """How a run with these settings will validate, in words, before it runs (the Train page says so).
+
+    The same rules as the run itself (tl_core/train.py): a separate set when one is given; a head-only run
+    without augmentation fits its head on cached features and so validates by cross-validation; every other
+    run holds out `val_fraction` of each class. The Auto plan decides the plan, hence the validation, while
+    it runs.
+    """
+    if separate:
+        return "a separate validation set"
+    held_out = f"{val_fraction:.0%} held out"
+    if augment != "none" or not labels or freeze not in ("head", "auto"):
+        return held_out
+    cv = with_cross_validation(RunData([], [], list(labels), [], [], "", {}), seed=0).validation
+    if freeze == "head":
+        return cv
+    return f"{cv} if the Auto plan keeps feature extraction, {held_out} if it fine-tunes"

@@ -28,7 +28,7 @@ from . import adapt, auto_plan, backbones, batches, layers, multilayer, multitas
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
-from .config import RunConfig
+from .config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 from .datasets import decode_images
 from .devices import describe
 from .outputs import save_outputs
@@ -40,7 +40,6 @@ from .run_data import RunData, load_run_data, with_cross_validation
 from .strategy import SingleDevice, channels_last_helps
 from .tasks import Classification, Task
 
-PROBE_EPOCHS_BEFORE_FINETUNE = 5
 PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the whole run
 # A fine-tune batch whose loss exceeds max(DIVERGED_OVER_CHANCE × ln(classes), DIVERGED_OVER_PROBE × the
 # probe's training loss) has lost what the probe knew: the phase restarts from the probe's weights once, at
