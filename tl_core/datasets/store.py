@@ -31,6 +31,8 @@ class Dataset:
     refused: list[dict]
     created: str = ""
     source: dict = field(default_factory=dict)
+    parent: str | None = None  # the id of the dataset this version was made from (tl_core.datasets.versions)
+    changes: list[dict] = field(default_factory=list)  # what this version changed in its parent, one record each
 
     def paths(self) -> list[Path]:
         """Absolute image paths, in items order."""
@@ -81,4 +83,5 @@ def list_datasets(workspace: Path | None = None) -> list[Dataset]:
 def _from_manifest(root: Path, manifest: dict) -> Dataset:
     return Dataset(root=Path(root), id=manifest["id"], name=manifest["name"], classes=list(manifest["classes"]),
                    items=list(manifest["items"]), refused=list(manifest.get("refused", [])),
-                   created=manifest.get("created", ""), source=dict(manifest.get("source", {})))
+                   created=manifest.get("created", ""), source=dict(manifest.get("source", {})),
+                   parent=manifest.get("parent"), changes=list(manifest.get("changes", [])))
