@@ -40,12 +40,13 @@ def save_outputs(fit) -> dict:
     wall = time.time() - fit.t0
     val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), y_val).item()
     metrics = classification_metrics(y_val.tolist(), predicted.tolist(), fit.classes)
-    metrics = {"val_acc": metrics.pop("accuracy"), "val_loss": val_loss, **metrics,
+    metrics = {"val_acc": metrics.pop("accuracy"), "val_balanced_acc": metrics.pop("balanced_accuracy"),
+               "val_loss": val_loss, **metrics,
                "best_epoch": fit.best["epoch"], "epochs_run": fit.epoch, "wall_s": round(wall, 2),
                "images_per_s": round(len(fit.train_idx) * fit.epoch / wall, 1),
                "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), "validation": fit.validation,
                "validation_method": fit.validation_method, "features": fit.feature_kind,
-               "head": fit.head_kind,
+               "head": fit.head_kind, "class_weights": fit.class_weighting,
                "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit),
                **fit.extra_metrics}
     if fit.device.type == "cuda":

@@ -52,7 +52,7 @@ class RunFolder:
 
 
 LOCK_FILE = RunFolder(".").lock.name
-_METRIC_NUMBERS = ("val_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
+_METRIC_NUMBERS = ("val_acc", "val_balanced_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
 _EVENT_NUMBERS = {"fit_start": ("epochs",), "epoch_end": ("epoch", "train_loss", "val_loss", "train_acc", "val_acc"),
                   "batch_end": ("epoch",)}
 
