@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common, target_domain
+from pages import common, data_quality, target_domain
 from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, plots, runs
 
 MISTAKES_SHOWN = 24
@@ -80,14 +80,19 @@ for problem in runs.damage(run_dir):  # a damaged file is a message here, never 
                icon=":material/broken_image:")
 
 if metrics:
-    accuracy_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(6)
+    accuracy_col, balanced_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(7)
     accuracy_col.metric("Validation accuracy", f"{metrics.get('val_acc', 0):.1%}")
+    if metrics.get("val_balanced_acc") is not None:
+        balanced_col.metric("Balanced accuracy", f"{metrics['val_balanced_acc']:.1%}",
+                            help="The mean of the classes' recalls: every class counts the same, however many "
+                                 "images it has")
     f1_col.metric("Macro F1", f"{metrics.get('macro_f1', 0):.3f}", help="F1 averaged over classes, each counting the same")
     loss_col.metric("Validation loss", f"{metrics.get('val_loss', float('nan')):.3f}")
     epoch_col.metric("Best epoch", f"{metrics.get('best_epoch', '–')} of {metrics.get('epochs_run', '–')}")
     time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
+    data_quality.imbalance_headline(metrics)
     target_domain.results_section(metrics)
     learnt = metrics.get("kept", {}).get("trainable_params", metrics.get("trainable_params"))
     total = metrics.get("total_params")
@@ -180,6 +185,7 @@ if metrics:
         with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
             gallery(mistakes[:MISTAKES_SHOWN], [f"{row['label']} → {row['predicted']} ({row['confidence']:.0%})"
                                                 for row in mistakes[:MISTAKES_SHOWN]], run_dir, heat_maps)
+    data_quality.label_errors_section(run_dir)
 
     st.subheader("Can you trust its confidence?")
     try:
@@ -245,6 +251,7 @@ if metrics and status.get("state") == "done":
                       on_click=start_baseline, args=(run_dir,))
 
 if metrics and status.get("state") == "done":
+    data_quality.label_next_section(run_dir)
     with st.expander("Grow this model: add a class, or more images of one", icon=":material/add_circle:"):
         st.caption("A zip of class folders: a new folder name adds a class, an existing one adds images to it. "
                    "Only the head learns again, on the backbone's frozen features (the images it already had "
