@@ -33,6 +33,19 @@ def imbalance_headline(metrics: dict) -> None:
         st.caption(common.literal(words[:1].upper() + words[1:] + "."))
 
 
+@st.cache_data(show_spinner=False, max_entries=20)
+def _suspects(run_dir: str, written: float) -> dict:
+    """The run's likely label errors; `written` (when its probabilities were saved) keys the cache."""
+    return label_errors.suspects(run_dir)
+
+
+def _saved_at(run_dir: Path) -> float:
+    try:
+        return runs.RunFolder(run_dir).val_probs.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _choice_key(path: str) -> str:
     return f"suspect::{path}"
 
@@ -69,7 +82,7 @@ def label_errors_section(run_dir: Path) -> None:
     state = st.session_state
     st.subheader("Likely label errors")
     try:
-        report = label_errors.suspects(run_dir)
+        report = _suspects(str(run_dir), _saved_at(run_dir))
     except common.USER_ERRORS as error:
         st.warning(f"Label errors cannot be looked for: {common.literal(error)}", icon=":material/broken_image:")
         return
@@ -97,8 +110,8 @@ def label_errors_section(run_dir: Path) -> None:
                         f"*{common.literal(suspect['suggested'])}* ({suspect['suggested_prob']:.0%})")
             st.radio("What to do", list(CHOICES), key=_choice_key(suspect["path"]), horizontal=True,
                      label_visibility="collapsed",
-                     format_func=lambda choice, s=suspect: (f"Relabel to {s['suggested']}" if choice == "relabel"
-                                                             else CHOICES[choice]))
+                     format_func=lambda choice, s=suspect: (f"Relabel to {common.literal(s['suggested'])}"
+                                                             if choice == "relabel" else CHOICES[choice]))
     chosen = {s["path"]: (state.get(_choice_key(s["path"])), s["suggested"]) for s in shown}
     relabel = {path: suggested for path, (choice, suggested) in chosen.items() if choice == "relabel"}
     drop = [path for path, (choice, _) in chosen.items() if choice == "drop"]

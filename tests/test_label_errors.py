@@ -145,3 +145,36 @@ def test_results_page_relabels_a_suspect_into_a_new_version_and_queues_a_run_on_
     assert not at.exception
     assert fake_jobs[-1].submitted[-1].dataset_dir == str(new_root)
     assert any(link.value == "The new run is queued: watch it" for link in at.page_link)
+
+
+@pytest.mark.usefixtures("navigation_pages", "fake_jobs")
+def test_suspects_with_hostile_class_names_are_shown_as_text(_workspace):
+    from test_hostile_names import HOSTILE, MARKDOWN_LINK, assert_no_link_from_names, hostile_run
+
+    from tl_core.datasets import ingest_files
+    from tl_core.sample_data import SAMPLE_DIR
+
+    pngs = sorted((SAMPLE_DIR / "Bag").glob("*.png"))
+    dataset = ingest_files([(f"{HOSTILE[k]}{i}.png", pngs[k * 4 + i].read_bytes(), HOSTILE[k])
+                            for k in range(3) for i in range(4)], name=HOSTILE[0])
+    run_dir = hostile_run(dataset, HOSTILE[3])
+    with open(RunFolder(run_dir).predictions, newline="") as f:
+        labels = [dataset.classes.index(row["label"]) for row in csv.DictReader(f)]
+    probs = np.full((len(labels), 3), 0.05)
+    probs[np.arange(len(labels)), labels] = 0.9
+    probs[0] = [0.02, 0.02, 0.02]
+    probs[0, (labels[0] + 1) % 3] = 0.96  # one image the model is sure belongs to the next class
+    np.save(RunFolder(run_dir).val_probs, probs)
+    metrics = read_metrics(run_dir)
+    metrics.update(n_val=len(labels), validation="5-fold cross-validation (out-of-fold predictions)",
+                   validation_method={"kind": "cv", "folds": 5})
+    (RunFolder(run_dir).metrics).write_text(json.dumps(metrics))
+    assert label_errors.suspects(run_dir)["suspects"][0]["path"] == str(dataset.paths()[0])
+    at = open_page("pages/5_Results.py", results_run=str(run_dir))
+    at.toggle(key="review_suspects").set_value(True).run()
+    texts = assert_no_link_from_names(at)
+    suggested = dataset.classes[(labels[0] + 1) % 3]
+    assert any(" ".join(f"looks like *{suggested}*".split()) in text for text in texts)
+    radio = at.radio(key=f"suspect::{dataset.paths()[0]}")
+    assert not MARKDOWN_LINK.search(radio.options[1])
+    assert plain(radio.options[1]) == " ".join(f"Relabel to {suggested}".split())
