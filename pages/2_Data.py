@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common, target_domain
+from pages import common, multitask_data, target_domain
 from tl_core import datasets, plots
 from tl_core.sample_data import SAMPLE_DIR
 
@@ -157,6 +157,8 @@ with earlier_tab:
                         state[key] = None
                 st.rerun()
 
+multitask_data.upload_section(ingest, use_dataset)
+
 # ---------------------------------------------------------------- the audit
 dataset = common.active_dataset()
 if dataset is None:
@@ -166,39 +168,42 @@ if dataset is None:
 val_dataset = common.active_dataset("val_dataset_dir") if state.val_source == "separate" else None
 report = datasets.audit(dataset, val_dataset)
 st.header(f"Check: {common.literal(dataset.name)}")
-total_col, classes_col, balance_col, refused_col = st.columns(4)
-total_col.metric("Images", report["total"])
-classes_col.metric("Classes", len(report["classes"]))
-balance_col.metric("Largest ÷ smallest class", f"{report['imbalance_ratio']:.1f}×")
-refused_col.metric("Files refused", len(report["refused"]))
-st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
-for warning in report["warnings"]:
-    st.warning(common.literal(warning), icon=":material/warning:")
-if report["single_image_classes"] or report["from_subfolders"]:
-    st.caption("You may go on with these images as they are, or make a copy of the dataset without them:")
-    drop_col, flat_col = st.columns(2)
-    if single := report["single_image_classes"]:
-        if drop_col.button(f"Drop {len(single)} class{'es' if len(single) > 1 else ''} with a single image",
-                           key="drop_single_classes", icon=":material/delete_sweep:"):
-            use_dataset(ingest_copy(dataset, classes=single))
-    if nested := report["from_subfolders"]:
-        if flat_col.button(f"Leave out the {len(nested)} image{'s' if len(nested) > 1 else ''} from sub-folders",
-                           key="drop_subfolder_images", icon=":material/folder_off:"):
-            use_dataset(ingest_copy(dataset, from_subfolders=True))
-if report["refused"]:
-    st.subheader("Refused files")
-    st.dataframe(report["refused"], hide_index=True, key="refused_table",
-                 column_config={"name": st.column_config.TextColumn("File", width="medium"),
-                                "reason": st.column_config.TextColumn("Why it was refused", width="large")})
+if dataset.tasks:  # a labels table: the audit is per task
+    multitask_data.audit_section(dataset)
+else:
+    total_col, classes_col, balance_col, refused_col = st.columns(4)
+    total_col.metric("Images", report["total"])
+    classes_col.metric("Classes", len(report["classes"]))
+    balance_col.metric("Largest ÷ smallest class", f"{report['imbalance_ratio']:.1f}×")
+    refused_col.metric("Files refused", len(report["refused"]))
+    st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
+    for warning in report["warnings"]:
+        st.warning(common.literal(warning), icon=":material/warning:")
+    if report["single_image_classes"] or report["from_subfolders"]:
+        st.caption("You may go on with these images as they are, or make a copy of the dataset without them:")
+        drop_col, flat_col = st.columns(2)
+        if single := report["single_image_classes"]:
+            if drop_col.button(f"Drop {len(single)} class{'es' if len(single) > 1 else ''} with a single image",
+                               key="drop_single_classes", icon=":material/delete_sweep:"):
+                use_dataset(ingest_copy(dataset, classes=single))
+        if nested := report["from_subfolders"]:
+            if flat_col.button(f"Leave out the {len(nested)} image{'s' if len(nested) > 1 else ''} from sub-folders",
+                               key="drop_subfolder_images", icon=":material/folder_off:"):
+                use_dataset(ingest_copy(dataset, from_subfolders=True))
+    if report["refused"]:
+        st.subheader("Refused files")
+        st.dataframe(report["refused"], hide_index=True, key="refused_table",
+                     column_config={"name": st.column_config.TextColumn("File", width="medium"),
+                                    "reason": st.column_config.TextColumn("Why it was refused", width="large")})
 
-with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
-    for label in dataset.classes:
-        paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
-        images = [image for image in map(common.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
-        label_col, images_col = st.columns([1, 6])
-        label_col.markdown(f"**{common.literal(label)}**  \n{len(paths)} images")
-        if images:
-            images_col.image(images, width=72)
+    with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
+        for label in dataset.classes:
+            paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
+            images = [image for image in map(common.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
+            label_col, images_col = st.columns([1, 6])
+            label_col.markdown(f"**{common.literal(label)}**  \n{len(paths)} images")
+            if images:
+                images_col.image(images, width=72)
 
 # ---------------------------------------------------------------- validation
 st.header("Validation")

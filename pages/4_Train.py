@@ -127,6 +127,8 @@ def charts(run_dir: str, events: list[dict]) -> None:
     loss_col, accuracy_col = st.columns(2)
     loss_col.plotly_chart(plots.loss_figure(events), key=f"loss::{run_dir}")
     accuracy_col.plotly_chart(plots.accuracy_figure(events), key=f"accuracy::{run_dir}")
+    if any(event.get("tasks") for event in events if event.get("event") == "epoch_end"):  # a multi-task run
+        st.plotly_chart(plots.task_figure(events), key=f"tasks::{run_dir}")
 
 
 @st.fragment(run_every=1.0)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common, data_quality, target_domain
-from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, plots, runs
+from pages import common, data_quality, multitask_results, target_domain
+from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, multitask, plots, runs
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48
@@ -81,7 +81,8 @@ for problem in runs.damage(run_dir):  # a damaged file is a message here, never 
 
 if metrics:
     accuracy_col, balanced_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(7)
-    accuracy_col.metric("Validation accuracy", f"{metrics.get('val_acc', 0):.1%}")
+    accuracy_col.metric("Mean task score" if metrics.get("tasks") else "Validation accuracy",
+                        f"{metrics.get('val_acc', 0):.1%}")
     if metrics.get("val_balanced_acc") is not None:
         balanced_col.metric("Balanced accuracy", f"{metrics['val_balanced_acc']:.1%}",
                             help="The mean of the classes' recalls: every class counts the same, however many "
@@ -121,6 +122,9 @@ if metrics:
         st.warning(f"predictions.csv cannot be read ({common.literal(error)}): the images are not shown.",
                    icon=":material/broken_image:")
         predictions = []
+    if metrics.get("tasks"):  # a multi-task run: its tasks side by side, then one task at a time below
+        task = multitask_results.section(run_dir, metrics, events, status)
+        metrics, predictions = multitask.task_view(metrics, predictions, task)
     classes = metrics.get("classes", [])
     if state.get("cell_run") != str(run_dir) or state.get("cell_true") not in classes \
             or state.get("cell_predicted") not in classes:  # a new run: start at its biggest confusion

@@ -363,6 +363,8 @@ def thumbnail(path: str, size: int = 96):
 
 
 def dataset_label(dataset: Dataset) -> str:
+    if dataset.tasks:  # a labels table
+        return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.tasks)} tasks)"
     return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.classes)} classes)"
 
 

@@ -46,6 +46,11 @@ def _saved_at(run_dir: Path) -> float:
         return 0.0
 
 
+def _multi_task(run_dir: Path) -> bool:
+    """Label errors and suggestions are for single-task runs (a class per image)."""
+    return bool((runs.read_metrics(run_dir) or {}).get("tasks"))
+
+
 def _choice_key(path: str) -> str:
     return f"suspect::{path}"
 
@@ -80,6 +85,8 @@ def label_errors_section(run_dir: Path) -> None:
     """The images whose label the out-of-fold predictions disagree with; keep, relabel or drop each; a new
     dataset version, and a new run on it, one click each."""
     state = st.session_state
+    if _multi_task(run_dir):
+        return
     st.subheader("Likely label errors")
     try:
         report = _suspects(str(run_dir), _saved_at(run_dir))
@@ -149,6 +156,8 @@ def _pools(run_dir: Path) -> list[datasets.Dataset]:
 def label_next_section(run_dir: Path) -> None:
     """Which unlabelled images to label next, with the model's guess to confirm or correct; a new version."""
     state = st.session_state
+    if _multi_task(run_dir):
+        return
     st.subheader("What to label next")
     pools = _pools(run_dir)
     if not pools:

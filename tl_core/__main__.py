@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("run_dir", nargs="?", help="a prepared run folder (what the app starts)")
     train.add_argument("--data", help="a folder of class folders")
     train.add_argument("--val-data", help="a separate folder of class folders for validation")
+    train.add_argument("--labels", help="a CSV labels table (file, task_a, task_b, ... or file, tags) naming the "
+                       "images of --data (any layout): one model with a head per task")
+    train.add_argument("--tasks", help="the table's columns to train, comma-separated (default: all)")
+    train.add_argument("--task-weights", help="loss weight per task, e.g. category=1,tags=0.5 (default: 1 each)")
     train.add_argument("--target-data", help="unlabelled images of where the model will be used (any layout)")
     train.add_argument("--target-test", help="labelled target images (class folders), used only to measure")
     train.add_argument("--weights", default=None,
@@ -26,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = commands.add_parser("evaluate", help="metrics of a finished run on a labelled folder")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--data", required=True, help="a folder of class folders")
+    evaluate.add_argument("--data", required=True, help="a folder of class folders (or of images named by --labels)")
+    evaluate.add_argument("--labels", help="a CSV labels table for a multi-task run's images")
 
     predict = commands.add_parser("predict", help="top-k classes of images")
     predict.add_argument("run_dir")
@@ -214,7 +219,16 @@ def _prepare_run(args) -> Path:
     from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
     from .runs import create_run
 
-    train_set = ingest_or_reuse_folder(args.data)
+    if args.labels:
+        from .datasets.labels_table import ingest_labelled_or_reuse_folder
+
+        train_set = ingest_labelled_or_reuse_folder(args.data, args.labels, tasks=_names(args.tasks))
+        for note in train_set.notes:
+            _say(f"note: {note}")
+        for refused in train_set.refused:
+            _say(f"refused: {refused['name']}: {refused['reason']}")
+    else:
+        train_set = ingest_or_reuse_folder(args.data)
     val_set = ingest_or_reuse_folder(args.val_data) if args.val_data else None
     target_set = ingest_unlabelled_or_reuse_folder(args.target_data) if args.target_data else None
     target_test = ingest_or_reuse_folder(args.target_test) if args.target_test else None
@@ -224,14 +238,32 @@ def _prepare_run(args) -> Path:
     config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
                        weights=weights, target_dir=str(target_set.root) if target_set else None,
                        target_test_dir=str(target_test.root) if target_test else None,
+                       extra={"task_weights": _task_weights(args.task_weights)} if args.task_weights else {},
                        **{name: getattr(args, name) for name in settings()})
     return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
 
 
-def _evaluate(args) -> int:
-    from .predict import evaluate_folder
+def _names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
-    print(json.dumps(evaluate_folder(args.run_dir, args.data), indent=2))
+
+def _task_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for part in _names(text) or []:
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"error: --task-weights: {part!r} is not TASK=NUMBER") from None
+    return weights
+
+
+def _evaluate(args) -> int:
+    from .predict import evaluate_folder, evaluate_table
+
+    report = evaluate_table(args.run_dir, args.data, args.labels) if args.labels else \
+        evaluate_folder(args.run_dir, args.data)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -244,6 +276,12 @@ def _predict(args) -> int:
             print(json.dumps({"image": image, **top}))
         elif "error" in top:
             print(f"{image}: {top['error']}")
+        elif "tasks" in top:  # a multi-task model: each task's answer
+            print(f"{image}: " + "; ".join(
+                f"{name}: " + (", ".join(f"{t['label']} {t['prob']:.0%}" for t in answer["tags"]) or "no tag"
+                               if answer["kind"] == "multi-label" else
+                               f"{answer['top'][0]['label']} {answer['top'][0]['prob']:.1%}")
+                for name, answer in top["tasks"].items()))
         else:
             print(f"{image}: " + ", ".join(f"{t['label']} {t['prob']:.1%}" for t in top["top"]))
     return 0

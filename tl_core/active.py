@@ -18,7 +18,7 @@ from .datasets import Dataset, decode_images, load_dataset, new_version
 from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
 from .predict import Predictor
 from .probe import PROBE_STD_FLOOR
-from .runs import read_config
+from .runs import read_config, read_metrics
 from .storage import workspace_root
 
 UNCERTAINTY = ("margin", "entropy")
@@ -37,6 +37,8 @@ def suggest(run_dir: str | Path, pool: Dataset | str | Path, k: int = 20, by: st
         raise ValueError(f"suggest: by is one of {', '.join(UNCERTAINTY)} and choice one of {', '.join(CHOICES)}")
     if k < 1:
         raise ValueError(f"suggest: k = {k}; ask for at least one image")
+    if (read_metrics(run_dir) or {}).get("tasks"):
+        raise ValueError(f"{Path(run_dir).name}: a multi-task run; suggestions are made for single-task runs only")
     pool = _pool(pool)
     predictor = Predictor(run_dir)
     labelled = _labelled(run_dir)

@@ -112,3 +112,75 @@ def _difference_se(a: dict, b: dict) -> float:
         return p * (1 - p) / n if n else 0.0
 
     return (variance(a) + variance(b)) ** 0.5
+
+
+# ---- multi-task: did sharing one backbone help each task? --------------------------------------------------
+
+def separate_model_configs(config: RunConfig, of_run: str, tasks: list[str]) -> list[RunConfig]:
+    """One run per task on the same images, backbone, plan and budget: what the tasks would reach alone."""
+    return [config.replace(name=f"{config.name or config.backbone}: {task} alone", parent_run=of_run,
+                           extra={**config.extra, "only_task": task, "separate_of": of_run})
+            for task in tasks]
+
+
+def start_separate_models(jobs, run_dir: Path) -> list[Path]:
+    """Queue one single-task twin per task of a finished multi-task run; returns their run folders."""
+    from .storage import read_json
+
+    tasks = [t["name"] for t in (read_json(RunFolder(run_dir).labels) or {}).get("tasks", [])]
+    return [jobs.submit(c) for c in separate_model_configs(read_config(run_dir), Path(run_dir).name, tasks)]
+
+
+def find_separate_models(run_dir: Path, workspace: Path | None = None) -> dict[str, Path]:
+    """{task: the newest single-task twin made for the multi-task run `run_dir`}."""
+    from .runs import list_runs
+
+    found = {}
+    for candidate in list_runs(workspace):
+        extra = read_config_record(candidate).get("config", {}).get("extra", {})
+        if extra.get("separate_of") == Path(run_dir).name and extra.get("only_task") not in found:
+            found[extra["only_task"]] = candidate
+    return found
+
+
+def sharing_verdict(shared: dict, alone: dict[str, dict]) -> dict:
+    """Per task, the shared model's score against the task's own model, and in words whether sharing one
+    backbone helped (positive transfer), hurt (negative transfer) or made no clear difference.
+
+    `shared` is the multi-task run's metrics.json, `alone` {task: that task's own run's metrics.json}. A gap
+    counts beyond about two standard errors of the difference (at least 2 points), as for the scratch baseline.
+    """
+    rows = []
+    for task, metrics in shared.get("tasks", {}).items():
+        own = (alone.get(task) or {}).get("tasks", {}).get(task)
+        if own is None or metrics.get("score") is None or own.get("score") is None:
+            continue
+        a, b = metrics["score"], own["score"]
+        n = min(metrics.get("n") or 0, own.get("n") or 0)
+        se = ((a * (1 - a) + b * (1 - b)) / n) ** 0.5 if n else 0.0
+        margin = max(0.02, 1.96 * se)
+        gain = a - b
+        kind = "positive" if gain > margin else "negative" if gain < -margin else "neutral"
+        rows.append({"task": task, "score_name": metrics.get("score_name", "score"), "shared": a, "alone": b,
+                     "gain": gain, "margin": margin, "kind": kind})
+    walls = [m.get("wall_s") for m in alone.values()]
+    wall = {"shared_s": shared.get("wall_s"), "alone_s": sum(walls) if walls and None not in walls else None}
+    kinds = {row["kind"] for row in rows}
+    if not rows:
+        text, kind = "The separate models have not finished yet.", "pending"
+    elif "negative" in kinds:
+        hurt = ", ".join(f"{r['task']} ({r['shared']:.0%} shared against {r['alone']:.0%} alone)"
+                         for r in rows if r["kind"] == "negative")
+        text, kind = (f"Negative transfer: sharing one backbone hurt {hurt}. Give that task its own model, or "
+                      "lower the other tasks' loss weights (--task-weights)."), "negative"
+    elif "positive" in kinds:
+        helped = ", ".join(f"{r['task']} ({r['shared']:.0%} against {r['alone']:.0%})" for r in rows
+                           if r["kind"] == "positive")
+        text, kind = f"Sharing helped: {helped} did better trained together than alone.", "positive"
+    else:
+        text, kind = ("No clear difference per task between one shared model and a model per task, within what "
+                      "chance moves on this many validation images; the shared model needs one backbone, not "
+                      f"{len(rows)}."), "neutral"
+    if wall["alone_s"] and wall["shared_s"]:
+        text += f" Training time: {wall['shared_s']:.0f} s shared, {wall['alone_s']:.0f} s for the separate models."
+    return {"rows": rows, "kind": kind, "text": text, "wall": wall}

@@ -77,7 +77,8 @@ def read_predictions(run_dir) -> list[dict]:
     except FileNotFoundError:
         return []
     return [{"path": row["path"], "label": row["label"], "predicted": row["predicted"],
-             "confidence": float(row["confidence"]), "correct": row["label"] == row["predicted"]}
+             "confidence": float(row["confidence"]), "correct": row["label"] == row["predicted"],
+             **({"task": row["task"]} if row.get("task") else {})}  # a multi-task run: one row per image and task
             for row in rows]
 
 

@@ -96,7 +96,7 @@ def verify_export(model_path: str | Path, predictor, pixels: torch.Tensor, fmt: 
     t0 = time.time()
     reference = (predictor.predict_pixels(pixels) if reference is None else reference).double()
     run = _RUNNERS[fmt](model_path, predictor)
-    exported = torch.cat([run(predictor.normalize(pixels[i:i + _VERIFY_BATCH]).cpu()).double().softmax(1)
+    exported = torch.cat([predictor.probabilities(run(predictor.normalize(pixels[i:i + _VERIFY_BATCH]).cpu())).double()
                           for i in range(0, len(pixels), _VERIFY_BATCH)])
     chosen = exported.argmax(1)
     best = reference.max(1).values
@@ -278,7 +278,7 @@ def _mismatch_message(name: str, report: dict) -> str:
 # ---------------------------------------------------------------- the bundle
 
 def _write_bundle(run_dir: Path, predictor, out_dir: Path, fmt: str, report: dict) -> None:
-    atomic_write_json(out_dir / _RUN_FILES.labels.name, {"classes": predictor.classes})
+    atomic_write_json(out_dir / _RUN_FILES.labels.name, predictor.labels_record)  # a multi-task model's heads too
     atomic_write_json(out_dir / _RUN_FILES.preprocess.name, predictor.preprocess)
     atomic_write_json(out_dir / "verification.json", {"model_file": MODEL_FILES[fmt], **report})
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(run_dir, fmt, report))

@@ -39,6 +39,8 @@ def judge(run_dir: str | Path) -> dict:
     metrics = read_metrics(run_dir)
     if not metrics:
         raise ValueError(f"{run_dir}: the run has no metrics.json; it has not finished")
+    if metrics.get("tasks"):
+        raise ValueError(f"{run_dir.name}: a multi-task run; label errors are looked for in single-task runs only")
     scope = _scope(metrics)
     probs_file = RunFolder(run_dir).val_probs
     rows = read_predictions(run_dir)

@@ -142,3 +142,18 @@ def plan_figure(plan: dict) -> go.Figure:
     fig.update_layout(title="Which layers should learn? Measured on your images", xaxis_title="layer groups that learn",
                       yaxis=dict(title="estimated accuracy", tickformat=".0%"), showlegend=False, **_LAYOUT)
     return fig
+
+
+def task_figure(events: list[dict]) -> go.Figure:
+    """A multi-task run's validation score per task and epoch (accuracy, or mAP for multi-label tasks)."""
+    epochs = [e for e in epoch_rows(events) if isinstance(e.get("tasks"), dict)]
+    names = list(dict.fromkeys(name for e in epochs for name in e["tasks"]))
+    fig = go.Figure()
+    for name in names:
+        points = [(e["epoch"], e["tasks"][name].get("val_score")) for e in epochs
+                  if isinstance(e["tasks"].get(name), dict) and _number(e["tasks"][name].get("val_score"))]
+        fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=label(name), mode="lines+markers")
+    _mark_phases(fig, epochs)
+    fig.update_layout(title="Validation score per task", xaxis_title="epoch", yaxis_title="accuracy or mAP",
+                      **_LAYOUT)
+    return fig

@@ -42,3 +42,30 @@ def write_fashion_mnist_folder(dest: str | Path, split: str = "train", per_class
         for i in idx:
             Image.fromarray(images[i], mode="L").save(dest / name / f"{split}_{i:05d}.png", optimize=True)
     return dest
+
+
+# Fashion-MNIST's classes with a coarser grouping and tags that follow from what each class is: a real
+# multi-task (category + group) and multi-label (tags) set for the sample, the tests and bench/multitask.py.
+FASHION_GROUPS = {"T-shirt_top": "top", "Pullover": "top", "Coat": "top", "Shirt": "top", "Dress": "dress",
+                  "Trouser": "bottom", "Sandal": "footwear", "Sneaker": "footwear", "Ankle_boot": "footwear",
+                  "Bag": "bag"}
+FASHION_TAGS = {"T-shirt_top": ["upper-body"], "Pullover": ["upper-body", "long-sleeves", "warm"],
+                "Coat": ["upper-body", "long-sleeves", "warm", "outerwear"], "Shirt": ["upper-body", "long-sleeves"],
+                "Dress": ["upper-body", "lower-body"], "Trouser": ["lower-body"], "Sandal": ["feet", "open"],
+                "Sneaker": ["feet"], "Ankle_boot": ["feet", "warm"], "Bag": ["carried"]}
+
+
+def write_fashion_task_table(class_folders: str | Path, table: str | Path | None = None) -> Path:
+    """labels.csv (file, category, group, tags) for a folder of Fashion-MNIST class folders; returns its path."""
+    import csv
+
+    root = Path(class_folders)
+    table = Path(table or root / "labels.csv")
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "category", "group", "tags"])
+        for image in sorted(root.glob("*/*.png")):
+            category = image.parent.name
+            writer.writerow([f"{category}/{image.name}", category, FASHION_GROUPS[category],
+                             ";".join(FASHION_TAGS[category])])
+    return table

@@ -38,6 +38,12 @@ class Task:
     def step(self, batch: Batch, features: torch.Tensor, head: nn.Module) -> dict:
         raise NotImplementedError
 
+    def batch_metrics(self, out: dict, batch: Batch) -> tuple[float, torch.Tensor | float]:
+        """(the batch's loss without label smoothing, how many it got right) for the training curves; the count
+        may stay a tensor on the device, so the loop need not wait for it."""
+        logits = out["logits"].detach().float()
+        return F.cross_entropy(logits, batch.labels).item(), (logits.argmax(1) == batch.labels).sum()
+
 
 class Classification(Task):
     """Cross-entropy of the head's logits, with label smoothing, and per-class weights when given."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import adapt, auto_plan, backbones, batches, layers, multilayer, optim
+from . import adapt, auto_plan, backbones, batches, layers, multilayer, multitask, optim
 from .augment import make_augment
 from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
                         PhaseDiverged, StopFile, TrainingDiverged, _changeable_state)
@@ -68,11 +68,22 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
             log = EventLog(RunFolder(run_dir).events)
             config = read_config(run_dir)
+            fit_class = Fit
+            if multitask.has_tasks(config):  # a labels table: a head per task (tl_core.multitask)
+                from .multitask_fit import MultiTaskFit
+
+                fit_class = MultiTaskFit
+                if config.adapt != "none" and config.target_dir:
+                    raise ValueError("domain adaptation of a multi-task run is not supported yet: choose adapt none")
+                if config.freeze == "auto":
+                    config = config.replace(freeze="head")
+                    log("notice", {"phase": "plan", "message": "several tasks: feature extraction, a head per task "
+                                   "(choose top-N or all to fine-tune the shared layers for every task at once)"}, None)
             if config.freeze == "auto":  # measure the candidate plans first; the run trains the one kept
                 config = auto_plan.resolve(config, run_dir, lambda message: log(
                     "notice", {"phase": "plan", "message": message}, None))
             adaptation = adapt.plan_for(config)  # a target domain's callbacks (after BestCheckpoint) and task
-            fit = Fit(config, run_dir, [log, StopFile(run_dir),
+            fit = fit_class(config, run_dir, [log, StopFile(run_dir),
                                         DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE),
                                         NanGuard(), BestCheckpoint(), EarlyStopping(config.early_stopping),
                                         *adaptation.callbacks, *(extra_callbacks or [])], task or adaptation.task)
@@ -142,7 +153,7 @@ class Fit:
     def prepare(self) -> None:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.data = load_run_data(cfg)
+        self.data = self._load_data()
         self._use(self.data)
         body = backbones.create_model(cfg.backbone, len(self.classes), weights=cfg.weights)
         self.feature_kind = _feature_kind(cfg, body)
@@ -172,6 +183,9 @@ class Fit:
                              precision=str(self.strategy.amp_dtype or torch.float32).replace("torch.", ""),
                              channels_last=self.channels_last, classes=self.classes, preprocess=self.preprocess,
                              features=self.feature_kind)
+
+    def _load_data(self) -> RunData:
+        return load_run_data(self.config)
 
     def _use(self, data: RunData) -> None:
         self.classes, self.paths, self.folds = data.classes, data.paths, data.folds
@@ -396,9 +410,9 @@ class Fit:
             for b in range(steps_per_epoch):
                 batch, out = self._one_batch(order[b * batch_size:(b + 1) * batch_size], optimizer, scheduler)
                 # Logged without label smoothing, like the probe's and the validation loss, so the curves compare.
-                batch_loss = F.cross_entropy(out["logits"].detach().float(), batch.labels).item()
+                batch_loss, correct = self.task.batch_metrics(out, batch)
                 total_loss += batch_loss * len(batch.idx)
-                total_correct += (out["logits"].argmax(1) == batch.labels).sum()  # on the device: no extra sync
+                total_correct += correct
                 seen += len(batch.idx)
                 self.emit("batch_end", phase="finetune", epoch=self.epoch, step=self.step, batch=b + 1,
                           batches=steps_per_epoch, loss=batch_loss, lr=optimizer.param_groups[-1]["lr"],
@@ -406,9 +420,9 @@ class Fit:
             train_seconds = time.time() - t_epoch
             val_loss, val_acc = self._evaluate(self.val_idx)
             self.emit("epoch_end", phase="finetune", epoch=self.epoch, step=self.step,
-                      train_loss=total_loss / seen, train_acc=int(total_correct) / seen,
+                      train_loss=total_loss / seen, train_acc=float(total_correct) / seen,
                       val_loss=val_loss, val_acc=val_acc, seconds=time.time() - t_epoch, train_seconds=train_seconds,
-                      elapsed=time.time() - self.t0, images_per_s=seen / train_seconds)
+                      elapsed=time.time() - self.t0, images_per_s=seen / train_seconds, **self.epoch_details())
             if self.stop_phase:
                 break
 
@@ -452,8 +466,15 @@ class Fit:
             batch = source.batch(torch.tensor(idx[start:start + self.config.batch_size]))
             # Frozen features stay fp32: the probe fitted the head on them so.
             with nullcontext() if source is self.features else self.strategy.autocast():
-                out.append(head(source.features(batch.inputs)).float().softmax(1).cpu())
+                out.append(self._probabilities(head(source.features(batch.inputs))).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def epoch_details(self) -> dict:
+        """More of a fine-tune epoch_end event, from the last validation (a multi-task fit's per-task scores)."""
+        return {}
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(1)
 
     def _evaluate(self, idx: list[int]) -> tuple[float, float]:
         probs = self.predict_probs(idx)

@@ -13,7 +13,9 @@ from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
 PRE = json.loads((HERE / "preprocess.json").read_text())
-CLASSES = json.loads((HERE / "labels.json").read_text())["classes"]
+LABELS = json.loads((HERE / "labels.json").read_text())
+CLASSES = LABELS["classes"]
+TASKS = LABELS.get("tasks")  # a multi-task model: each task's head is a slice of the outputs
 
 
 def prepare(path):
@@ -72,10 +74,36 @@ predict = _load_predict()
 
 
 def probabilities(path):
-    """Class probabilities of one image, in the order of labels.json."""
+    """Class probabilities of one image, in the order of labels.json: a softmax over the classes, or for a
+    multi-task model a softmax within each single-label task and a sigmoid per tag of a multi-label one."""
     logits = predict(prepare(path))[0].astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    return probs / probs.sum()
+    if not TASKS:
+        probs = np.exp(logits - logits.max())
+        return probs / probs.sum()
+    probs = np.empty_like(logits)
+    for task in TASKS:
+        part = slice(task["offset"], task["offset"] + len(task["classes"]))
+        if task["kind"] == "multi-label":
+            probs[part] = 1 / (1 + np.exp(-logits[part]))
+        else:
+            e = np.exp(logits[part] - logits[part].max())
+            probs[part] = e / e.sum()
+    return probs
+
+
+def answer(probs):
+    """In words: the top 3 classes, or for a multi-task model each task's answer (tags above their threshold)."""
+    if not TASKS:
+        return ", ".join(f"{CLASSES[i]} {probs[i]:.1%}" for i in probs.argsort()[::-1][:3])
+    words = []
+    for task in TASKS:
+        part = probs[task["offset"]:task["offset"] + len(task["classes"])]
+        if task["kind"] == "multi-label":
+            tags = [f"{c} {p:.0%}" for c, p, t in zip(task["classes"], part, task["thresholds"]) if p >= t]
+            words.append(f"{task['name']}: {', '.join(tags) or 'none'}")
+        else:
+            words.append(f"{task['name']}: {task['classes'][int(part.argmax())]} {part.max():.1%}")
+    return "; ".join(words)
 
 
 if __name__ == "__main__":
@@ -85,5 +113,4 @@ if __name__ == "__main__":
         if as_json:
             print(json.dumps({"image": path, "probs": probs.tolist()}))
         else:
-            top = probs.argsort()[::-1][:3]
-            print(path + ": " + ", ".join(f"{CLASSES[i]} {probs[i]:.1%}" for i in top))
+            print(path + ": " + answer(probs))

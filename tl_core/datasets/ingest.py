@@ -45,6 +45,7 @@ class _Entry(NamedTuple):
     read: Callable[[], bytes] | None
     refusal: str | None = None
     subfolder: str | None = None  # the folders between the class folder and the file, when any
+    extra: dict | None = None  # more fields of its manifest item (a labels table's labels: labels_table)
 
 
 def ingest_folder(src: str | Path, name: str | None = None, workspace: Path | None = None, *,
@@ -231,8 +232,9 @@ def _is_clutter(parts: tuple[str, ...]) -> bool:
 
 
 def _ingest(entries: list[_Entry], refused: list[dict], name: str, source: dict, workspace: Path | None,
-            progress: Callable[[int, int], None] | None, min_classes: int = 2) -> Dataset:
-    """Validate and copy entries into a new dataset folder, which appears only once complete."""
+            progress: Callable[[int, int], None] | None, min_classes: int = 2, extra: dict | None = None) -> Dataset:
+    """Validate and copy entries into a new dataset folder, which appears only once complete; `extra` adds
+    fields to its manifest."""
     dataset_id, created = _new_id()
     datasets_dir = Path(workspace or workspace_root()) / "datasets"
     building = datasets_dir / f".{dataset_id}.partial"  # list_datasets skips dot-folders
@@ -242,7 +244,7 @@ def _ingest(entries: list[_Entry], refused: list[dict], name: str, source: dict,
         _check_usable(Counter(item["label"] for item in items), refused, min_classes)
         manifest = {"id": dataset_id, "name": name, "created": created,
                     "classes": sorted({item["label"] for item in items}),
-                    "items": items, "refused": refused, "source": source}
+                    "items": items, "refused": refused, "source": source, **(extra or {})}
         atomic_write_json(building / "manifest.json", manifest)
     return _from_manifest(datasets_dir / dataset_id, manifest)
 
@@ -281,6 +283,7 @@ def _store_entries(entries: list[_Entry], root: Path, progress) -> tuple[list[di
                           "width": width, "height": height, "bytes": len(data)})
             if entry.subfolder:
                 items[-1]["subfolder"] = entry.subfolder
+            items[-1].update(entry.extra or {})
         if progress:
             progress(done, len(entries))
     items.sort(key=lambda item: (item["label"], item["path"]))

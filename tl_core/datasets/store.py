@@ -31,6 +31,8 @@ class Dataset:
     refused: list[dict]
     created: str = ""
     source: dict = field(default_factory=dict)
+    tasks: list[dict] = field(default_factory=list)  # a labels table's tasks [{name, kind, classes}]; [] for folders
+    notes: list[str] = field(default_factory=list)  # what the ingest wants the user to know (labels_table)
     parent: str | None = None  # the id of the dataset this version was made from (tl_core.datasets.versions)
     changes: list[dict] = field(default_factory=list)  # what this version changed in its parent, one record each
 
@@ -42,6 +44,11 @@ class Dataset:
         """Class indices into `classes`, in items order."""
         index_of = {name: index for index, name in enumerate(self.classes)}
         return [index_of[item["label"]] for item in self.items]
+
+    @property
+    def num_outputs(self) -> int:
+        """The model's outputs for this data: its classes, or every task's classes side by side (a labels table)."""
+        return sum(len(task["classes"]) for task in self.tasks) if self.tasks else len(self.classes)
 
     def counts(self) -> dict[str, int]:
         """Images per class, in class order."""
@@ -84,4 +91,5 @@ def _from_manifest(root: Path, manifest: dict) -> Dataset:
     return Dataset(root=Path(root), id=manifest["id"], name=manifest["name"], classes=list(manifest["classes"]),
                    items=list(manifest["items"]), refused=list(manifest.get("refused", [])),
                    created=manifest.get("created", ""), source=dict(manifest.get("source", {})),
+                   tasks=list(manifest.get("tasks", [])), notes=list(manifest.get("notes", [])),
                    parent=manifest.get("parent"), changes=list(manifest.get("changes", [])))

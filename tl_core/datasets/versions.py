@@ -30,6 +30,9 @@ def new_version(dataset: Dataset, *, relabel: Mapping[str, str] | None = None, d
     Images are named by their path in `dataset` (relative, "images/cat/a.jpg", or absolute under its root).
     A relabel to the label an image already has changes nothing and is not recorded.
     """
+    if dataset.tasks:
+        raise DatasetError(f"{dataset.name!r} is labelled by a table of tasks: edit its labels table and upload "
+                           "it again; versions are made of datasets of class folders")
     relabel = {_item_path(dataset, path): _label(label, path) for path, label in (relabel or {}).items()}
     dropped = {_item_path(dataset, path) for path in drop}
     if both := sorted(set(relabel) & dropped):
