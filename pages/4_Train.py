@@ -6,7 +6,7 @@ import streamlit as st
 from pages import common, target_domain
 from tl_core import plots, run_data, runs
 from tl_core import augment as augment_preview
-from tl_core.config import AUGMENTATIONS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
+from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64, 128]
@@ -54,7 +54,7 @@ def start_run() -> None:
             image_size=None if state.image_size == default_size else int(state.image_size),
             early_stopping=int(state.early_stopping), val_fraction=float(state.val_fraction),
             name=state.run_name.strip(), target_dir=state.target_dir, target_test_dir=state.target_test_dir,
-            adapt=state.adapt)
+            adapt=state.adapt, class_weights=state.class_weights)
         if state.val_source == "separate" and not state.val_dataset_dir:
             raise ValueError("validation: upload the separate validation set on the Data page, "
                              "or choose to hold out part of the images")
@@ -105,6 +105,11 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
             st.caption("What training sees: the same images, randomly changed every epoch.")
             st.image(augment_preview.augmented(pixels, state.augment), width=110)
             st.button("Show other random changes", key="reshuffle_preview", icon=":material/shuffle:")
+    st.radio("Class weighting", list(CLASS_WEIGHTS), key="class_weights", horizontal=True,
+             format_func={"auto": "Auto: when the largest class has 3× the smallest's images or more",
+                          "on": "On", "off": "Off"}.get,
+             help="Weights each image's loss by 1/(its class's image count), so a class with few images counts "
+                  "as much as a big one and the model leans less toward the big classes.")
     target_domain.adapt_choice()
     st.button("Start training", key="start_training", type="primary", icon=":material/play_arrow:",
               on_click=start_run)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common, multitask_results, target_domain
+from pages import common, data_quality, multitask_results, target_domain
 from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, multitask, plots, runs
 
 MISTAKES_SHOWN = 24
@@ -95,7 +95,7 @@ for problem in runs.damage(run_dir):  # a damaged file is a message here, never 
 if metrics:
     if warning := advice.headline(metrics, events):  # a weak or unstable run says so before any number
         st.warning(common.literal(warning), icon=":material/report:")
-    accuracy_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(6)
+    accuracy_col, balanced_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(7)
     n_scored = metrics.get("n_val") or 0
     interval = (evaluate.accuracy_interval(metrics["val_acc"], n_scored)
                 if isinstance(metrics.get("val_acc"), (int, float)) and n_scored else None)
@@ -105,6 +105,10 @@ if metrics:
                         delta_arrow="off", delta_color="off",
                         help=f"On {n_scored} validation images; with 95 % confidence the accuracy on more images "
                              "like these lies in the interval below it." if interval else None)
+    if metrics.get("val_balanced_acc") is not None:
+        balanced_col.metric("Balanced accuracy", f"{metrics['val_balanced_acc']:.1%}",
+                            help="The mean of the classes' recalls: every class counts the same, however many "
+                                 "images it has")
     f1_col.metric("Macro F1", f"{metrics.get('macro_f1', 0):.3f}", help="F1 averaged over classes, each counting the same")
     loss_col.metric("Validation loss", f"{metrics.get('val_loss', float('nan')):.3f}")
     epoch_col.metric("Best epoch", f"{metrics.get('best_epoch', '–')} of {metrics.get('epochs_run', '–')}")
@@ -112,6 +116,7 @@ if metrics:
                     help=runs.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
+    data_quality.imbalance_headline(metrics)
     target_domain.results_section(metrics)
     learnt = metrics.get("kept", {}).get("trainable_params", metrics.get("trainable_params"))
     total = metrics.get("total_params")
@@ -211,6 +216,7 @@ if metrics:
         with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
             gallery(mistakes[:MISTAKES_SHOWN], [f"{row['label']} → {row['predicted']} ({row['confidence']:.0%})"
                                                 for row in mistakes[:MISTAKES_SHOWN]], run_dir, heat_maps)
+    data_quality.label_errors_section(run_dir)
 
     st.subheader("Can you trust its confidence?")
     try:
@@ -275,6 +281,7 @@ if metrics and status.get("state") == "done":
                       on_click=start_baseline, args=(run_dir,))
 
 if metrics and status.get("state") == "done":
+    data_quality.label_next_section(run_dir)
     with st.expander("Grow this model: add a class, or more images of one", icon=":material/add_circle:"):
         st.caption("A zip of class folders: a new folder name adds a class, an existing one adds images to it. "
                    "Only the head learns again, on the backbone's frozen features (the images it already had "

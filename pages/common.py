@@ -63,6 +63,7 @@ DEFAULTS = {
     "image_size": None,  # set from the backbone on first use
     "image_size_backbone": None,  # the backbone image_size was set for
     "augment": RUN_DEFAULTS["augment"],
+    "class_weights": RUN_DEFAULTS["class_weights"],
     "early_stopping": RUN_DEFAULTS["early_stopping"],
     "run_name": "",
     "run_dir": None,

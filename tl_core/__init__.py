@@ -17,12 +17,15 @@ Modules, one idea each:
     outputs     what a finished fit writes: kept weights, predictions, metrics
     callbacks   event log, stop, divergence guard, early stopping, best checkpoint, NaN guard
     evaluate    metrics;  predict: a finished run as a classifier
+    imbalance   whether a run weights its classes (1/count), and the sentence that says so
+    label_errors  likely label errors from a run's out-of-fold predictions (cleanlab), fixed as a new dataset version
+    active      which unlabelled images to label next (uncertainty × distance, greedy k-center)
     runs, jobs  the run folder contract; the worker-process queue
     plots       plotly figures from events and metrics
     export      verified ONNX / TorchScript / safetensors bundles;  model_card: the bundle's MODEL_CARD.md
     bundle/     predict_example.py, the standalone program shipped in every bundle
 
-Command line: python -m tl_core {train, evaluate, predict, export, runs}.
+Command line: python -m tl_core {train, evaluate, predict, export, runs, shift, rank, grow, suspects, suggest}.
 """
 import importlib
 
@@ -35,7 +38,9 @@ _API = {
                   "weights_available_offline", "WeightsUnavailable"],
     "layers": ["layer_groups", "parse_freeze", "apply_freeze"],
     "datasets": ["ingest_folder", "ingest_zip", "ingest_files", "load_dataset", "list_datasets", "audit",
-                 "open_image", "DatasetError", "ImageRefused"],
+                 "open_image", "DatasetError", "ImageRefused", "new_version"],
+    "label_errors": ["suspects", "fix_labels", "retrain_config"],
+    "active": ["suggest", "add_labelled"],
     "runs": ["create_run", "list_runs", "read_status", "read_events", "read_metrics", "request_stop"],
     "train": ["run"],
     "jobs": ["JobManager"],

@@ -1,4 +1,4 @@
-"""Command line: python -m tl_core {train, evaluate, predict, export, runs, shift}."""
+"""Command line: python -m tl_core {train, evaluate, predict, export, runs, shift, rank, grow, suspects, suggest}."""
 from __future__ import annotations
 
 import argparse
@@ -65,14 +65,44 @@ def main(argv: list[str] | None = None) -> int:
     grow.add_argument("--data", required=True, help="a folder of class folders: new classes, or more images of old ones")
     grow.add_argument("--name", default=None)
 
+    suspects = commands.add_parser("suspects", help="likely label errors of a finished run's images, the likeliest "
+                                                    "first (confident learning on out-of-fold predictions; JSON)")
+    suspects.add_argument("run_dir")
+    suspects.add_argument("--all", action="store_true", help="every judged image, ranked, not only the flagged ones")
+
+    suggest = commands.add_parser("suggest", help="which unlabelled images to label next for a finished run: the "
+                                                  "model's least sure, unlike each other (JSON, with its guesses)")
+    suggest.add_argument("run_dir")
+    suggest.add_argument("--pool", required=True, help="unlabelled images (a folder, any layout, or an ingested "
+                                                       "unlabelled dataset's folder)")
+    suggest.add_argument("-k", type=int, default=20, help="how many images to suggest")
+    suggest.add_argument("--by", default="margin", choices=["margin", "entropy"], help="how unsure the model is")
+    suggest.add_argument("--choice", default="diverse", choices=["diverse", "uncertain"],
+                         help="diverse: uncertainty times distance to the labelled and picked images; "
+                              "uncertain: the least sure only")
+
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict,
                 "export": _export, "runs": _runs, "rank": _rank, "grow": _grow,
-                "shift": _shift}[args.command](args)
+                "shift": _shift, "suspects": _suspects, "suggest": _suggest}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _suspects(args) -> int:
+    from .label_errors import judge, suspects
+
+    print(json.dumps(judge(args.run_dir) if args.all else suspects(args.run_dir), indent=1))
+    return 0
+
+
+def _suggest(args) -> int:
+    from .active import suggest
+
+    print(json.dumps(suggest(args.run_dir, args.pool, k=args.k, by=args.by, choice=args.choice), indent=1))
+    return 0
 
 
 def _grow(args) -> int:

@@ -15,7 +15,8 @@ LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
 # before the epochs the user set: a fine-tune then starts from a good head (tl_core/train.py).
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
 FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
-HEADS = ("logistic", "prototype")  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
+HEADS = ("logistic", "prototype")
+CLASS_WEIGHTS = ("auto", "on", "off")  # weighting of the loss by 1/class count: tl_core/imbalance.py  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
 # Domain adaptation to a run's target images (tl_core/adapt.py); one sentence each on when it helps.
 ADAPT_HELP = {
     "none": "train as usual; target images, when given, are only measured",
@@ -99,6 +100,9 @@ class RunConfig:
                                 "top-N 3e-4, all 1e-4)")
     weight_decay: float = _setting(0.05, float, "AdamW weight decay")
     label_smoothing: float = _setting(0.1, float, "label smoothing of the training loss")
+    class_weights: str = _setting("auto", str, "weight the training loss by 1/class count, so every class counts "
+                                  "the same: on, off, or auto (on when the largest class has 3× the smallest's "
+                                  "images or more)", CLASS_WEIGHTS)
     schedule: str = _setting("cosine", str, "learning-rate schedule after warm-up", SCHEDULES)
     warmup_epochs: float = _setting(1.0, float, "epochs of linear warm-up")
     augment: str = _setting("none", str, "augmentation of the training images: light (crops and flips), crop "
@@ -134,6 +138,8 @@ class RunConfig:
         need(self.features in ("auto", *FEATURES),
              f"features: {self.features!r} is not one of auto, {', '.join(FEATURES)}")
         need(self.head in ("auto", *HEADS), f"head: {self.head!r} is not one of auto, {', '.join(HEADS)}")
+        need(self.class_weights in CLASS_WEIGHTS,
+             f"class_weights: {self.class_weights!r} is not one of {', '.join(CLASS_WEIGHTS)}")
         need(self.bn_policy in BN_POLICIES, f"bn_policy: {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         need(1 <= self.auto_budget <= 100, f"auto_budget: {self.auto_budget} is outside 1..100")
         need(1 <= self.epochs <= 1000, f"epochs: {self.epochs} is outside 1..1000")

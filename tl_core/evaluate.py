@@ -11,7 +11,8 @@ from .runs import RunFolder
 
 
 def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: true, columns: predicted)."""
+    """Accuracy, balanced accuracy, per-class precision/recall/F1/support and the confusion matrix
+    (rows: true, columns: predicted)."""
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
     k = len(classes)
@@ -29,6 +30,9 @@ def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
     }
     return {
         "accuracy": float(true_pos.sum() / max(len(y_true), 1)),
+        # The mean of the per-class recalls: every class counts the same, so a model that ignores a small
+        # class cannot hide behind the big ones (under imbalance, accuracy can).
+        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
         "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
         "per_class": per_class,
         "confusion": confusion.tolist(),

@@ -33,6 +33,15 @@ class MultiTaskFit(Fit):
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return self.layout.probabilities(logits)
 
+    def _weigh_classes(self) -> None:
+        """Classes are weighted in single-task runs only (tl_core.imbalance): here each task's loss counts as a
+        whole (task_weights); a requested weighting is said to be left out, not silently dropped."""
+        words = "classes not weighted: a multi-task run weights its tasks, not their classes"
+        self.class_weighting = {"on": False, "ratio": None, "words": words}
+        record_facts(self.run_dir, class_weights=self.class_weighting)
+        if self.config.class_weights == "on":
+            self.emit("notice", kind="class_weights", message=words)
+
     def task_summary(self, probs: torch.Tensor, y: torch.Tensor) -> dict:
         return summary_from_probs(probs.cpu(), y.cpu(), self.layout, self.task.weights)
 

@@ -1,5 +1,6 @@
 """What a finished (or cancelled) fit writes into its run folder: the kept weights, labels,
-preprocessing, the validation predictions and metrics.json, with which weights were kept and why."""
+preprocessing, the validation predictions (and every class's probability) and metrics.json, with which
+weights were kept and why."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +17,7 @@ from . import backbones
 from .devices import describe
 from .evaluate import classification_metrics
 from .runs import RunFolder
-from .storage import atomic_write_bytes, atomic_write_json
+from .storage import atomic_file, atomic_write_bytes, atomic_write_json
 
 
 def save_outputs(fit) -> dict:
@@ -33,15 +35,18 @@ def save_outputs(fit) -> dict:
     confidence, predicted = probs.max(1)
     _write_predictions(folder.predictions, [fit.paths[i] for i in fit.val_idx],
                        [fit.classes[k] for k in y_val], [fit.classes[k] for k in predicted], confidence.tolist())
+    with atomic_file(folder.val_probs) as f:  # every class's probability: what tl_core.label_errors judges
+        np.save(f, probs.float().cpu().numpy())
     wall = time.time() - fit.t0
     val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), y_val).item()
     metrics = classification_metrics(y_val.tolist(), predicted.tolist(), fit.classes)
-    metrics = {"val_acc": metrics.pop("accuracy"), "val_loss": val_loss, **metrics,
+    metrics = {"val_acc": metrics.pop("accuracy"), "val_balanced_acc": metrics.pop("balanced_accuracy"),
+               "val_loss": val_loss, **metrics,
                "best_epoch": fit.best["epoch"], "epochs_run": fit.epoch, "wall_s": round(wall, 2),
                "images_per_s": round(len(fit.train_idx) * fit.epoch / wall, 1),
                "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), "validation": fit.validation,
                "validation_method": fit.validation_method, "features": fit.feature_kind,
-               "head": fit.head_kind,
+               "head": fit.head_kind, "class_weights": fit.class_weighting,
                "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit),
                **fit.extra_metrics}
     if fit.device.type == "cuda":

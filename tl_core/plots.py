@@ -163,6 +163,6 @@ def task_figure(events: list[dict]) -> go.Figure:
                   if isinstance(e["tasks"].get(name), dict) and _number(e["tasks"][name].get("val_score"))]
         fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=label(name), mode="lines+markers")
     _mark_phases(fig, epochs)
-    fig.update_layout(title="Validation score per task", xaxis_title="epoch", yaxis_title="accuracy or mAP",
-                      **_LAYOUT)
+    fig.update_layout(xaxis_title="epoch", yaxis_title="accuracy or mAP",
+                      **_layout("Validation score per task", legend_rows=max(1, (len(names) + 2) // 3)))
     return fig

@@ -45,9 +45,13 @@ class HeadFits:
     With fewer images than features, each fit works in the orthonormal basis of its training rows
     (from an SVD): the L2-regularised solution lies in that span, and the basis keeps the L2 norm, so
     the problem is the same, only smaller (200 × 1280 features → 200 × 200).
+
+    `class_weights` (one a class) weight each image's loss by its class's: imbalanced classes then count
+    the same. The standardisation stays unweighted: it describes the features, not the loss.
     """
 
-    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, num_classes: int):
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, num_classes: int,
+                 class_weights: torch.Tensor | None = None):
         weights = train_masks.float()
         count = weights.sum(1, keepdim=True)
         self.mean = weights @ feats / count
@@ -61,7 +65,11 @@ class HeadFits:
         self.x = x @ self.basis if self.basis is not None else x
         self.y = labels
         self.train_masks = train_masks
-        self.sample_weights = weights / count  # each fit's loss is the mean over its own training images
+        # Each fit's loss is the mean over its own training images; with class weights (tl_core.imbalance),
+        # the weighted mean: an image counts class_weights[its class] times.
+        if class_weights is not None:
+            weights = weights * class_weights.to(weights)[labels][None]
+        self.sample_weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
         fits, dim = self.x.shape[0], self.x.shape[2]
         self.weight = torch.zeros(fits, dim, num_classes, device=feats.device, requires_grad=True)
         self.bias = torch.zeros(fits, 1, num_classes, device=feats.device, requires_grad=True)
@@ -124,10 +132,11 @@ def l2_at(step: int) -> float:
 
 
 def best_on_path(feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, val_sets: list[torch.Tensor],
-                 num_classes: int, steps: int, label_smoothing: float, fits_class=HeadFits) -> dict:
+                 num_classes: int, steps: int, label_smoothing: float, fits_class=HeadFits,
+                 class_weights: torch.Tensor | None = None) -> dict:
     """Walk the L2 path on `feats`; the step with the lowest validation loss: {"loss", "acc", "l2", "correct"}
     ("correct": per validation image, in the order of torch.cat(val_sets), for paired comparisons)."""
-    fits = fits_class(feats, labels, train_masks, num_classes)
+    fits = fits_class(feats, labels, train_masks, num_classes, class_weights=class_weights)
     val = torch.cat(val_sets)
     best = None
     for k in range(steps):
@@ -142,7 +151,7 @@ def best_on_path(feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.T
 
 def choose_features(feats: torch.Tensor, last_features: int, labels: torch.Tensor, train_masks: torch.Tensor,
                     val_sets: list[torch.Tensor], num_classes: int, steps: int, label_smoothing: float,
-                    fits_class=HeadFits) -> dict:
+                    fits_class=HeadFits, class_weights: torch.Tensor | None = None) -> dict:
     """Last-layer or multi-layer features, by the validation loss of each one's best probe (the same folds).
 
     `feats` are multi-layer features whose last `last_features` columns are the last layer's. Returns
@@ -150,7 +159,8 @@ def choose_features(feats: torch.Tensor, last_features: int, labels: torch.Tenso
     validation accuracy minus last-layer's on the same images, gain_se its paired standard error.
     """
     candidates = {"last": feats[:, -last_features:], "multi-layer": feats}
-    scores = {name: best_on_path(x, labels, train_masks, val_sets, num_classes, steps, label_smoothing, fits_class)
+    scores = {name: best_on_path(x, labels, train_masks, val_sets, num_classes, steps, label_smoothing, fits_class,
+                                 class_weights)
               for name, x in candidates.items()}
     chosen = min(scores, key=lambda name: scores[name]["loss"])
     diff = scores["multi-layer"]["correct"].float() - scores["last"]["correct"].float()

@@ -25,7 +25,10 @@ MISSING = -1e4  # the logit of a class a fit has no image of (a fold that held o
 class PrototypeFits:
     """One prototype head per training set in `train_masks` (fits × images), side by side."""
 
-    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, num_classes: int):
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, train_masks: torch.Tensor, num_classes: int,
+                 class_weights: torch.Tensor | None = None):
+        # class_weights keep HeadFits' signature: a class's prototype is its mean whatever its count, and the
+        # nearest mean has no prior toward big classes, so there is nothing to weight.
         weights = train_masks.float()
         count = weights.sum(1, keepdim=True)
         self.mean = weights @ feats / count

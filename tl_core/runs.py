@@ -1,7 +1,8 @@
 """The run folder: the contract between the engine, its worker process and the UI.
 
 <workspace>/runs/<run_id>/ holds config.json, status.json, events.jsonl, metrics.json,
-predictions.csv, model.safetensors, labels.json, preprocess.json, worker.lock and, to cancel, STOP.
+predictions.csv (and val_probs.npy, every class's probability), model.safetensors, labels.json,
+preprocess.json, worker.lock and, to cancel, STOP.
 Every whole-file write is atomic, so a reader never sees half a file; every reader survives a file
 that was damaged anyway (an empty, cut or garbage file is reported, never raised).
 A run is being trained exactly while a process holds the OS lock on its worker.lock.
@@ -37,6 +38,9 @@ class RunFolder:
     events = property(lambda self: self.path / "events.jsonl", doc="one JSON event a line, flushed at once")
     metrics = property(lambda self: self.path / "metrics.json", doc="the final metrics, with the weights kept")
     predictions = property(lambda self: self.path / "predictions.csv", doc="one row per validation image")
+    val_probs = property(lambda self: self.path / "val_probs.npy",
+                         doc="validation class probabilities: a row per predictions.csv row, a column per class "
+                             "(out-of-fold under cross-validation)")
     weights = property(lambda self: self.path / "model.safetensors", doc="the kept weights")
     labels = property(lambda self: self.path / "labels.json", doc="the classes, in the model's output order")
     preprocess = property(lambda self: self.path / "preprocess.json", doc="architecture and input geometry")
@@ -48,7 +52,7 @@ class RunFolder:
 
 
 LOCK_FILE = RunFolder(".").lock.name
-_METRIC_NUMBERS = ("val_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
+_METRIC_NUMBERS = ("val_acc", "val_balanced_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
 _EVENT_NUMBERS = {"fit_start": ("epochs",), "epoch_end": ("epoch", "train_loss", "val_loss", "train_acc", "val_acc"),
                   "batch_end": ("epoch",)}
 

@@ -27,6 +27,10 @@ class Batch:
 class Task:
     """The default is plain classification; subclasses change `step` and add `modules`."""
 
+    # Per-class weights of the classification loss (a tensor on the loop's device), set by the loop when
+    # the classes are weighted (tl_core.imbalance); None: every image counts the same.
+    class_weight: torch.Tensor | None = None
+
     def modules(self) -> list[nn.Module]:
         """Trainable parts the task adds; they train at the head's learning rate."""
         return []
@@ -42,12 +46,14 @@ class Task:
 
 
 class Classification(Task):
-    """Cross-entropy of the head's logits, with label smoothing."""
+    """Cross-entropy of the head's logits, with label smoothing, and per-class weights when given."""
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None):
         self.label_smoothing = label_smoothing
+        self.class_weight = weight
 
     def step(self, batch: Batch, features: torch.Tensor, head: nn.Module) -> dict:
         logits = head(features)
-        loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits.float(), batch.labels, weight=self.class_weight,
+                               label_smoothing=self.label_smoothing)
         return {"loss": loss, "logits": logits}

@@ -31,6 +31,7 @@ from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, Earl
 from .config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 from .datasets import decode_images
 from .devices import describe
+from .imbalance import class_weighting
 from .outputs import save_outputs
 from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, choose_features, l2_at, one_thread
 from .prototypes import PrototypeFits, head_for
@@ -138,6 +139,8 @@ class Fit:
         self.pixels = self.features = self.source = None  # batch sources: images, frozen features, the phase's own
         self.val_probs_at = {}  # epoch → validation probabilities, where the loop already computed them
         self.extra_metrics = {}  # what callbacks add to metrics.json (a target domain's measures)
+        self.class_weights = None  # per-class loss weights (CPU) when the classes are weighted (tl_core.imbalance)
+        self.class_weighting = {}  # what was decided and why: {"on", "ratio", "words"}
 
     def emit(self, event: str, **info) -> None:
         if event not in EVENTS:
@@ -205,6 +208,7 @@ class Fit:
                   classes=self.classes, device=describe(self.device), image_size=self.size,
                   trainable_params=self.counts["trainable_params"], total_params=self.counts["total_params"],
                   trainable_groups=self.counts["trainable_groups"])
+        self._weigh_classes()
         if probe_epochs:
             self.probe(probe_epochs)
         if self.trains_on_images:
@@ -229,6 +233,19 @@ class Fit:
         message = info.pop("message")
         self.emit("phase_start", phase=phase, epochs=epochs, epoch=self.epoch, **info)
         self.emit("notice", phase=phase, message=message, epochs=epochs)
+
+    def _weigh_classes(self) -> None:
+        """Weight the loss by 1/class count when the training classes are imbalanced (RunConfig.class_weights):
+        the probe's fits and the task's loss both use the weights; a notice says what was done."""
+        counts = self.labels[self.train_idx].bincount(minlength=len(self.classes)).tolist()
+        choice = class_weighting(self.config.class_weights, counts)
+        self.class_weighting = {key: choice[key] for key in ("on", "ratio", "words")}
+        record_facts(self.run_dir, class_weights=self.class_weighting)
+        if choice["on"]:
+            self.class_weights = torch.tensor(choice["weights"], dtype=torch.float32)
+            self.task.class_weight = self.class_weights.to(self.device)
+        if choice["notice"]:
+            self.emit("notice", kind="class_weights", message=choice["words"])
 
     # ---- phase 1: the head on frozen features -------------------------------------------
     def probe(self, epochs: int) -> None:
@@ -262,7 +279,8 @@ class Fit:
             if self.config.features == "auto" and self.feature_kind == "multi-layer" \
                     and self.validation_method.get("kind") != "none":  # nothing to measure the choice on
                 feats = self._choose_features(feats, train_masks, val_sets, epochs, fits_class)
-            fits = fits_class(feats, self.labels.cpu(), train_masks, len(self.classes))
+            fits = fits_class(feats, self.labels.cpu(), train_masks, len(self.classes),
+                              class_weights=self.class_weights)
             for k in range(epochs):
                 self._probe_epoch(fits, val_sets, l2_at(k))
                 if self.stop_phase:
@@ -272,7 +290,8 @@ class Fit:
                          epochs: int, fits_class) -> torch.Tensor:
         """Keep multi-layer features only where they validate better than the last layer's; the features kept."""
         choice = choose_features(feats, self.model.last_features, self.labels.cpu(), train_masks, val_sets,
-                                 len(self.classes), epochs, self.config.label_smoothing, fits_class)
+                                 len(self.classes), epochs, self.config.label_smoothing, fits_class,
+                                 self.class_weights)
         record_facts(self.run_dir, features=choice["features"], features_choice=choice)
         self.emit("notice", phase="probe", kind="features", message=choice["words"])
         if choice["features"] == "last":

@@ -12,6 +12,7 @@ One idea a module:
     audit    counts, imbalance, duplicates, tiny images, overlap; a subset without some classes
     splits   seeded stratified hold-out and k folds
     pixels   decoded, resized and cropped once per size, cached as uint8; prepare_image
+    versions a new dataset with images relabelled, dropped or added; its parent stays as it was
 """
 from .audit import FEW_IMAGES_PER_CLASS, audit, without
 from .images import MAX_ASPECT_RATIO, MAX_DECODE_BYTES, MAX_IMAGE_PIXELS, ImageRefused, open_image
@@ -20,6 +21,7 @@ from .ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, ingest_files
 from .pixels import decode_images, prepare_image
 from .splits import stratified_folds, stratified_split
 from .store import Dataset, DatasetError, list_datasets, load_dataset
+from .versions import describe_changes, new_version
 
 __all__ = [
     "FEW_IMAGES_PER_CLASS", "audit", "without",
@@ -29,4 +31,5 @@ __all__ = [
     "decode_images", "prepare_image",
     "stratified_folds", "stratified_split",
     "Dataset", "DatasetError", "list_datasets", "load_dataset",
+    "describe_changes", "new_version",
 ]

@@ -33,6 +33,8 @@ class Dataset:
     source: dict = field(default_factory=dict)
     tasks: list[dict] = field(default_factory=list)  # a labels table's tasks [{name, kind, classes}]; [] for folders
     notes: list[str] = field(default_factory=list)  # what the ingest wants the user to know (labels_table)
+    parent: str | None = None  # the id of the dataset this version was made from (tl_core.datasets.versions)
+    changes: list[dict] = field(default_factory=list)  # what this version changed in its parent, one record each
 
     def paths(self) -> list[Path]:
         """Absolute image paths, in items order."""
@@ -89,4 +91,5 @@ def _from_manifest(root: Path, manifest: dict) -> Dataset:
     return Dataset(root=Path(root), id=manifest["id"], name=manifest["name"], classes=list(manifest["classes"]),
                    items=list(manifest["items"]), refused=list(manifest.get("refused", [])),
                    created=manifest.get("created", ""), source=dict(manifest.get("source", {})),
-                   tasks=list(manifest.get("tasks", [])), notes=list(manifest.get("notes", [])))
+                   tasks=list(manifest.get("tasks", [])), notes=list(manifest.get("notes", [])),
+                   parent=manifest.get("parent"), changes=list(manifest.get("changes", [])))
