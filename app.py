@@ -25,11 +25,15 @@ steps = [
 ] + ([st.Page(common.CLASS_PAGE, title="Class (teacher)", icon=":material/school:")] if common.space().teacher else [])
 current_page = st.navigation(steps)
 st.sidebar.title("Transfer Learning Studio")
-sidebar_slot = st.sidebar.container()  # filled after the page ran: it shows the choices the page just made
-common.job_manager()  # started with the server, so runs queued before a restart start again
+# The sidebar is drawn before the page and drawn again, in its place, after it: the second shows the choices
+# the page just made. A page that calls st.stop() ends the script run, and Streamlit then draws nothing
+# more, so without the first drawing such a page would have no sidebar at all.
+sidebar_slot = st.sidebar.empty()
 st.session_state.shown_run = None  # the page sets it (common.show_run) when it shows a run
+common.sidebar(sidebar_slot.container())
+common.job_manager()  # started with the server, so runs queued before a restart start again
 try:
     current_page.run()
 finally:  # also when the page stops or reruns itself
-    common.sidebar(sidebar_slot)
+    common.sidebar(sidebar_slot.container())
     common.remember_session()

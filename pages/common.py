@@ -530,7 +530,7 @@ def show_run(run_dir) -> None:
 
 
 def sidebar(slot) -> None:
-    """In `slot` (a sidebar container drawn after the page ran): the choices the next run will take, kept
+    """In `slot` (a sidebar container, drawn again after the page ran): the choices the next run will take, kept
     apart from the run the page shows, which may have been trained with other choices; and the device."""
     state = st.session_state
     with slot:

@@ -77,17 +77,26 @@ def read_predictions(run_dir) -> list[dict]:
     """The rows of a run's predictions.csv, typed: path, label, predicted, confidence (float), correct (bool).
 
     One row per validation image (for head-only runs, every image's out-of-fold prediction);
-    an empty list when the run saved none.
+    an empty list when the run saved none. A damaged file (a row cut short, a field that is not a number) is a
+    ValueError naming the file and the row.
     """
+    path = RunFolder(run_dir).predictions
     try:
-        with open(RunFolder(run_dir).predictions, newline="") as f:
+        with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         return []
-    return [{"path": row["path"], "label": row["label"], "predicted": row["predicted"],
-             "confidence": float(row["confidence"]), "correct": row["label"] == row["predicted"],
-             **({"task": row["task"]} if row.get("task") else {})}  # a multi-task run: one row per image and task
-            for row in rows]
+    typed = []
+    for n, row in enumerate(rows, 2):  # row 1 is the header
+        try:
+            typed.append({"path": row["path"], "label": row["label"], "predicted": row["predicted"],
+                          "confidence": float(row["confidence"]), "correct": row["label"] == row["predicted"],
+                          # a multi-task run: one row per image and task
+                          **({"task": row["task"]} if row.get("task") else {})})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path.name} is damaged: row {n} cannot be read ({type(error).__name__}: {error})") \
+                from None
+    return typed
 
 
 def _most_confident_first(rows: list[dict]) -> list[dict]:
