@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .datasets import load_dataset, stratified_split
 from .evaluate import classification_metrics
-from .probe import PROBE_ITERS_PER_EPOCH, HeadFits
+from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, out_of_fold
 from .run_data import RunData
 from .tasks import Batch, Task
 
@@ -199,26 +199,14 @@ class TagFits(HeadFits):
     """One logistic regression per tag (sigmoid, binary cross-entropy) on the same standardised features,
     fitted side by side like HeadFits' folds. `labels` are images × tags of 0/1."""
 
-    def step(self, l2: float, label_smoothing: float) -> None:
-        y = self.y.expand(len(self.x), -1, -1)
-
-        def closure():
-            self.optimizer.zero_grad()
-            losses = F.binary_cross_entropy_with_logits(self.logits(), y, reduction="none").mean(-1)
-            loss = (losses * self.sample_weights).sum() + l2 * self.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            self.optimizer.step(closure)
+    @staticmethod
+    def image_losses(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1)
 
     @torch.no_grad()
     def validation_probs(self, val_sets: list[torch.Tensor]) -> torch.Tensor:
-        probs = self.logits().sigmoid()
-        out = torch.zeros(probs.shape[1:])
-        for f, val in enumerate(val_sets):
-            out[val] = probs[f, val].cpu()
-        return out
+        """images × tags: each image of val_sets[f] scored by fit f, which did not see it."""
+        return out_of_fold(self.logits().sigmoid(), val_sets)
 
 
 class MultiTaskObjective(Task):

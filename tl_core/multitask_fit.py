@@ -50,16 +50,7 @@ class MultiTaskFit(Fit):
         self._start_phase("probe", epochs, message="fitting a head per task on the backbone's frozen features")
         self.features = self._frozen_features()
         feats = self.features.features_all.float().cpu()
-        n = len(self.paths)
-        if self.folds:
-            train_masks = torch.ones(len(self.folds) + 1, n, dtype=torch.bool)
-            for f, fold in enumerate(self.folds):
-                train_masks[f, fold] = False
-            val_sets = [torch.tensor(fold, dtype=torch.long) for fold in self.folds]
-        else:
-            train_masks = torch.zeros(1, n, dtype=torch.bool)
-            train_masks[0, self.train_idx] = True
-            val_sets = [torch.tensor(self.val_idx, dtype=torch.long)]
+        train_masks, val_sets = self._probe_fits()
         record_facts(self.run_dir, head="logistic")
         with one_thread():
             if self.config.features == "auto" and self.feature_kind == "multi-layer":

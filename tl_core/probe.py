@@ -81,12 +81,11 @@ class HeadFits:
 
     def step(self, l2: float, label_smoothing: float) -> None:
         """Continue every fit (warm start) at penalty `l2`."""
-        y = self.y.expand(len(self.x), -1)
+        y = self.y.expand(len(self.x), *self.y.shape)
 
         def closure():
             self.optimizer.zero_grad()
-            losses = F.cross_entropy(self.logits().transpose(1, 2), y, label_smoothing=label_smoothing,
-                                     reduction="none")
+            losses = self.image_losses(self.logits(), y, label_smoothing)
             loss = (losses * self.sample_weights).sum() + l2 * self.weight.pow(2).sum()
             loss.backward()
             return loss
@@ -94,14 +93,15 @@ class HeadFits:
         with torch.enable_grad():
             self.optimizer.step(closure)
 
+    @staticmethod
+    def image_losses(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        """fits × images: each image's loss under each fit (cross-entropy over the classes)."""
+        return F.cross_entropy(logits.transpose(1, 2), y, label_smoothing=label_smoothing, reduction="none")
+
     @torch.no_grad()
     def validation_log_probs(self, val_sets: list[torch.Tensor]) -> torch.Tensor:
         """images × classes: each image of val_sets[f] scored by fit f, which did not see it (zeros elsewhere)."""
-        log_probs = self.logits().log_softmax(-1)
-        out = torch.zeros(log_probs.shape[1:])
-        for f, val in enumerate(val_sets):
-            out[val] = log_probs[f, val].cpu()
-        return out
+        return out_of_fold(self.logits().log_softmax(-1), val_sets)
 
     @torch.no_grad()
     def copy_to(self, head: torch.nn.Linear, fit: int = -1) -> None:
@@ -111,6 +111,14 @@ class HeadFits:
         mean, std = self.mean[fit], self.std[fit]
         head.weight.copy_((weight / std[:, None]).T)
         head.bias.copy_(self.bias[fit, 0] - (mean / std) @ weight)
+
+
+def out_of_fold(per_fit: torch.Tensor, val_sets: list[torch.Tensor]) -> torch.Tensor:
+    """images × outputs from fits × images × outputs: each image of val_sets[f] as fit f saw it (zeros elsewhere)."""
+    out = torch.zeros(per_fit.shape[1:])
+    for f, val in enumerate(val_sets):
+        out[val] = per_fit[f, val].cpu()
+    return out
 
 
 def _row_space_bases(x: torch.Tensor, train_masks: torch.Tensor) -> torch.Tensor | None:

@@ -256,16 +256,7 @@ class Fit:
         # The probe's matrices are small: on the CPU they skip thousands of tiny kernel launches and
         # the start-up of CUDA's solver library (seconds on an H100, for a fit that takes 0.3 s here).
         feats = self.features.features_all.float().cpu()
-        n = len(self.paths)
-        if self.folds:  # one fit per fold (validated on that fold), then the kept one on every image
-            train_masks = torch.ones(len(self.folds) + 1, n, dtype=torch.bool)
-            for f, fold in enumerate(self.folds):
-                train_masks[f, fold] = False
-            val_sets = [torch.tensor(fold, dtype=torch.long) for fold in self.folds]
-        else:
-            train_masks = torch.zeros(1, n, dtype=torch.bool)
-            train_masks[0, self.train_idx] = True
-            val_sets = [torch.tensor(self.val_idx, dtype=torch.long)]
+        train_masks, val_sets = self._probe_fits()
         self.head_kind = head_for(self.config.head, self.labels.bincount(minlength=len(self.classes)).tolist())
         record_facts(self.run_dir, head=self.head_kind)
         if self.head_kind == "prototype":
@@ -285,6 +276,19 @@ class Fit:
                 self._probe_epoch(fits, val_sets, l2_at(k))
                 if self.stop_phase:
                     break
+
+    def _probe_fits(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(fits × images training masks, each fit's validation images): one fit per fold (validated on that
+        fold), then the kept one on every image; or one fit on the training images, validated on the rest."""
+        n = len(self.paths)
+        if self.folds:
+            train_masks = torch.ones(len(self.folds) + 1, n, dtype=torch.bool)
+            for f, fold in enumerate(self.folds):
+                train_masks[f, fold] = False
+            return train_masks, [torch.tensor(fold, dtype=torch.long) for fold in self.folds]
+        train_masks = torch.zeros(1, n, dtype=torch.bool)
+        train_masks[0, self.train_idx] = True
+        return train_masks, [torch.tensor(self.val_idx, dtype=torch.long)]
 
     def _choose_features(self, feats: torch.Tensor, train_masks: torch.Tensor, val_sets: list[torch.Tensor],
                          epochs: int, fits_class) -> torch.Tensor:
