@@ -49,23 +49,9 @@ for (upload, image), probs in zip(accepted, probabilities):
         first_task, first = next(iter(answers.items()))
         top = [{**guess, "label": f"{first_task}: {guess['label']}"} for guess in first["top"]]
         st.subheader(common.literal(upload.name))
-        image_col, heat_col, classes_col = st.columns([1, 1, 2])
-        image_col.image(image, caption="the image", width=200)
-        with st.spinner("Computing the heat map…"):
-            explained = common.explanation(str(run_dir), upload.getvalue(), top[0]["label"], name=upload.name)
-        if explained:
-            heat_col.image(explained["overlay"], caption=f"where it looked to say {common.literal(top[0]['label'])}",
-                           width=200)
-        for task, answer in answers.items():
-            if answer["kind"] == "multi-label":
-                tags = ", ".join(f"{t['label']} ({t['prob']:.0%})" for t in answer["tags"]) or "none above threshold"
-                classes_col.text(f"{task}: {tags}")
-            else:
-                classes_col.progress(answer["top"][0]["prob"], text=common.literal(
-                    f"{task}: {answer['top'][0]['label']} ({answer['top'][0]['prob']:.1%})"))
-        continue
-    top = model.top(probs, top_k)
-    st.subheader(common.literal(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})"))
+    else:
+        answers, top = None, model.top(probs, top_k)
+        st.subheader(common.literal(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})"))
     image_col, heat_col, classes_col = st.columns([1, 1, 2])
     image_col.image(image, caption="the image", width=200)
     with st.spinner("Computing the heat map…"):
@@ -73,5 +59,15 @@ for (upload, image), probs in zip(accepted, probabilities):
     if explained:
         heat_col.image(explained["overlay"], caption=f"where it looked to say {common.literal(top[0]['label'])}",
                        width=200)
-    for rank, guess in enumerate(top):
-        classes_col.progress(guess["prob"], text=common.literal(f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}"))
+    if answers is None:
+        for rank, guess in enumerate(top):
+            classes_col.progress(guess["prob"],
+                                 text=common.literal(f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}"))
+        continue
+    for task, answer in answers.items():
+        if answer["kind"] == "multi-label":
+            tags = ", ".join(f"{t['label']} ({t['prob']:.0%})" for t in answer["tags"]) or "none above threshold"
+            classes_col.text(f"{task}: {tags}")
+        else:
+            best = answer["top"][0]
+            classes_col.progress(best["prob"], text=common.literal(f"{task}: {best['label']} ({best['prob']:.1%})"))
