@@ -123,13 +123,14 @@ def ingest_labelled_folder(src: str | Path, table: str | Path | bytes, name: str
     src = Path(src)
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder")
-    table_name = Path(table).name if not isinstance(table, bytes) else "labels.csv"
-    header, rows = read_table(table if isinstance(table, bytes) or Path(table).is_absolute() or Path(table).exists()
-                              else src / table, table_name)
+    table_file = _table_path(src, table)
+    table_name = table_file.name if table_file else "labels.csv"
+    data = _read_table_file(table_file) if table_file else table  # read once: parsed, then fingerprinted
+    header, rows = read_table(data, table_name)
     specs, labelled, refused, notes = parse_labels(header, rows, tasks, table_name)
     files, _ = _walk_folder(src)
     on_disk = {file.name: file for file in files}
-    table_file = (Path(table).resolve() if not isinstance(table, bytes) else None)
+    table_file = table_file.resolve() if table_file else None
     entries = []
     for file, row in labelled.items():
         found = on_disk.get(os.path.normpath(file).replace(os.sep, "/"))
@@ -145,20 +146,25 @@ def ingest_labelled_folder(src: str | Path, table: str | Path | bytes, name: str
         if Path(file.name).suffix.lower() in {".csv", ".txt", ".md", ".json"}:
             continue  # the table itself and notes beside the images
         refused.append({"name": file.name, "reason": f"not listed in {table_name}, so it has no labels"})
-    source = {"kind": "folder+table", **_table_source(src, table, tasks)}
+    source = {"kind": "folder+table", **_table_source(src, data, files, tasks)}
     return _ingest(entries, refused, name or src.resolve().name, source, workspace, progress, min_classes=1,
                    extra={"tasks": _task_specs(specs, entries), "notes": notes})
 
 
-def _table_source(src: Path, table: str | Path | bytes, tasks: list[str] | None) -> dict:
+def _table_path(src: Path, table: str | Path | bytes) -> Path | None:
+    """The table's file: as given, or relative to the data folder (None when the table came as bytes)."""
+    if isinstance(table, bytes):
+        return None
+    return Path(table) if Path(table).is_absolute() or Path(table).exists() else src / table
+
+
+def _table_source(src: Path, data: bytes, files: list, tasks: list[str] | None) -> dict:
     """What identifies a labelled folder: the folder's files and the table's bytes (and the tasks asked for)."""
     import hashlib
 
     from .ingest import _fingerprint
 
-    data = table if isinstance(table, bytes) else _read_table_file(
-        Path(table) if Path(table).is_absolute() or Path(table).exists() else src / table)
-    return {"path": str(src.resolve()), "fingerprint": _fingerprint(src, _walk_folder(src)[0]),
+    return {"path": str(src.resolve()), "fingerprint": _fingerprint(src, files),
             "table": hashlib.sha256(data).hexdigest(), "tasks": list(tasks or [])}
 
 
@@ -170,7 +176,9 @@ def ingest_labelled_or_reuse_folder(src: str | Path, table: str | Path, name: st
     src = Path(src)
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder")
-    wanted = {"kind": "folder+table", **_table_source(src, table, tasks)}
+    table_file = _table_path(src, table)
+    wanted = {"kind": "folder+table",
+              **_table_source(src, _read_table_file(table_file), _walk_folder(src)[0], tasks)}
     for dataset in list_datasets(workspace):
         if all(dataset.source.get(key) == value for key, value in wanted.items()):
             return dataset
