@@ -127,11 +127,16 @@ def label_errors_section(run_dir: Path) -> None:
               args=(str(run_dir), relabel, drop))
     if error := state.pop("suspects_error", None):
         st.error(common.literal(error))
-    made = state.get("cleaned") or {}
+    _version_made(run_dir, "cleaned", "cleaned_run")
+
+
+def _version_made(run_dir: Path, made_key: str, run_key: str) -> None:
+    """The dataset version this section made for this run, if any, and the button that trains on it."""
+    made = st.session_state.get(made_key) or {}
     if made.get("run") == str(run_dir):
         st.success(f"New dataset version made ({common.literal(made['words'])}); the old one is unchanged.",
                    icon=":material/check:")
-        _train_button(run_dir, made, "cleaned_run")
+        _train_button(run_dir, made, run_key)
 
 
 def _train_button(run_dir: Path, made: dict, key: str) -> None:
@@ -176,11 +181,7 @@ def label_next_section(run_dir: Path) -> None:
                 state.label_next = {**wanted, **active.suggest(run_dir, by_root[state.label_next_pool], k=20)}
         except common.USER_ERRORS as error:
             st.error(common.literal(error))
-    made = state.get("labelled_version") or {}
-    if made.get("run") == str(run_dir):
-        st.success(f"New dataset version made ({common.literal(made['words'])}); the old one is unchanged.",
-                   icon=":material/check:")
-        _train_button(run_dir, made, "labelled_run")
+    _version_made(run_dir, "labelled_version", "labelled_run")
     result = state.get("label_next") or {}
     if {key: result.get(key) for key in wanted} != wanted:
         st.caption("The model's least sure images, unlike each other and unlike those already labelled, first.")
