@@ -76,6 +76,8 @@ class RunConfig:
     """
 
     dataset_dir: str
+    task: str = _setting("classify", str, "what the model learns: classify (a label per image), anomaly (spot "
+                         "what differs from good images), detect (boxes around objects); tl_core/kinds.py")
     val_dataset_dir: str | None = None
     target_dir: str | None = None  # unlabelled images of where the model will be used (an ingested dataset)
     target_test_dir: str | None = None  # labelled target images, used only to measure
