@@ -219,6 +219,14 @@ def _prepare_run(args) -> Path:
     from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
     from .runs import create_run
 
+    if args.task != "classify":  # another task kind reads its own data layout (tl_core.kinds)
+        from . import kinds
+        from .backbones import default_weights
+
+        root = kinds.get(args.task).call("ingest", args.data)
+        config = RunConfig(dataset_dir=str(root), weights=args.weights or default_weights(args.backbone),
+                           **{name: getattr(args, name) for name in settings()})
+        return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
     if args.labels:
         from .datasets.labels_table import ingest_labelled_or_reuse_folder
 
@@ -258,8 +266,22 @@ def _task_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def _other_kind(run_dir: str):
+    """The run's task kind when it is not a classifier (those answer through tl_core.predict below), else None."""
+    from . import kinds
+    from .runs import read_config
+
+    task = read_config(Path(run_dir)).task
+    return kinds.get(task) if task != "classify" else None
+
+
 def _evaluate(args) -> int:
     from .predict import evaluate_folder, evaluate_table
+
+    kind = _other_kind(args.run_dir)
+    if kind is not None:
+        print(json.dumps(kind.call("evaluate", Path(args.run_dir), Path(args.data)), indent=2))
+        return 0
 
     report = evaluate_table(args.run_dir, args.data, args.labels) if args.labels else \
         evaluate_folder(args.run_dir, args.data)
@@ -270,6 +292,18 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     from .predict import Predictor
 
+    kind = _other_kind(args.run_dir)
+    if kind is not None:
+        from .datasets import open_image
+
+        predictor = kind.call("predictor", Path(args.run_dir))
+        for image in args.images:
+            try:
+                answer = predictor.predict(open_image(image))
+            except Exception as error:  # one bad image never stops the others
+                answer = {"error": str(error)}
+            print(json.dumps({"image": image, **answer}) if args.json else f"{image}: {answer}")
+        return 0
     predictor = Predictor(args.run_dir)
     for image, top in zip(args.images, predictor.predict_files(args.images, top_k=args.top_k)):
         if args.json:
@@ -290,6 +324,11 @@ def _predict(args) -> int:
 def _export(args) -> int:
     from .export import export_run
 
+    kind = _other_kind(args.run_dir)
+    if kind is not None:
+        print(json.dumps(kind.call("export", Path(args.run_dir), args.format,
+                                   Path(args.out) if args.out else None), indent=2))
+        return 0
     report = export_run(args.run_dir, args.format, out_dir=args.out)
     print(json.dumps(report, indent=2))
     return 0

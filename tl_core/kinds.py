@@ -16,6 +16,8 @@ The contract of each function:
   evaluate(run_dir, data_dir) -> JSON-able metrics of a finished run on data it never saw
   predictor(run_dir) -> an object whose predict(image: PIL.Image) returns a JSON-able dict
   export(run_dir, fmt, out_dir) -> a dict describing the verified bundle
+  ingest(folder) -> Path of the dataset made (or reused) in the workspace from a folder in the kind's layout;
+        refused files are reported, never silently dropped
   detect_layout(folder) -> True when a folder holds this kind's data layout (for the CLI's and the app's ingest)
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ class TaskKind:
     summary: str  # one sentence a newcomer reads before choosing
     layout: str  # the data layout it reads, in words
     fit: str  # "module:function" (see the contract above)
+    ingest: str
     evaluate: str
     predictor: str
     export: str

@@ -67,6 +67,13 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
             log = EventLog(RunFolder(run_dir).events)
             config = read_config(run_dir)
+            if config.task != "classify":  # another task kind fits itself (tl_core.kinds)
+                from . import kinds
+
+                listeners = [log, StopFile(run_dir), *(extra_callbacks or [])]
+                metrics = kinds.get(config.task).call("fit", config, run_dir, _emitter(listeners), None)
+                write_status(run_dir, state="done", ended=time.time())
+                return metrics
             fit_class = Fit
             if multitask.has_tasks(config):  # a labels table: a head per task (tl_core.multitask)
                 from .multitask_fit import MultiTaskFit
@@ -111,6 +118,16 @@ def run(run_dir: str | Path, extra_callbacks: list | None = None, on_wait=None,
             old_class_recall(run_dir.parent / config.parent_run, run_dir)
         write_status(run_dir, state="done", ended=time.time())
         return metrics
+
+
+def _emitter(listeners: list):
+    """emit(event, **info) for a task kind's own fit: the closed event list, told to the standard listeners."""
+    def emit(event: str, **info) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}: the loop announces only {', '.join(EVENTS)}")
+        for listener in listeners:
+            listener(event, info, None)
+    return emit
 
 
 class Fit:
