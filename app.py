@@ -5,7 +5,7 @@ On a shared server (a classroom) the app asks for an access code before any page
 """
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 common.frame_guard()  # in the sidebar: hides the page when another site frames it

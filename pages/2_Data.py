@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common, multitask_data, target_domain
+from pages.ui import common, multitask_data, target_domain
 from tl_core import datasets, plots
 from tl_core.sample_data import SAMPLE_DIR
 

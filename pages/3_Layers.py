@@ -1,7 +1,7 @@
 """Step 3: choose which layer groups of the backbone learn and which stay frozen."""
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core import layers, plan_cost, plots, runs
 
 PRESETS = {

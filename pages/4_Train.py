@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common, target_domain
+from pages.ui import common, target_domain
 from tl_core import plots, run_data, runs
 from tl_core import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig

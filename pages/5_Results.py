@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common, data_quality, multitask_results, target_domain
+from pages.ui import common, data_quality, multitask_results, target_domain
 from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, multitask, plots, runs
 
 MISTAKES_SHOWN = 24

@@ -1,7 +1,7 @@
 """Step 6: use a trained model on new images: the classes it sees, and where it looked."""
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core.datasets import ImageRefused, open_image
 
 state = st.session_state

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core.export import FORMATS, ExportMismatch, export_run
 
 FORMAT_USES = {

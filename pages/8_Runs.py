@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core import compare, plots, runs
 
 state = st.session_state

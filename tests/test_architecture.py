@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+PAGES = sorted((ROOT / "pages").rglob("*.py")) + [ROOT / "app.py"]
+
+
+def test_only_page_files_sit_at_the_top_of_pages():
+    """Streamlit lists, and runs on a deep link, every .py file at the top of pages/: helpers live in pages/ui/."""
+    import re
+
+    tops = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
+    assert tops and all(re.fullmatch(r"\d+_[A-Za-z_]+\.py", name) for name in tops), tops
 
 
 def _imports(path: Path):

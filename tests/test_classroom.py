@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages import common
+from pages.ui import common
 from tl_core import backbones, datasets, jobs, runs, spaces
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR

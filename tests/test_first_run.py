@@ -312,7 +312,7 @@ def test_console_prints_an_epoch_before_the_early_stop_it_caused(capsys):
 
 
 def test_cli_and_app_default_backbone_have_one_name():
-    from pages import common
+    from pages.ui import common
     from tl_core.config import defaults
 
     assert defaults()["backbone"] == common.DEFAULTS["backbone"] == EMBEDDED == "tf_efficientnet_lite0"

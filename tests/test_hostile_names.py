@@ -18,7 +18,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from apptest_support import open_page, plain
-from pages import common
+from pages.ui import common
 from tl_core import backbones, datasets, runs
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages import common
+from pages.ui import common
 from tl_core import evaluate, runs
 from tl_core.storage import atomic_write_json
 

@@ -149,7 +149,7 @@ def test_the_cli_the_app_and_runconfig_agree_on_every_setting():
     config = RunConfig(dataset_dir="d", **vars(parser.parse_args([])))  # the CLI's defaults make a valid run
     assert config == RunConfig(dataset_dir="d")
 
-    from pages import common
+    from pages.ui import common
 
     shared = set(common.DEFAULTS) & set(defaults())
     assert {"freeze", "bn_policy", "epochs", "batch_size", "augment", "early_stopping", "val_fraction"} <= shared

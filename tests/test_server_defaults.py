@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages import common
+from pages.ui import common
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core import active, datasets, label_errors, runs
 
 SUSPECTS_SHOWN = 24

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core.config import ADAPT_HELP, ADAPT_METHODS
 from tl_core.datasets import load_dataset
 from tl_core.datasets.unlabelled import ingest_unlabelled_files, ingest_unlabelled_zip

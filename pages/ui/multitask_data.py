@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core import multitask, plots
 from tl_core.datasets.labels_table import ingest_labelled_zip
 

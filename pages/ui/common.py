@@ -44,7 +44,7 @@ DEFAULTS = {
     "weights": "embedded",
     "dataset_dir": None,
     "val_dataset_dir": None,
-    "target_dir": None,  # unlabelled images of where the model will be used (pages/target_domain.py)
+    "target_dir": None,  # unlabelled images of where the model will be used (pages/ui/target_domain.py)
     "target_test_dir": None,
     "adapt": RUN_DEFAULTS["adapt"],
     "val_source": "split",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import common
+from pages.ui import common
 from tl_core import compare, multitask, plots, runs
 
 
