@@ -5,11 +5,11 @@ On a shared server (a classroom) the app asks for an access code before any page
 """
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import common, gate
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
-common.frame_guard()  # in the sidebar: hides the page when another site frames it
-common.require_access_code()  # stops here until the visitor gives the code, when one is needed
+gate.frame_guard()  # in the sidebar: hides the page when another site frames it
+gate.require_access_code()  # stops here until the visitor gives the code, when one is needed
 common.restore_session()  # a reload or a reconnect finds the user's choices again
 common.init_state()
 
@@ -22,7 +22,7 @@ steps = [
     st.Page(common.PREDICT_PAGE, title="6 · Predict", icon=":material/image_search:"),
     st.Page(common.EXPORT_PAGE, title="7 · Export", icon=":material/package_2:"),
     st.Page(common.RUNS_PAGE, title="8 · Runs", icon=":material/table_chart:"),
-] + ([st.Page(common.CLASS_PAGE, title="Class (teacher)", icon=":material/school:")] if common.space().teacher else [])
+] + ([st.Page(common.CLASS_PAGE, title="Class (teacher)", icon=":material/school:")] if gate.space().teacher else [])
 current_page = st.navigation(steps)
 st.sidebar.title("Transfer Learning Studio")
 # The sidebar is drawn before the page and drawn again, in its place, after it: the second shows the choices

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common, multitask_data, target_domain
+from pages.ui import common, gate, multitask_data, target_domain
 from tl_core import datasets, plots
 from tl_core.sample_data import SAMPLE_DIR
 
@@ -23,7 +23,7 @@ def ingest(action, *args, **kwargs) -> datasets.Dataset | None:
     """Run one tl_core ingest with a progress bar; a user error becomes a message."""
     bar = st.progress(0.0, text="Checking images…")
     try:
-        kwargs.setdefault("workspace", common.space().data_workspace)  # the user's own datasets folder
+        kwargs.setdefault("workspace", gate.space().data_workspace)  # the user's own datasets folder
         dataset = action(*args, progress=common.progress_callback(bar), **kwargs)
     except common.USER_ERRORS as error:
         common.show_error(error)
@@ -45,7 +45,7 @@ def use_dataset(dataset: datasets.Dataset | None, key: str = "dataset_dir") -> N
 def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | None:
     """A copy of `dataset` without some of its images (datasets.without); a user error becomes a message."""
     try:
-        return datasets.without(dataset, workspace=common.space().data_workspace, **leave_out)
+        return datasets.without(dataset, workspace=gate.space().data_workspace, **leave_out)
     except common.USER_ERRORS as error:
         common.show_error(error)
         return None
@@ -53,7 +53,7 @@ def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | No
 
 def sample_dataset() -> datasets.Dataset | None:
     """The bundled sample, ingested once per workspace."""
-    for dataset in datasets.list_datasets(common.space().data_workspace):
+    for dataset in datasets.list_datasets(gate.space().data_workspace):
         if dataset.source.get("path") == str(SAMPLE_DIR.resolve()) and dataset.name == SAMPLE_NAME:
             return dataset
     return ingest(datasets.ingest_folder, SAMPLE_DIR, name=SAMPLE_NAME)
@@ -140,7 +140,7 @@ with webcam_tab:
         clear_col.button("Discard the pictures", key="webcam_clear", on_click=common.live_discard)
 
 with earlier_tab:
-    earlier = {str(d.root): d for d in datasets.list_datasets(common.space().data_workspace)}
+    earlier = {str(d.root): d for d in datasets.list_datasets(gate.space().data_workspace)}
     if not earlier:
         st.caption("No datasets yet.")
     else:
@@ -152,7 +152,7 @@ with earlier_tab:
             use_dataset(earlier[chosen_root])
         if delete_col.button("Delete this dataset", key="delete_earlier", icon=":material/delete:"):
             try:  # only one's own: tl_core.spaces refuses anyone else's, and one a live run needs
-                common.space().delete_dataset(chosen_root)
+                gate.space().delete_dataset(chosen_root)
             except common.USER_ERRORS + (OSError,) as error:
                 common.show_error(error)
             else:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common, data_quality, multitask_results, target_domain
+from pages.ui import common, data_quality, gate, multitask_results, target_domain
 from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, multitask, plots, runs
 
 MISTAKES_SHOWN = 24
@@ -291,7 +291,7 @@ if metrics and status.get("state") == "done":
         if zipped is not None and st.button("Grow the model", key="grow_start", icon=":material/add_circle:"):
             try:
                 with st.spinner("Checking the images and computing the new ones' features…"):
-                    mine = common.space().data_workspace  # a classroom user's own datasets folder
+                    mine = gate.space().data_workspace  # a classroom user's own datasets folder
                     added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem, workspace=mine,
                                                 min_classes=1)
                     config = grow.grown_config(run_dir, added, workspace=mine)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import common, gate
 from tl_core import compare, plots, runs
 
 state = st.session_state
@@ -55,7 +55,7 @@ def shown(setting: str, value) -> str:
 
 def delete_run(run_dir: str) -> None:
     try:
-        common.space().delete_run(Path(run_dir))
+        gate.space().delete_run(Path(run_dir))
     except (ValueError, OSError) as error:
         state.runs_delete_error = str(error)
 

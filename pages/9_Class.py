@@ -4,13 +4,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import common, gate
 from tl_core import runs
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
 
-if not common.space().teacher:  # registered only for the teacher; refused if reached another way
+if not gate.space().teacher:  # registered only for the teacher; refused if reached another way
     st.error("This page is for the teacher of the class.")
     st.stop()
 

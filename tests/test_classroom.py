@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages.ui import common
+from pages.ui import common, gate
 from tl_core import backbones, datasets, jobs, runs, spaces
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR
@@ -207,8 +207,8 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(classroom, monkeypatch):
 
 @pytest.fixture
 def classroom_app(monkeypatch, navigation_pages, fake_jobs):
-    monkeypatch.setenv(common.ACCESS_CODE_ENV, CODE)
-    monkeypatch.setenv(common.TEACHER_CODE_ENV, TEACHER_CODE)
+    monkeypatch.setenv(gate.ACCESS_CODE_ENV, CODE)
+    monkeypatch.setenv(gate.TEACHER_CODE_ENV, TEACHER_CODE)
 
 
 def sign_in(name: str, code: str = CODE):
@@ -257,7 +257,7 @@ def test_a_student_deletes_their_own_dataset_on_the_data_page(classroom_app, _wo
 
 def test_a_reload_finds_the_same_user_and_their_choices(classroom_app, _workspace):
     at = sign_in("carol")
-    token = at.query_params[common.IDENTITY_PARAM]
+    token = at.query_params[gate.IDENTITY_PARAM]
     carol = spaces.Space(_workspace, "carol")
     data = dataset_of(carol)
     at.session_state["dataset_dir"] = str(data.root)
@@ -281,8 +281,8 @@ def test_a_reload_finds_the_same_user_and_their_choices(classroom_app, _workspac
 def open_page_with_token(token: str):
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(Path(common.__file__).resolve().parent.parent / "app.py"), default_timeout=90)
-    at.query_params[common.IDENTITY_PARAM] = token
+    at = AppTest.from_file(str(Path(common.__file__).resolve().parents[2] / "app.py"), default_timeout=90)
+    at.query_params[gate.IDENTITY_PARAM] = token
     at.run()
     assert not at.exception, at.exception
     return at
@@ -313,7 +313,7 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
 
 @pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 def test_on_a_laptop_a_reload_keeps_the_choices_and_asks_nothing(monkeypatch, _workspace):
-    monkeypatch.delenv(common.ACCESS_CODE_ENV, raising=False)
+    monkeypatch.delenv(gate.ACCESS_CODE_ENV, raising=False)
     data = datasets.ingest_files([(p.name, p.read_bytes(), c) for c in ("Bag", "Trouser")
                                   for p in sorted((SAMPLE_DIR / c).glob("*.png"))[:4]])
     at = open_page("pages/4_Train.py", dataset_dir=str(data.root), freeze="all", lr_plan="all", lr=3e-4)

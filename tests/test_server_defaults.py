@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages.ui import common
+from pages.ui import gate
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ def test_the_server_config_is_safe_by_default():
 
 
 def test_an_access_code_is_asked_before_any_page_renders(monkeypatch):
-    monkeypatch.setenv(common.ACCESS_CODE_ENV, "tulip-42")
+    monkeypatch.setenv(gate.ACCESS_CODE_ENV, "tulip-42")
     at = open_page()
     assert [t.label for t in at.text_input] == ["Access code", "Your name"] and not at.dataframe  # no page yet
     at.text_input(key="access_code_given").set_value("tulip-41")
@@ -34,14 +34,14 @@ def test_an_access_code_is_asked_before_any_page_renders(monkeypatch):
     assert not at.exception and at.dataframe  # the Backbone page's catalogue
     at.run()
     assert at.dataframe  # the session stays in
-    monkeypatch.setenv(common.ACCESS_CODE_ENV, "another")
+    monkeypatch.setenv(gate.ACCESS_CODE_ENV, "another")
     at.run()
     assert not at.dataframe  # a new code ends every session
 
 
 def test_listening_on_the_network_without_an_access_code_is_refused(monkeypatch):
-    monkeypatch.delenv(common.ACCESS_CODE_ENV, raising=False)
-    monkeypatch.setattr(common, "listens_on_network", lambda: True)
+    monkeypatch.delenv(gate.ACCESS_CODE_ENV, raising=False)
+    monkeypatch.setattr(gate, "listens_on_network", lambda: True)
     at = open_page()
-    assert "listens on the network" in plain(at.error[0].value) and common.ACCESS_CODE_ENV in at.error[0].value
+    assert "listens on the network" in plain(at.error[0].value) and gate.ACCESS_CODE_ENV in at.error[0].value
     assert not at.dataframe

@@ -4,10 +4,6 @@ Not a page: app.py does not register it with st.navigation.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
-import re
 import time
 from pathlib import Path
 
@@ -19,6 +15,9 @@ from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, 
 from tl_core.explain import explain_image
 from tl_core.predict import Predictor
 from tl_core.storage import StorageFull, workspace_root
+
+from pages.ui import gate
+from pages.ui.text import code, literal  # noqa: F401  (pages call common.literal and common.code)
 
 BACKBONE_PAGE = "pages/1_Backbone.py"
 DATA_PAGE = "pages/2_Data.py"
@@ -74,143 +73,14 @@ DEFAULTS = {
 SAVED_KEYS = [key for key in DEFAULTS if key not in ("webcam_shots", "manual_class_ids")]
 
 
-_AUTOLINK_STARTS = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)")
-_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
-
-def literal(value) -> str:
-    """`value` (a class, file, dataset or run name, a message that quotes one) as plain text in Streamlit markdown.
-
-    Titles, captions, alerts, widget labels, image captions and progress texts all render markdown: a
-    dataset named "![z](https://host/?leak=x)" would make every visitor's browser fetch that address.
-    Every ASCII punctuation mark is escaped (links, images, HTML, colours, maths, icons), and a word
-    joiner breaks the web addresses GitHub-flavoured markdown links by itself ("https://", "www.", "a@b").
-    """
-    text = " ".join(str(value).split())  # a newline would start a new markdown block
-    text = _AUTOLINK_STARTS.sub("\u2060", text)
-    return _ASCII_PUNCTUATION.sub(r"\\\1", text)
-
-
-def code(value) -> str:
-    """`value` as inline code: literal by markdown's own rules (nothing inside a code span is markup)."""
-    return "`" + " ".join(str(value).split()).replace("`", "'") + "`"
-
-
-ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
-TEACHER_CODE_ENV = "TL_STUDIO_TEACHER_CODE"
-IDENTITY_PARAM = "me"  # the page address carries the signed name, so a reload finds the same user
-_LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
-# Another site could show this app in a frame and trick a visitor into clicks (Streamlit sends no
-# X-Frame-Options header): framed by anyone, the page hides itself.
-_FRAME_GUARD = ("<script>if (window.top !== window.self) { document.documentElement.style.display = 'none'; }"
-                "</script>")
-
-
-def frame_guard() -> None:
-    st.sidebar.html(_FRAME_GUARD, unsafe_allow_javascript=True)
-
-
-def access_code() -> str | None:
-    """The access code of a shared server: $TL_STUDIO_ACCESS_CODE, else `access_code` in Streamlit secrets."""
-    return _setting(ACCESS_CODE_ENV, "access_code")
-
-
-def teacher_code() -> str | None:
-    """The teacher's code on a classroom server: $TL_STUDIO_TEACHER_CODE, else `teacher_code` in secrets."""
-    return _setting(TEACHER_CODE_ENV, "teacher_code")
-
-
-def _setting(env: str, secret: str) -> str | None:
-    value = os.environ.get(env, "").strip()
-    if value:
-        return value
-    try:
-        return str(st.secrets.get(secret, "")).strip() or None
-    except Exception:  # no secrets.toml at all
-        return None
-
-
-def listens_on_network() -> bool:
-    """Whether browsers on other machines can reach this server (Streamlit's default, with no address set)."""
-    if st.get_option("global.appTest"):
-        return False  # driven by tests: no server, no network
-    return (st.get_option("server.address") or "").strip() not in _LOCAL_ADDRESSES
-
-
-def require_access_code() -> None:
-    """Before any page renders: ask for the access code when one is set; refuse to serve the network without one."""
-    code = access_code()
-    if code is None:
-        if listens_on_network():
-            st.error(f"This server listens on the network ({st.get_option('server.address') or 'every address'}) "
-                     f"but has no access code, so anyone who can reach it could use it. Set one: "
-                     f"{ACCESS_CODE_ENV}=... in the environment, or access_code = \"...\" in "
-                     ".streamlit/secrets.toml; or listen on localhost only (server.address = \"localhost\").")
-            st.stop()
-        return
-    granted = hashlib.sha256(code.encode()).hexdigest()  # changing the code ends every session
-    state = st.session_state
-    if state.get("access_granted") != granted or not isinstance(state.get("space"), spaces.Space):
-        returning = spaces.identity_from_token(st.query_params.get(IDENTITY_PARAM, ""), code)
-        if returning is None or not returning.data_workspace.is_dir():
-            _sign_in_form(code, granted)
-        _enter(returning, code, granted, rerun=False)
-    token = state.identity
-    if st.query_params.get(IDENTITY_PARAM) != token:
-        st.query_params[IDENTITY_PARAM] = token  # kept through page changes, so a reload keeps the user
-
-
-def _sign_in_form(code: str, granted: str) -> None:
-    """The access code and a name; stops the page until they are right."""
-    st.title("Transfer Learning Studio")
-    with st.form("access_form"):
-        given = st.text_input("Access code", type="password", key="access_code_given",
-                              help="Your teacher or the person who runs this server gives it.")
-        name = st.text_input("Your name", key="user_name_given", max_chars=24,
-                             help="Your datasets and runs are kept under it; leave it empty to be given one.")
-        entered = st.form_submit_button("Enter", type="primary")
-    if entered:
-        digest = hashlib.sha256(given.strip().encode()).hexdigest()
-        teacher = teacher_code()
-        if teacher and hmac.compare_digest(digest, hashlib.sha256(teacher.encode()).hexdigest()):
-            space = spaces.Space(workspace_root(), spaces.TEACHER, teacher=True)
-            space.data_workspace.mkdir(parents=True, exist_ok=True)
-            _enter(space, code, granted)
-        if hmac.compare_digest(digest, granted):
-            try:
-                space = spaces.claim_name(name) if name.strip() else spaces.given_name()
-            except ValueError as error:
-                st.error(literal(error))
-                st.stop()
-            _enter(space, code, granted)
-        time.sleep(1.0)  # slows down guessing
-        st.error("That is not the access code.")
-    st.stop()
-
-
-def _enter(space: spaces.Space, code: str, granted: str, rerun: bool = True) -> None:
-    state = st.session_state
-    state.access_granted, state.space = granted, space
-    state.identity = spaces.identity_token(space.user, code, teacher=space.teacher)
-    st.query_params[IDENTITY_PARAM] = state.identity
-    if rerun:
-        st.rerun()
-
-
-def space() -> spaces.Space:
-    """What this visitor owns and sees: their own space on a classroom server, everything on a laptop."""
-    found = st.session_state.get("space")
-    if not access_code():
-        return spaces.Space.laptop()
-    # a classroom session that has not signed in (a page run on its own) owns and sees nothing
-    return found if isinstance(found, spaces.Space) else spaces.Space(workspace_root(), spaces.NOBODY)
 
 
 def restore_session() -> None:
     """Once per browser session: the choices this user made before a reload or a reconnect, still theirs."""
     if st.session_state.get("session_restored"):
         return
-    saved = space().check_restored({key: value for key, value in space().load_state().items() if key in SAVED_KEYS})
+    saved = gate.space().check_restored({key: value for key, value in gate.space().load_state().items() if key in SAVED_KEYS})
     for key, value in saved.items():
         st.session_state[key] = value
     st.session_state.session_restored = True
@@ -225,7 +95,7 @@ def remember_session() -> None:
     choices = {key: state.get(key) for key in SAVED_KEYS}
     if choices != state.get("saved_choices"):
         try:
-            space().save_state(choices)
+            gate.space().save_state(choices)
         except OSError:  # a full disk: the choices stay in this session; nothing else is lost
             return
         state.saved_choices = choices
@@ -233,12 +103,12 @@ def remember_session() -> None:
 
 def my_runs() -> list[str]:
     """This user's own runs, newest first (every run on a laptop)."""
-    return [str(run_dir) for run_dir in space().my_runs()]
+    return [str(run_dir) for run_dir in gate.space().my_runs()]
 
 
 def visible_runs() -> list[str]:
     """The runs this user may look at: their own; everyone's for the teacher."""
-    return [str(run_dir) for run_dir in space().visible_runs()]
+    return [str(run_dir) for run_dir in gate.space().visible_runs()]
 
 
 def init_state() -> None:
@@ -257,7 +127,7 @@ def _job_manager_for(workspace: str) -> executors.Executor:
 
 def job_manager() -> spaces.UserQueue:
     """The server's one job manager (per workspace), as this user sees it: their runs carry their name."""
-    return spaces.UserQueue(_job_manager_for(str(workspace_root())), space())
+    return spaces.UserQueue(_job_manager_for(str(workspace_root())), gate.space())
 
 
 @st.cache_resource(show_spinner=False)
@@ -342,7 +212,7 @@ def active_dataset(key: str = "dataset_dir") -> Dataset | None:
     root = st.session_state.get(key)
     if not root:
         return None
-    if not space().owns_dataset(root):
+    if not gate.space().owns_dataset(root):
         st.session_state[key] = None
         return None
     try:
@@ -382,13 +252,13 @@ def run_label(run_dir) -> str:
     row = runs.summarize(Path(run_dir))
     accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
     name = f"{row['name']} · " if row.get("name") else ""
-    owner = runs.read_owner(Path(run_dir)) if space().teacher else None
+    owner = runs.read_owner(Path(run_dir)) if gate.space().teacher else None
     return f"{owner + ': ' if owner else ''}{name}{row['run_id']} ({row['state']}{accuracy})"
 
 
 def newest_active_run() -> Path | None:
     """This user's newest run still queued or running, so a reload or a second tab finds it again."""
-    for run_dir in space().my_runs():
+    for run_dir in gate.space().my_runs():
         if runs.read_status(run_dir).get("state") in ACTIVE_STATES:
             return run_dir
     return None
@@ -396,7 +266,7 @@ def newest_active_run() -> Path | None:
 
 def finished_runs() -> list[str]:
     """Runs that finished with a model to use, newest first."""
-    return [str(run_dir) for run_dir in space().visible_runs()
+    return [str(run_dir) for run_dir in gate.space().visible_runs()
             if runs.read_status(run_dir).get("state") == "done" and runs.RunFolder(run_dir).weights.exists()]
 
 
@@ -534,8 +404,8 @@ def sidebar(slot) -> None:
     apart from the run the page shows, which may have been trained with other choices; and the device."""
     state = st.session_state
     with slot:
-        if (user := space().user) is not None:
-            st.caption(f"Signed in as {literal(user)}" + (" (teacher)" if space().teacher else "")
+        if (user := gate.space().user) is not None:
+            st.caption(f"Signed in as {literal(user)}" + (" (teacher)" if gate.space().teacher else "")
                        + ": keep this page's address to come back.")
         st.markdown("**Next run** (your choices so far)")
         st.markdown(f":material/neurology: Backbone: {code(state.backbone)}  \n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import common, gate
 from tl_core import active, datasets, label_errors, runs
 
 SUSPECTS_SHOWN = 24
@@ -153,7 +153,7 @@ def _train_button(run_dir: Path, made: dict, key: str) -> None:
 
 def _pools(run_dir: Path) -> list[datasets.Dataset]:
     """Unlabelled image sets of this user: the run's target images first, then the others, newest first."""
-    found = [d for d in datasets.list_datasets(common.space().data_workspace) if d.source.get("unlabelled")]
+    found = [d for d in datasets.list_datasets(gate.space().data_workspace) if d.source.get("unlabelled")]
     target = runs.read_config_record(run_dir).get("config", {}).get("target_dir")
     return sorted(found, key=lambda d: str(d.root) != str(target))
 
