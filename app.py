@@ -8,6 +8,8 @@ import streamlit as st
 from pages.ui import common, gate
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
+gate.harden_process()  # workspace files 0600, folders 0700
+gate.leave_folder_mode()  # from now on no session's deep link runs a page file without this script first
 gate.frame_guard()  # in the sidebar: hides the page when another site frames it
 gate.require_access_code()  # stops here until the visitor gives the code, when one is needed
 common.restore_session()  # a reload or a reconnect finds the user's choices again
@@ -29,11 +31,13 @@ st.sidebar.title("Transfer Learning Studio")
 # the page just made. A page that calls st.stop() ends the script run, and Streamlit then draws nothing
 # more, so without the first drawing such a page would have no sidebar at all.
 sidebar_slot = st.sidebar.empty()
+gate.sign_out_control()
 st.session_state.shown_run = None  # the page sets it (common.show_run) when it shows a run
 common.sidebar(sidebar_slot.container())
 common.job_manager()  # started with the server, so runs queued before a restart start again
 try:
-    current_page.run()
+    with gate.routed():  # the page's own gate.enter_page() sees that this script ran the gate
+        current_page.run()
 finally:  # also when the page stops or reruns itself
     common.sidebar(sidebar_slot.container())
     common.remember_session()

@@ -1,4 +1,6 @@
 """Step 1: choose the pretrained network to start from, and where its weights come from."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from pathlib import Path
 
 import pandas as pd

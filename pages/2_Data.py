@@ -1,4 +1,6 @@
 """Step 2: bring the labelled images (one folder per class), check them, and choose how to validate."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from pathlib import Path
 
 import streamlit as st

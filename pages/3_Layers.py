@@ -1,4 +1,6 @@
 """Step 3: choose which layer groups of the backbone learn and which stay frozen."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 import streamlit as st
 
 from pages.ui import common

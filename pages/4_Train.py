@@ -1,4 +1,6 @@
 """Step 4: set the hyper-parameters, start a run, and watch it learn live."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from pathlib import Path
 
 import streamlit as st

@@ -1,4 +1,6 @@
 """Step 5: how good is the classifier, where and why does it go wrong, and did pretraining help."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from contextlib import nullcontext
 from pathlib import Path
 

@@ -1,4 +1,6 @@
 """Step 6: use a trained model on new images: the classes it sees, and where it looked."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 import streamlit as st
 
 from pages.ui import common

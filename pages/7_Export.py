@@ -1,4 +1,6 @@
 """Step 7: take the model away: a verified file in a standard format, with its labels, preprocessing and card."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from pathlib import Path
 
 import streamlit as st

@@ -1,4 +1,6 @@
 """Step 8: every run of the workspace, and two or more side by side: what differs, and what it changed."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from pathlib import Path
 
 import pandas as pd

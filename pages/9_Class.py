@@ -1,4 +1,6 @@
 """The teacher's view of a classroom server: every student's runs, the queue, cancel any, project one."""
+from pages.ui import gate  # first: nothing of a page runs before the gate
+gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 from pathlib import Path
 
 import pandas as pd

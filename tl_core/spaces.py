@@ -7,33 +7,50 @@ On a classroom server (an access code is set) each visitor has a name:
 - their runs live in the one `<workspace>/runs/` (one queue, one set of device slots for the server)
   and carry an `owner.json`; a student sees and touches only runs whose owner is them, whatever id
   they guess; the teacher sees every run and may cancel any.
-- who they are survives a reload: `identity_token` signs the name with a server secret (and the
-  access code, so a new code ends every session), and the app keeps the token in the page's address;
+- who they are survives a reload through a sign-in record (tl_core.identities), whose id the page's
+  address carries;
+- what one user may take is bounded: runs waiting at once (under a per-user file lock, so parallel tabs
+  cannot beat it), disk and dataset count (`Space.check_room`);
+- names are NFKC-normalised and a look-alike of a name already taken (full-width letters, Cyrillic or
+  Greek letters that look Latin, 'rn' for 'm', '1' for 'l') is refused: the skeleton map below;
 - what they chose (backbone, dataset, plan, settings, the run they watch) is kept in their
   `state.json` and restored after a reload or a reconnect.
 Ownership is enforced here, in the engine, not only hidden in the UI.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
+import fcntl
 import os
 import re
 import secrets
 import shutil
+import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .runs import (RunFolder, delete_run, list_runs, read_config_record, read_owner, read_status, request_stop,
                    runs_root)
-from .storage import atomic_write_json, read_json, workspace_root
+from .storage import atomic_write_json, human_bytes, read_json, workspace_root
 
 TEACHER = "teacher"
 NOBODY = "-nobody"  # no claimable name starts with '-': a space that owns nothing
 MAX_QUEUED_ENV = "TL_STUDIO_MAX_QUEUED"
+QUOTA_MB_ENV = "TL_STUDIO_QUOTA_MB"
+MAX_DATASETS_ENV = "TL_STUDIO_MAX_DATASETS"
 _NAME = re.compile(r"^[\w][\w \-]{0,23}$")
-_SECRET_FILE = ".secret"
 _LAPTOP_STATE = "session.json"
+_GIVEN_NAME_TRIES = 50  # 'student-' + 6 hex digits: 16 million names; 50 misses in a row means something is wrong
+# Letters of other scripts that look like Latin ones, and Latin sequences that look like others (after NFKC
+# and casefold): a small part of Unicode's confusables (TR39) that covers what a class can type. Two names
+# with the same skeleton look alike, and the second is refused.
+_SKELETON = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "ь": "b", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h",
+    "ӏ": "l", "ԛ": "q", "ԝ": "w", "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
+    "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "γ": "y", "0": "o", "1": "l", "|": "l", "_": "-",
+    " ": "-",
+})
 
 
 class NotYours(PermissionError):
@@ -46,81 +63,104 @@ def users_root(workspace: Path | None = None) -> Path:
 
 
 def clean_name(name: str) -> str:
-    """A user's name as given, checked: 1 to 24 letters, digits, spaces, '-' or '_', starting with a letter or
-    digit; ValueError saying so otherwise."""
-    name = " ".join(str(name).split())
-    if not _NAME.match(name) or name.lower() == TEACHER:
+    """A user's name, NFKC-normalised and checked: 1 to 24 letters, digits, spaces, '-' or '_', starting with a
+    letter or digit, and not a look-alike of 'teacher'; ValueError saying so otherwise."""
+    name = " ".join(unicodedata.normalize("NFKC", str(name)[:200]).split())
+    if not _NAME.match(name) or name_skeleton(name) == name_skeleton(TEACHER):
         raise ValueError(f"{name[:40]!r}: not a name this class can use; use 1 to 24 letters, digits, spaces, "
                          "'-' or '_' (and not 'teacher')")
     return name
 
 
+def name_skeleton(name: str) -> str:
+    """What a name looks like: NFKC, casefolded, look-alike letters mapped to one ('Аlice' and 'alice' agree)."""
+    folded = unicodedata.normalize("NFKC", str(name)).casefold().translate(_SKELETON)
+    return folded.replace("rn", "m").replace("vv", "w")
+
+
 def max_queued() -> int:
     """Runs one user may have waiting or training at once: $TL_STUDIO_MAX_QUEUED, else 2."""
-    try:
-        return max(1, int(os.environ.get(MAX_QUEUED_ENV, "2")))
-    except ValueError:
-        return 2
+    return _env_int(MAX_QUEUED_ENV, 2)
 
 
-# ---------------------------------------------------------------- identity
-
-def _server_secret(workspace: Path | None = None) -> bytes:
-    """A random key made once per workspace (mode 0600); signs identity tokens."""
-    path = users_root(workspace) / _SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-    return path.read_bytes()
-
-
-def _signature(role: str, name: str, access_code: str, workspace: Path | None) -> str:
-    message = f"{role}\n{name}\n{hashlib.sha256(access_code.encode()).hexdigest()}".encode()
-    return hmac.new(_server_secret(workspace), message, hashlib.sha256).hexdigest()[:32]
-
-
-def identity_token(name: str, access_code: str, teacher: bool = False, workspace: Path | None = None) -> str:
-    """'name.role.signature': kept in the page's address, so a reload finds the same user again."""
-    role = TEACHER if teacher else "student"
-    return f"{name}.{role}.{_signature(role, name, access_code, workspace)}"
-
-
-def identity_from_token(token: str, access_code: str, workspace: Path | None = None) -> Space | None:
-    """The Space a token proves, or None (forged, from another access code, or malformed)."""
-    try:
-        name, role, signature = str(token).rsplit(".", 2)
-    except ValueError:
-        return None
-    if role not in (TEACHER, "student") or not hmac.compare_digest(
-            signature, _signature(role, name, access_code, workspace)):
-        return None
-    return Space(Path(workspace or workspace_root()), name, teacher=role == TEACHER)
-
+# ---------------------------------------------------------------- names
 
 def claim_name(name: str, workspace: Path | None = None) -> Space:
     """Make the space of a new user; ValueError when the name is taken (its owner comes back by their link)."""
     name = clean_name(name)
-    home = users_root(workspace) / name
-    home.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        home.mkdir()
-    except FileExistsError:
-        raise ValueError(f"{name!r} is already someone's name in this class: choose another one. If it is yours, "
-                         "open the address your browser showed you before (it carries your name).") from None
+    root = users_root(workspace)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    taken = ValueError(f"{name!r} is already someone's name in this class, or looks like one: choose another "
+                       "one. If it is yours, open your sign-in link again, or ask your teacher for a fresh one.")
+    with _names_lock(root):  # two sessions claiming 'alice' and 'аlice' at once: one of them wins
+        skeleton = name_skeleton(name)
+        if any(name_skeleton(other.name) == skeleton for other in root.iterdir()
+               if other.is_dir() and not other.name.startswith(".")):
+            raise taken
+        try:
+            (root / name).mkdir(mode=0o700)
+        except FileExistsError:
+            raise taken from None
     return Space(Path(workspace or workspace_root()), name)
 
 
+@contextmanager
+def _names_lock(root: Path):
+    with _file_lock(root / ".names.lock"):
+        yield
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """An exclusive OS lock (flock) held for the block: shared by every thread and process on this machine."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def given_name(workspace: Path | None = None) -> Space:
-    """A new user who gave no name gets one: 'student-7f3a'."""
-    while True:
+    """A new user who gave no name gets one: 'student-7f3a2c'; ValueError after a bounded number of misses."""
+    for _ in range(_GIVEN_NAME_TRIES):
         try:
-            return claim_name(f"student-{secrets.token_hex(2)}", workspace)
+            return claim_name(f"student-{secrets.token_hex(3)}", workspace)
         except ValueError:
             continue
+    raise ValueError("no free name could be found for you: type a name of your own")
+
+
+def quota_bytes() -> int:
+    """Disk one user's datasets and runs may take: $TL_STUDIO_QUOTA_MB megabytes, else 500."""
+    return _env_int(QUOTA_MB_ENV, 500) * 1024 * 1024
+
+
+def max_datasets() -> int:
+    """Datasets one user may keep: $TL_STUDIO_MAX_DATASETS, else 20."""
+    return _env_int(MAX_DATASETS_ENV, 20)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, str(default))))
+    except ValueError:
+        return default
+
+
+class QuotaExceeded(ValueError):
+    """A user's disk or dataset limit would be passed: the message names the limit and what is used."""
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for file in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, file)).st_size
+            except OSError:
+                continue
+    return total
 
 
 # ---------------------------------------------------------------- what belongs to whom
@@ -216,6 +256,30 @@ class Space:
                                  "stop it first, or let it end, then delete the dataset")
         shutil.rmtree(root)
 
+    # ---- limits
+    def usage(self) -> tuple[int, int]:
+        """(bytes on disk, number of datasets) this user takes: their folder and their own runs."""
+        if self.user is None:
+            return 0, 0
+        datasets_dir = self.data_workspace / "datasets"
+        count = sum(1 for d in datasets_dir.iterdir() if (d / "manifest.json").is_file()) \
+            if datasets_dir.is_dir() else 0
+        return _tree_bytes(self.data_workspace) + sum(_tree_bytes(p) for p in self.my_runs()), count
+
+    def check_room(self, adding_bytes: int = 0, new_dataset: bool = False) -> None:
+        """QuotaExceeded when adding this much (and one more dataset) would pass this user's limits.
+        The laptop's user and the teacher have none."""
+        if self.user is None or self.teacher:
+            return
+        used, count = self.usage()
+        if new_dataset and count >= max_datasets():
+            raise QuotaExceeded(f"you already keep {count} datasets, the most each student may keep in this "
+                                f"class ({MAX_DATASETS_ENV}={max_datasets()}): delete one on the Data page first")
+        if used + max(0, adding_bytes) > quota_bytes():
+            raise QuotaExceeded(f"this would take your space to {human_bytes(used + adding_bytes)}, over the "
+                                f"{human_bytes(quota_bytes())} each student may use in this class "
+                                f"({QUOTA_MB_ENV}={quota_bytes() // 2**20}): delete a dataset or a run first")
+
     # ---- the session's choices
     def load_state(self) -> dict:
         """The choices this user made last time ({} when none, or the file is damaged)."""
@@ -259,11 +323,17 @@ class UserQueue:
                 raise NotYours(f"{Path(str(root)).name}: no dataset of yours has this id")
         if space.user is None:
             return self.queue.submit(config)
-        waiting = len(space.active_runs())
-        if not space.teacher and waiting >= max_queued():
-            raise ValueError(f"you already have {waiting} runs waiting or training (at most {max_queued()} at once "
-                             "in this class): wait for one to end, or stop one, then start this one")
-        return self.queue.submit(config, owner=space.owner)
+        home = space.data_workspace
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The count and the submit under one OS lock per user: six tabs clicking Start at once queue no more
+        # than the limit, whichever server process or thread serves them.
+        with _file_lock(home / ".submit.lock"):
+            waiting = len(space.active_runs())
+            if not space.teacher and waiting >= max_queued():
+                raise ValueError(f"you already have {waiting} runs waiting or training (at most {max_queued()} at "
+                                 "once in this class): wait for one to end, or stop one, then start this one")
+            space.check_room()
+            return self.queue.submit(config, owner=space.owner)
 
     def cancel(self, run_dir) -> None:
         self.queue.cancel(self.space.run(run_dir))

@@ -1,34 +1,91 @@
 """The classroom gate: the access code, who the visitor is, and what they own (their space).
 
-app.py calls require_access_code() before any page code runs. On a laptop (no access code) everyone
-owns everything; on a shared server each signed-in user has their own space (tl_core.spaces).
+app.py calls require_access_code() before st.navigation, so no page code runs before it; every page file
+calls enter_page() on its first line as well, because Streamlit can still run a page file without app.py:
+while a `pages/` folder sits beside the entry script, Streamlit (1.67: `PagesManager.uses_pages_directory`,
+true at every server start, cleared only by a call to st.navigation) runs a deep link such as /Data as
+`pages/2_Data.py` alone until some session reaches st.navigation. enter_page() gates such a run and then
+switches the server to the router for good, so every later run of every session goes through app.py.
+
+On a laptop (no access code) everyone owns everything; on a shared server each signed-in user has their own
+space (tl_core.spaces) and a sign-in record (tl_core.identities) named by the link in the address bar and
+bound to the browsers that gave the code (a cookie).
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
+import logging
 import os
-import time
+import re
+import secrets
+import threading
+from contextlib import contextmanager
 
 import streamlit as st
 
 from pages.ui.text import literal
-from tl_core import spaces
+from tl_core import attempts, identities, spaces
 from tl_core.storage import workspace_root
 
 ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
 TEACHER_CODE_ENV = "TL_STUDIO_TEACHER_CODE"
-IDENTITY_PARAM = "me"  # the page address carries the signed name, so a reload finds the same user
+IDENTITY_PARAM = "me"  # the page address carries the sign-in link's id, so a reload finds the same user
+BROWSER_COOKIE = "tl_studio_browser"  # this browser's key: a link works without the code only where it was given
+_KEY = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 _LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+LOG = logging.getLogger("tl_studio.gate")
 # Another site could show this app in a frame and trick a visitor into clicks (Streamlit sends no
 # X-Frame-Options header): framed by anyone, the page hides itself.
 _FRAME_GUARD = ("<script>if (window.top !== window.self) { document.documentElement.style.display = 'none'; }"
                 "</script>")
+_router = threading.local()  # set while app.py runs the chosen page (the script thread runs both)
+
+
+def harden_process() -> None:
+    """Files the server makes are its own: 0600 files, 0700 folders (datasets, runs, state, the secret)."""
+    os.umask(0o077)
 
 
 def frame_guard() -> None:
     st.sidebar.html(_FRAME_GUARD, unsafe_allow_javascript=True)
 
+
+# ---------------------------------------------------------------- the router
+
+def leave_folder_mode() -> bool:
+    """Turn off Streamlit's folder mode (what st.navigation does), so every later script run of every session
+    starts at app.py; True when it was on, i.e. Streamlit ran a page file directly."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    was_on = bool(getattr(PagesManager, "uses_pages_directory", False))
+    PagesManager.uses_pages_directory = False
+    return was_on and PagesManager.uses_pages_directory is False
+
+
+@contextmanager
+def routed():
+    """app.py runs the chosen page inside this block: the page's enter_page() then knows the gate ran."""
+    _router.active = True
+    try:
+        yield
+    finally:
+        _router.active = False
+
+
+def enter_page() -> None:
+    """The first line of every page file: nothing of the page runs before the gate.
+
+    Through app.py this returns at once. Run by Streamlit's folder mode (before any session reached
+    st.navigation), it turns that mode off and starts the run again, through app.py. Run alone any other way
+    (a test driving the file), the gate runs here."""
+    if getattr(_router, "active", False):
+        return
+    if leave_folder_mode():
+        st.rerun()  # before anything is drawn: the run starts again at app.py, whose gate asks for the code
+    require_access_code()  # run alone some other way: the gate, here
+
+
+# ---------------------------------------------------------------- codes
 
 def access_code() -> str | None:
     """The access code of a shared server: $TL_STUDIO_ACCESS_CODE, else `access_code` in Streamlit secrets."""
@@ -38,6 +95,10 @@ def access_code() -> str | None:
 def teacher_code() -> str | None:
     """The teacher's code on a classroom server: $TL_STUDIO_TEACHER_CODE, else `teacher_code` in secrets."""
     return _setting(TEACHER_CODE_ENV, "teacher_code")
+
+
+def _codes() -> dict[bool, str | None]:
+    return {False: access_code(), True: teacher_code()}
 
 
 def _setting(env: str, secret: str) -> str | None:
@@ -57,8 +118,31 @@ def listens_on_network() -> bool:
     return (st.get_option("server.address") or "").strip() not in _LOCAL_ADDRESSES
 
 
+def client_address() -> str:
+    """The visitor's address as the server sees it (a proxy in front: its own; see README). Streamlit gives
+    None for a visitor on this machine (127.0.0.1 or ::1): they count as one address, 'localhost'."""
+    try:
+        address = st.context.ip_address
+    except Exception:  # no server (tests)
+        return "localhost"
+    return address if isinstance(address, str) and address else "localhost"
+
+
+def _browser_key() -> str | None:
+    try:
+        key = st.context.cookies.get(BROWSER_COOKIE)
+    except Exception:  # no server (tests)
+        return None
+    return key if isinstance(key, str) and _KEY.match(key) else None
+
+
+# ---------------------------------------------------------------- the gate
+
 def require_access_code() -> None:
-    """Before any page renders: ask for the access code when one is set; refuse to serve the network without one."""
+    """Before any page renders: ask for the access code when one is set; refuse to serve the network without one.
+
+    Run on every script run: a sign-in that expired, was signed out by the teacher, or whose code changed
+    ends at the visitor's next click."""
     code = access_code()
     if code is None:
         if listens_on_network():
@@ -68,53 +152,147 @@ def require_access_code() -> None:
                      ".streamlit/secrets.toml; or listen on localhost only (server.address = \"localhost\").")
             st.stop()
         return
-    granted = hashlib.sha256(code.encode()).hexdigest()  # changing the code ends every session
+    try:
+        identities.server_secret()  # a short or unreadable key would let anyone mint a sign-in: stop here
+    except identities.SecretError as error:
+        LOG.error("%s", error)
+        st.error(f"This server cannot sign anyone in: {literal(error)}")
+        st.stop()
     state = st.session_state
-    if state.get("access_granted") != granted or not isinstance(state.get("space"), spaces.Space):
-        returning = spaces.identity_from_token(st.query_params.get(IDENTITY_PARAM, ""), code)
-        if returning is None or not returning.data_workspace.is_dir():
-            _sign_in_form(code, granted)
-        _enter(returning, code, granted, rerun=False)
-    token = state.identity
-    if st.query_params.get(IDENTITY_PARAM) != token:
-        st.query_params[IDENTITY_PARAM] = token  # kept through page changes, so a reload keeps the user
+    session = identities.find_session(state.get("identity", ""), _codes())
+    if session is None or not _home_of(session).is_dir():
+        _forget_sign_in()
+        link = identities.find_session(st.query_params.get(IDENTITY_PARAM, ""), _codes())
+        if link is not None and _home_of(link).is_dir() and identities.knows_browser(link, _browser_key()):
+            _enter(link, rerun=False)  # a reload, or a new tab, of a browser that gave the code for this link
+        else:
+            _sign_in_form(link)
+    if st.query_params.get(IDENTITY_PARAM) != state.identity:
+        st.query_params[IDENTITY_PARAM] = state.identity  # kept through page changes, so a reload keeps the user
+    _set_browser_cookie(state.browser_key)
 
 
-def _sign_in_form(code: str, granted: str) -> None:
-    """The access code and a name; stops the page until they are right."""
+def _home_of(session: identities.Session):
+    return _space_of(session).data_workspace
+
+
+def _space_of(session: identities.Session) -> spaces.Space:
+    return spaces.Space(workspace_root(), spaces.TEACHER if session.teacher else session.user, teacher=session.teacher)
+
+
+def _forget_sign_in() -> None:
+    for key in ("identity", "space", "access_granted"):
+        st.session_state.pop(key, None)
+
+
+def _sign_in_form(link: identities.Session | None) -> None:
+    """The access code (and a name, unless the address is a sign-in link); stops the page until they are right."""
     st.title("Transfer Learning Studio")
+    if link is not None:
+        st.info("This is a sign-in link, opened in a browser that has not used it before: give the "
+                + ("teacher code" if link.teacher else "access code") + " to continue.")
     with st.form("access_form"):
         given = st.text_input("Access code", type="password", key="access_code_given",
-                              help="Your teacher or the person who runs this server gives it.")
-        name = st.text_input("Your name", key="user_name_given", max_chars=24,
-                             help="Your datasets and runs are kept under it; leave it empty to be given one.")
+                              help="Your teacher or the person who runs this server gives it. "
+                                   "Teachers: your teacher code goes here.")
+        name = "" if link else st.text_input(
+            "Your name", key="user_name_given", max_chars=24,
+            help="Your datasets and runs are kept under it; leave it empty to be given one.")
         entered = st.form_submit_button("Enter", type="primary")
     if entered:
-        digest = hashlib.sha256(given.strip().encode()).hexdigest()
-        teacher = teacher_code()
-        if teacher and hmac.compare_digest(digest, hashlib.sha256(teacher.encode()).hexdigest()):
-            space = spaces.Space(workspace_root(), spaces.TEACHER, teacher=True)
-            space.data_workspace.mkdir(parents=True, exist_ok=True)
-            _enter(space, code, granted)
-        if hmac.compare_digest(digest, granted):
-            try:
-                space = spaces.claim_name(name) if name.strip() else spaces.given_name()
-            except ValueError as error:
-                st.error(literal(error))
-                st.stop()
-            _enter(space, code, granted)
-        time.sleep(1.0)  # slows down guessing
-        st.error("That is not the access code.")
+        _check_code(given.strip(), name or "", link)
     st.stop()
 
 
-def _enter(space: spaces.Space, code: str, granted: str, rerun: bool = True) -> None:
+def _matches(given: str, code: str | None) -> bool:
+    return bool(code) and hmac.compare_digest(given.encode(), code.encode())
+
+
+def _check_code(given: str, name: str, link: identities.Session | None) -> None:
+    address = client_address()
+    teacher_given = _matches(given, teacher_code())
+    student_given = _matches(given, access_code())
+    right = (teacher_given if link.teacher else student_given) if link else (teacher_given or student_given)
+    try:
+        if not attempts.judge_code(address, right):
+            st.error("That is not the access code.")
+            return
+        key = _browser_key() or secrets.token_urlsafe(24)
+        if link is not None:
+            identities.add_browser(link, key, teacher_code() if link.teacher else access_code())
+            _enter(link, browser_key=key)
+        if teacher_given:
+            teacher = spaces.Space(workspace_root(), spaces.TEACHER, teacher=True)
+            teacher.data_workspace.mkdir(parents=True, exist_ok=True)
+            _enter(identities.create_session(spaces.TEACHER, teacher_code(), teacher=True, browser_key=key),
+                   browser_key=key)
+        attempts.take_new_name(address)
+        space = spaces.claim_name(name) if name.strip() else spaces.given_name()
+        LOG.info("new name %r from %s", space.user, address)
+        _enter(identities.create_session(space.user, access_code(), browser_key=key), browser_key=key)
+    except (attempts.LockedOut, ValueError) as error:
+        st.error(literal(error))
+
+
+def _enter(session: identities.Session, rerun: bool = True, browser_key: str | None = None) -> None:
     state = st.session_state
-    state.access_granted, state.space = granted, space
-    state.identity = spaces.identity_token(space.user, code, teacher=space.teacher)
-    st.query_params[IDENTITY_PARAM] = state.identity
+    state.identity, state.space = session.token, _space_of(session)
+    state.browser_key = browser_key or _browser_key()
+    st.query_params[IDENTITY_PARAM] = session.token
     if rerun:
         st.rerun()
+
+
+def _set_browser_cookie(key: str | None) -> None:
+    """Give this browser its key (a cookie the server reads when the next tab or reload connects)."""
+    if not key or not _KEY.match(key) or _browser_key() == key:
+        return
+    max_age = int(identities.session_hours() * 3600)
+    st.sidebar.html(f"<script>document.cookie = '{BROWSER_COOKIE}={key}; path=/; max-age={max_age}; SameSite=Strict'"
+                    " + (location.protocol === 'https:' ? '; Secure' : '');</script>", unsafe_allow_javascript=True)
+
+
+def sign_out_control() -> None:
+    """The sidebar's "Sign out": this browser must give the code again; the link still works elsewhere."""
+    state = st.session_state
+    if access_code() is None or not state.get("identity"):
+        return
+    if st.sidebar.button("Sign out", key="gate_sign_out", icon=":material/logout:"):
+        session = identities.find_session(state.identity, _codes())
+        if session is not None:
+            identities.forget_browser(session, state.get("browser_key") or _browser_key(),
+                                      teacher_code() if session.teacher else access_code())
+        _forget_sign_in()
+        st.query_params.clear()
+        st.rerun()
+
+
+# ---------------------------------------------------------------- the teacher's actions
+
+def students() -> list[str]:
+    """The names of this class's students (their folders), sorted."""
+    root = spaces.users_root()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name != spaces.TEACHER) if root.is_dir() else []
+
+
+def sign_out_student(name: str) -> int:
+    """The teacher ends every sign-in of one student; how many ended."""
+    if not space().teacher:
+        raise PermissionError("only the teacher may sign a student out")
+    ended = identities.sign_out_user(name)
+    LOG.info("teacher signed %r out (%d sign-ins)", name, ended)
+    return ended
+
+
+def fresh_link(name: str) -> str:
+    """The teacher gives a student a new sign-in link (the old ones stop working): the address to hand over."""
+    if not space().teacher or name not in students():
+        raise PermissionError("only the teacher may give a sign-in link, to a student of this class")
+    session = identities.fresh_link(name, access_code())
+    url = st.context.url
+    base = re.sub(r"/Class/?$", "", (url if isinstance(url, str) else "").split("?")[0])  # the app's root, not this page's
+    return f"{base.rstrip('/')}/?{IDENTITY_PARAM}={session.token}"
 
 
 def space() -> spaces.Space:
