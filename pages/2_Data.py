@@ -17,6 +17,7 @@ common.init_state()  # idempotent; makes the page work even when run on its own
 st.title("2 · Your images")
 st.write("Give a few dozen images per class, one folder per class (`cats/`, `dogs/`…). "
          "Every file is checked; files that cannot be used are listed with the reason.")
+gate.quota_caption()
 if flash := state.pop("data_flash", None):
     st.success(flash, icon=":material/check:")
 
@@ -26,6 +27,7 @@ def ingest(action, *args, **kwargs) -> datasets.Dataset | None:
     bar = st.progress(0.0, text="Checking images…")
     try:
         kwargs.setdefault("workspace", gate.space().data_workspace)  # the user's own datasets folder
+        gate.check_room(*args)  # a classroom student's disk and dataset limits
         dataset = action(*args, progress=common.progress_callback(bar), **kwargs)
     except common.USER_ERRORS as error:
         common.show_error(error)
@@ -47,6 +49,7 @@ def use_dataset(dataset: datasets.Dataset | None, key: str = "dataset_dir") -> N
 def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | None:
     """A copy of `dataset` without some of its images (datasets.without); a user error becomes a message."""
     try:
+        gate.check_room(dataset.root)
         return datasets.without(dataset, workspace=gate.space().data_workspace, **leave_out)
     except common.USER_ERRORS as error:
         common.show_error(error)

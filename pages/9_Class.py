@@ -17,6 +17,7 @@ if not gate.space().teacher:  # registered only for the teacher; refused if reac
     st.stop()
 
 st.title("Class")
+gate.teacher_actions()  # sign a student out, give a fresh sign-in link
 queue = common.job_manager()
 rows = []
 for run_dir in common.visible_runs():

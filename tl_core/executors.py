@@ -59,7 +59,7 @@ def _train_in_a_worker(run_dir: str, workspace: str) -> int:
     (Ray sets CUDA_VISIBLE_DEVICES for the task; the child inherits it). Its own process, so its GPU
     memory is freed when it ends and a crash never takes the Ray worker down."""
     project_root = _project_root()  # on this node: where Ray unpacked the tl_core it shipped
-    env = dict(os.environ, TL_STUDIO_HOME=workspace, PYTHONUNBUFFERED="1",
+    env = dict(jobs.worker_environment(), TL_STUDIO_HOME=workspace, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([project_root, os.environ.get("PYTHONPATH", "")]),
                # Ray counts the GPUs; the workspace's slot locks must not queue runs a second time
                TL_STUDIO_SLOTS="4096")

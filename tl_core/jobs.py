@@ -39,6 +39,15 @@ class RunBusy(RuntimeError):
     """Another worker holds the run: nothing to do here."""
 
 
+# What a training worker must never see: the classroom's codes (a run's code could read its environment).
+SECRET_ENV = ("TL_STUDIO_ACCESS_CODE", "TL_STUDIO_TEACHER_CODE")
+
+
+def worker_environment() -> dict[str, str]:
+    """This process's environment without the classroom's codes: what a worker process starts with."""
+    return {name: value for name, value in os.environ.items() if name not in SECRET_ENV}
+
+
 def default_slots() -> int:
     """Runs that may train at once in a workspace: $TL_STUDIO_SLOTS, else one per GPU (1 without a GPU)."""
     try:
@@ -344,7 +353,7 @@ class JobManager:
                 return "skipped"
             try:
                 log = open(run_dir / "worker.log", "ab")
-                env = dict(os.environ, TL_STUDIO_HOME=str(self.workspace), PYTHONUNBUFFERED="1",
+                env = dict(worker_environment(), TL_STUDIO_HOME=str(self.workspace), PYTHONUNBUFFERED="1",
                            **{_RUN_FD_ENV: str(run_fd), _SLOT_FD_ENV: str(slot_fd), "TL_STUDIO_SLOT": str(index)})
                 if (gpu := worker_gpu(index, self.gpus)) is not None:
                     env["CUDA_VISIBLE_DEVICES"] = gpu  # one worker per GPU: each sees only its slot's

@@ -152,7 +152,8 @@ class QuotaExceeded(ValueError):
     """A user's disk or dataset limit would be passed: the message names the limit and what is used."""
 
 
-def _tree_bytes(folder: Path) -> int:
+def tree_bytes(folder: str | Path) -> int:
+    """Bytes of the files under a folder (links not followed)."""
     total = 0
     for dirpath, _, files in os.walk(folder):
         for file in files:
@@ -264,7 +265,7 @@ class Space:
         datasets_dir = self.data_workspace / "datasets"
         count = sum(1 for d in datasets_dir.iterdir() if (d / "manifest.json").is_file()) \
             if datasets_dir.is_dir() else 0
-        return _tree_bytes(self.data_workspace) + sum(_tree_bytes(p) for p in self.my_runs()), count
+        return tree_bytes(self.data_workspace) + sum(tree_bytes(p) for p in self.my_runs()), count
 
     def check_room(self, adding_bytes: int = 0, new_dataset: bool = False) -> None:
         """QuotaExceeded when adding this much (and one more dataset) would pass this user's limits.

@@ -25,7 +25,7 @@ import streamlit as st
 
 from pages.ui.text import literal
 from tl_core import attempts, identities, spaces
-from tl_core.storage import workspace_root
+from tl_core.storage import human_bytes, workspace_root
 
 ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
 TEACHER_CODE_ENV = "TL_STUDIO_TEACHER_CODE"
@@ -293,6 +293,53 @@ def fresh_link(name: str) -> str:
     url = st.context.url
     base = re.sub(r"/Class/?$", "", (url if isinstance(url, str) else "").split("?")[0])  # the app's root, not this page's
     return f"{base.rstrip('/')}/?{IDENTITY_PARAM}={session.token}"
+
+
+def teacher_actions() -> None:
+    """On the Class page: sign one student out, or give them a fresh sign-in link (the old ones stop working)."""
+    names = students()
+    if not space().teacher or not names:
+        return
+    with st.expander("Students' sign-ins", icon=":material/key:"):
+        name = st.selectbox("Student", names, key="class_student")
+        out_col, link_col = st.columns(2)
+        if out_col.button("Sign this student out", key="class_sign_out", icon=":material/logout:"):
+            st.session_state.pop("class_link", None)
+            st.text(f"{name}: {sign_out_student(name)} sign-in(s) ended; their links no longer work.")
+        if link_col.button("Give a new sign-in link", key="class_fresh_link", icon=":material/link:"):
+            st.session_state.class_link = (name, fresh_link(name))
+        if shown := st.session_state.get("class_link"):
+            st.text(f"The new sign-in link of {shown[0]} (their old links no longer work; in a new browser it "
+                    "asks for the access code):")
+            st.code(shown[1], language=None)
+
+
+# ---------------------------------------------------------------- quotas
+
+def _incoming_bytes(value) -> int:
+    """About how many bytes an ingest argument brings: uploaded bytes, (name, bytes, ...) tuples, a folder."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(_incoming_bytes(item) for item in value)
+    if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+        return spaces.tree_bytes(value)
+    return 0
+
+
+def check_room(*ingest_args) -> None:
+    """Before an ingest: QuotaExceeded (a ValueError naming the limit) when it would pass this user's limits."""
+    space().check_room(sum(_incoming_bytes(arg) for arg in ingest_args), new_dataset=True)
+
+
+def quota_caption() -> None:
+    """The Data page's line: how much of their disk and dataset limits a classroom student uses."""
+    mine = space()
+    if mine.user is None or mine.teacher or mine.user == spaces.NOBODY:
+        return
+    used, count = mine.usage()
+    st.caption(f"Your space: {human_bytes(used)} of {human_bytes(spaces.quota_bytes())}, "
+               f"{count} of {spaces.max_datasets()} datasets.")
 
 
 def space() -> spaces.Space:

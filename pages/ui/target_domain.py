@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import common, gate
 from tl_core.config import ADAPT_HELP, ADAPT_METHODS
 from tl_core.datasets import load_dataset
 from tl_core.datasets.unlabelled import ingest_unlabelled_files, ingest_unlabelled_zip
@@ -26,7 +26,8 @@ def _use(dataset, key: str) -> None:
 
 def _ingest(action, *args, **kwargs):
     try:
-        return action(*args, **kwargs)
+        gate.check_room(*args)  # a classroom student's disk and dataset limits
+        return action(*args, workspace=gate.space().data_workspace, **kwargs)  # in the user's own space
     except common.USER_ERRORS as error:
         common.show_error(error)
         return None
