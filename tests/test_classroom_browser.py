@@ -75,3 +75,35 @@ def test_two_students_each_keep_their_own_session_through_a_reload(classroom_url
             expect(bob.get_by_text("Data: not chosen yet")).to_be_visible()
         finally:
             browser.close()
+
+
+def test_deep_links_before_anyone_signs_in_show_only_the_gate_in_chromium(classroom_url):
+    """The first visitor after a start comes by a deep link: Streamlit's folder mode is still on then."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        expect.set_options(timeout=60_000)
+        try:
+            for name in ("Data", "Train", "Runs", "Results", "Backbone", "Class"):
+                page.goto(f"{classroom_url}/{name}")
+                expect(page.get_by_role("textbox", name="Access code")).to_be_visible()
+                expect(page.get_by_text("Drag and drop")).to_have_count(0)  # no uploader
+                expect(page.get_by_text("Signed in as")).to_have_count(0)
+                for helper in ("common", "data quality", "target domain", "multitask data"):
+                    expect(page.get_by_role("link", name=helper)).to_have_count(0)
+            page.get_by_role("textbox", name="Access code").fill(CODE)
+            page.get_by_role("textbox", name="Your name").fill("erin")
+            page.get_by_role("button", name="Enter").click()
+            expect(page.get_by_text("Signed in as erin")).to_be_visible()
+            stranger = browser.new_context().new_page()  # another browser with erin's address: the code first
+            stranger.goto(page.url)
+            expect(stranger.get_by_role("textbox", name="Access code")).to_be_visible()
+            expect(stranger.get_by_text("Signed in as erin")).to_have_count(0)
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.get_by_role("textbox", name="Access code")).to_be_visible()
+        finally:
+            browser.close()
