@@ -9,7 +9,8 @@ from pages.ui import common, gate
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 gate.harden_process()  # workspace files 0600, folders 0700
-gate.leave_folder_mode()  # from now on no session's deep link runs a page file without this script first
+if gate.leave_folder_mode():  # Streamlit's folder mode ran this script (see pages/ui/gate.py): from now on no
+    st.rerun()  # session's deep link runs a page file alone; start again as the router, before drawing anything
 gate.frame_guard()  # in the sidebar: hides the page when another site frames it
 gate.require_access_code()  # stops here until the visitor gives the code, when one is needed
 common.restore_session()  # a reload or a reconnect finds the user's choices again
