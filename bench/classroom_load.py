@@ -7,6 +7,10 @@ on a CPU machine), as one server would hold them. While runs wait, random studen
 redrawn and timed. Figures: runs done / failed, the most workers seen at once, page render p50 / p95
 while the queue is full, this process's memory (peak RSS), submit-to-start of the last student.
 
+Its page-render figures time the script inside this process (AppTest: no server, no websocket) and are
+replaced by bench/classroom_server_load.py, which measures round trips through the real server; this bench
+stays for the queue (runs done, workers at once, submit to start).
+
     python bench/classroom_load.py --users 30        (about 10 minutes on a 2-core CPU)
 Raw figures go to bench/results/classroom-load.json. Not part of the tests: it takes minutes.
 """

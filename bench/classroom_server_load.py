@@ -8,7 +8,8 @@ clients at once; a round trip is from sending BackMsg.rerun_script to the script
 p50 / p95 round trip per page and number of clients, and the server process's memory (RSS, read from /proc)
 after each step.
 
-    python bench/classroom_server_load.py [--clients 1 10 30] [--reruns 3]
+    python bench/classroom_server_load.py [--clients 1 10 30] [--reruns 3] [--out NAME.json]
+Run it three times (draws); bench/results/classroom-server-load-*.json keep the raw figures.
 """
 from __future__ import annotations
 
@@ -47,7 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 30])
     parser.add_argument("--reruns", type=int, default=3)
+    parser.add_argument("--out", default="classroom-server-load.json", help="file name under bench/results/")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print mean ± sd over the draws in bench/results/classroom-server-load-*.json")
     args = parser.parse_args()
+    if args.summarize:
+        summarize()
+        return
     home = Path(tempfile.mkdtemp(prefix="tl_load_"))
     server = Server(home / "workspace", home / "streamlit.log", TL_STUDIO_ACCESS_CODE=CODE,
                     TL_STUDIO_NAMES_PER_ADDRESS="1000").start()
@@ -85,13 +92,27 @@ def main() -> None:
         for client in clients:
             client.close()
         server.stop()
-    out = ROOT / "bench" / "results" / "classroom-server-load.json"
+    out = ROOT / "bench" / "results" / args.out
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| clients | page | reruns | p50 (s) | p95 (s) | server RSS (MB) |\n|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['clients']} | {row['page']} | {row['reruns']} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | "
               f"{row['rss_mb']:.0f} |")
+
+
+def summarize() -> None:
+    """One markdown table: per number of clients and page, mean ± sd over the draws."""
+    draws = [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results").glob("classroom-server-load-*.json"))]
+    print(f"{len(draws)} draws\n\n| clients | page | p50 round trip (s) | p95 round trip (s) | server RSS (MB) |\n"
+          "|---|---|---|---|---|")
+    for index, row in enumerate(draws[0]):
+        cells = []
+        for key, digits in (("p50_s", 2), ("p95_s", 2), ("rss_mb", 0)):
+            values = [draw[index][key] for draw in draws]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}")
+        print(f"| {row['clients']} | {row['page']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

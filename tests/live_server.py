@@ -83,7 +83,9 @@ class Client:
     def __init__(self, url: str, query: str = "", cookies: dict[str, str] | None = None, timeout: float = 60):
         ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else None
+        # no keepalive pings: a server busy with 30 script runs answers late, and that is what is measured
         self.ws = connect(ws_url, legacy=True, subprotocols=["streamlit"], additional_headers=headers, max_size=2**26,
+                          ping_interval=None,
                           open_timeout=timeout)
         self.query, self.timeout = query, timeout
         self.session_id = None

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from streamlit.util import calc_hash
 
-from live_server import PAGES, Client, Server, click, sign_in, text_value
-from tl_core import identities
+from live_server import PAGES, Client, Server, click, sign_in
+from tl_core import datasets, identities, jobs, runs
+from tl_core.sample_data import SAMPLE_DIR
 
 CODE, TEACHER_CODE = "tulip-42", "oak-7"
 COOKIE = "tl_studio_browser"
@@ -94,7 +95,8 @@ def test_a_student_signs_in_and_a_reload_in_the_same_browser_keeps_them(server):
     client = Client(server.url)
     signed = sign_in(client, CODE, "alice", page="Data")
     assert "Signed in as alice" in signed.text()
-    assert client.rerun("Data").has("file_uploader")
+    data_page = client.rerun("Data")
+    assert data_page.has("file_uploader") and re.search(r"Your space: [0-9.]+ (bytes|KB) of 500.0 MB, 0 of 20 datasets", data_page.text())
     token, key = client.token(), browser_key(signed)
     client.close()
     assert token and "alice" not in token  # the link names a record, not the student
@@ -152,6 +154,41 @@ def test_an_expired_link_and_a_signed_out_student_are_refused_at_the_next_click(
     carol.close()
 
 
+def test_six_tabs_of_one_student_clicking_start_at_once_queue_only_two(server):
+    token, key = server.alice
+    home = server.workspace / "users" / "alice"
+    data = datasets.ingest_files([(p.name, p.read_bytes(), c) for c in ("Bag", "Trouser")
+                                  for p in sorted((SAMPLE_DIR / c).glob("*.png"))[:4]], workspace=home)
+    (home / "state.json").write_text(json.dumps({"dataset_dir": str(data.root)}))  # what a new tab restores
+    (server.workspace / "locks").mkdir(exist_ok=True)
+    held = [runs.try_lock(path) for path in jobs.slot_lock_paths(server.workspace, 8)]  # no worker starts
+    assert None not in held
+    tabs = [Client(server.url, query=f"me={token}", cookies={COOKIE: key}, timeout=180) for _ in range(6)]
+    try:
+        starts = [tab.rerun("Train").widget("button", "Start training").id for tab in tabs]
+        barrier, outcomes = threading.Barrier(6), []
+
+        def press(tab, button_id):
+            barrier.wait()
+            outcomes.append(tab.rerun("Train", [click(button_id)]).text())
+
+        threads = [threading.Thread(target=press, args=pair) for pair in zip(tabs, starts)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        mine = [run for run in runs.list_runs(server.workspace) if runs.read_owner(run) == "alice"]
+        assert len(mine) == 2, [run.name for run in mine]
+        assert sum("already have 2 runs waiting or training" in text for text in outcomes) == 4
+    finally:
+        for tab in tabs:
+            tab.close()
+        for run in runs.list_runs(server.workspace):
+            runs.request_stop(run)  # nothing of this test trains later
+        for fd in held:
+            runs.unlock(fd)
+
+
 def test_look_alike_names_are_refused(server):
     for look_alike in ("\u0410lice", "\uff41\uff4c\uff49\uff43\uff45", "ALICE", "\uff54\uff45\uff41\uff43\uff48\uff45\uff52",
                        "a1ice", "../bob", "bob\x00"):  # (25 letters: the widget itself cuts a name to 24)
@@ -161,6 +198,7 @@ def test_look_alike_names_are_refused(server):
         client.close()
     assert sorted(p.name for p in (server.workspace / "users").iterdir() if p.is_dir()
                   and not p.name.startswith(".")) == ["alice", "bob", "carol"]
+    assert oct((server.workspace / "users" / "carol").stat().st_mode & 0o777) == "0o700"
 
 
 def test_the_teacher_link_ends_when_the_teacher_code_changes(server):

@@ -133,7 +133,7 @@ def given_name(workspace: Path | None = None) -> Space:
 
 def quota_bytes() -> int:
     """Disk one user's datasets and runs may take: $TL_STUDIO_QUOTA_MB megabytes, else 500."""
-    return _env_int(QUOTA_MB_ENV, 500) * 1024 * 1024
+    return _env_int(QUOTA_MB_ENV, 500) * 1_000_000  # decimal, as human_bytes shows it
 
 
 def max_datasets() -> int:
@@ -279,7 +279,7 @@ class Space:
         if used + max(0, adding_bytes) > quota_bytes():
             raise QuotaExceeded(f"this would take your space to {human_bytes(used + adding_bytes)}, over the "
                                 f"{human_bytes(quota_bytes())} each student may use in this class "
-                                f"({QUOTA_MB_ENV}={quota_bytes() // 2**20}): delete a dataset or a run first")
+                                f"({QUOTA_MB_ENV}={quota_bytes() // 1_000_000}): delete a dataset or a run first")
 
     # ---- the session's choices
     def load_state(self) -> dict:
