@@ -9,6 +9,7 @@ from pages.ui import common, gate
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 gate.harden_process()  # workspace files 0600, folders 0700
+gate.refuse_uploads_before_sign_in()  # Streamlit's upload endpoint keeps files only for signed-in sessions
 if gate.leave_folder_mode():  # Streamlit's folder mode ran this script (see pages/ui/gate.py): from now on no
     st.rerun()  # session's deep link runs a page file alone; start again as the router, before drawing anything
 gate.frame_guard()  # in the sidebar: hides the page when another site frames it

@@ -68,24 +68,31 @@ def test_every_deep_link_before_the_first_sign_in_shows_only_the_gate(server):
     assert not (server.workspace / "runs").exists() and not list((server.workspace / "users").glob("*/datasets"))
 
 
-def test_an_upload_before_the_code_reaches_nothing(server):
+def upload(server, session_id: str) -> int:
+    """PUT a small file to Streamlit's upload endpoint for a session, with a valid XSRF pair; the status."""
+    with urllib.request.urlopen(server.url + "/_stcore/health") as response:
+        xsrf = re.search(r"_streamlit_xsrf=([^;]+)", response.headers.get("Set-Cookie", "")).group(1)
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.zip\"\r\n"
+            b"Content-Type: application/zip\r\n\r\n" + b"PK" * 1000 + b"\r\n--b--\r\n")
+    request = urllib.request.Request(f"{server.url}/_stcore/upload_file/{session_id}/f1", data=body, method="PUT",
+                                     headers={"Content-Type": "multipart/form-data; boundary=b",
+                                              "X-Xsrftoken": xsrf, "Cookie": f"_streamlit_xsrf={xsrf}"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_an_upload_before_the_code_is_refused(server):
     client = Client(server.url)
     try:
         assert_gated(client.rerun("Data"))
-        # Streamlit's upload endpoint keeps the bytes of any live session in memory (it checks the session id
-        # and the XSRF token, nothing of the app): what must hold is that no page ever takes them.
-        with urllib.request.urlopen(server.url + "/_stcore/health") as response:
-            xsrf = re.search(r"_streamlit_xsrf=([^;]+)", response.headers.get("Set-Cookie", "")).group(1)
-        body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.zip\"\r\n"
-                b"Content-Type: application/zip\r\n\r\n" + b"PK" * 1000 + b"\r\n--b--\r\n")
-        request = urllib.request.Request(f"{server.url}/_stcore/upload_file/{client.session_id}/f1", data=body,
-                                         method="PUT", headers={"Content-Type": "multipart/form-data; boundary=b",
-                                                                "X-Xsrftoken": xsrf, "Cookie": f"_streamlit_xsrf={xsrf}"})
-        try:
-            urllib.request.urlopen(request).close()
-        except urllib.error.HTTPError as error:
-            assert error.code in (400, 403)
-        assert_gated(client.rerun("Data"))  # the page still shows only the gate: no uploader claims the file
+        assert upload(server, client.session_id) == 403  # Streamlit alone would keep it (204)
+        assert_gated(client.rerun("Data"))
+        assert "upload refused: session" in server.log_text()
+        sign_in(client, CODE, "uploader")
+        assert upload(server, client.session_id) == 204  # signed in: the uploaders work as before
     finally:
         client.close()
     assert not list(server.workspace.rglob("manifest.json"))
@@ -197,7 +204,7 @@ def test_look_alike_names_are_refused(server):
         assert "Signed in as" not in run.text() and run.has("alert"), (look_alike, run.text())
         client.close()
     assert sorted(p.name for p in (server.workspace / "users").iterdir() if p.is_dir()
-                  and not p.name.startswith(".")) == ["alice", "bob", "carol"]
+                  and not p.name.startswith(".")) == ["alice", "bob", "carol", "uploader"]
     assert oct((server.workspace / "users" / "carol").stat().st_mode & 0o777) == "0o700"
 
 

@@ -39,6 +39,7 @@ LOG = logging.getLogger("tl_studio.gate")
 _FRAME_GUARD = ("<script>if (window.top !== window.self) { document.documentElement.style.display = 'none'; }"
                 "</script>")
 _router = threading.local()  # set while app.py runs the chosen page (the script thread runs both)
+_signed_sessions: set[str] = set()  # ids of this process's Streamlit sessions that passed the gate
 
 
 def harden_process() -> None:
@@ -162,6 +163,7 @@ def require_access_code() -> None:
     session = identities.find_session(state.get("identity", ""), _codes())
     if session is None or not _home_of(session).is_dir():
         _forget_sign_in()
+        _signed_sessions.discard(_session_id())
         link = identities.find_session(st.query_params.get(IDENTITY_PARAM, ""), _codes())
         if link is not None and _home_of(link).is_dir() and identities.knows_browser(link, _browser_key()):
             _enter(link, rerun=False)  # a reload, or a new tab, of a browser that gave the code for this link
@@ -170,6 +172,45 @@ def require_access_code() -> None:
     if st.query_params.get(IDENTITY_PARAM) != state.identity:
         st.query_params[IDENTITY_PARAM] = state.identity  # kept through page changes, so a reload keeps the user
     _set_browser_cookie(state.browser_key)
+    _signed_sessions.add(_session_id())
+
+
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else ""
+
+
+def refuse_uploads_before_sign_in() -> None:
+    """Once per server process, on a classroom server: Streamlit's upload endpoint (/_stcore/upload_file) keeps a
+    file only for a session that passed the gate; any other gets 403 and nothing is kept.
+
+    Streamlit itself accepts a file for any live session (it checks the session id and the XSRF token): a
+    visitor who never gave the code could fill the server's memory. Its file manager is the one place every
+    upload goes through, so the check wraps it."""
+    if access_code() is None or st.get_option("global.appTest"):
+        return
+    try:
+        from streamlit import runtime
+
+        manager = runtime.get_instance().uploaded_file_mgr
+    except Exception:  # no server runtime (tests): nothing to guard
+        return
+    if getattr(manager, "_tl_gate_guarded", False):
+        return
+    from starlette.exceptions import HTTPException
+
+    add_file = manager.add_file
+
+    def add_file_if_signed_in(session_id, file):
+        if session_id not in _signed_sessions:
+            LOG.warning("upload refused: session %s has not given the access code", str(session_id)[:8])
+            raise HTTPException(status_code=403, detail="sign in first")
+        add_file(session_id, file)
+
+    manager.add_file = add_file_if_signed_in
+    manager._tl_gate_guarded = True
 
 
 def _home_of(session: identities.Session):
@@ -263,6 +304,7 @@ def sign_out_control() -> None:
             identities.forget_browser(session, state.get("browser_key") or _browser_key(),
                                       teacher_code() if session.teacher else access_code())
         _forget_sign_in()
+        _signed_sessions.discard(_session_id())
         st.query_params.clear()
         st.rerun()
 
