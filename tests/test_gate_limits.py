@@ -131,8 +131,12 @@ def test_records_expire_and_end_with_the_teacher_code(_workspace, monkeypatch):
     codes = {False: "tulip", True: "oak"}
     short = identities.create_session("alice", "tulip", workspace=_workspace)
     assert identities.find_session(short.token, codes, _workspace) is None  # expired
+    forgotten = identities.create_session("alice", "tulip", workspace=_workspace)  # expired, never looked up
+    records = _workspace / "users" / ".sessions"
+    assert len(list(records.glob("*.json"))) == 1
     monkeypatch.delenv(identities.SESSION_HOURS_ENV)
     teacher = identities.create_session(spaces.TEACHER, "oak", teacher=True, workspace=_workspace)
+    assert len(list(records.glob("*.json"))) == 1 and identities.find_session(forgotten.token, codes, _workspace) is None
     assert identities.find_session(teacher.token, codes, _workspace).teacher
     assert identities.find_session(teacher.token, {False: "tulip", True: "birch"}, _workspace) is None
     assert identities.find_session(teacher.token, codes, _workspace) is None  # gone for good

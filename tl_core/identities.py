@@ -128,11 +128,25 @@ def _code_digest(teacher: bool, code: str, workspace: Path | None) -> str:
 def create_session(user: str, code: str, teacher: bool = False, browser_key: str | None = None,
                    workspace: Path | None = None) -> Session:
     """A new sign-in for `user`, tied to `code` (the teacher code for the teacher, else the access code)."""
+    _drop_expired(workspace)
     token = secrets.token_urlsafe(24)
     session = Session(token, user, teacher, time.time() + session_hours() * 3600,
                       [keyed_digest(browser_key, workspace)] if browser_key else [])
     _write(session, code, workspace)
     return session
+
+
+def _drop_expired(workspace: Path | None) -> None:
+    """Delete the records whose time is over (they would be refused anyway), so the folder does not grow."""
+    folder = _users(workspace) / _SESSIONS_DIR
+    now = time.time()
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            expired = float(json.loads(path.read_text()).get("expires", 0)) <= now
+        except (OSError, ValueError, AttributeError, TypeError):
+            expired = False  # being written, or damaged: find_session refuses a damaged one
+        if expired:
+            path.unlink(missing_ok=True)
 
 
 def _write(session: Session, code: str, workspace: Path | None) -> None:
