@@ -28,6 +28,7 @@ steps = [
     st.Page(common.RUNS_PAGE, title="8 · Runs", icon=":material/table_chart:"),
 ] + ([st.Page(common.CLASS_PAGE, title="Class (teacher)", icon=":material/school:")] if gate.space().teacher else [])
 current_page = st.navigation(steps)
+gate.go_to_asked_page(steps, current_page)  # signed in on a deep link (/Data): that page, not the first
 st.sidebar.title("Transfer Learning Studio")
 # The sidebar is drawn before the page and drawn again, in its place, after it: the second shows the choices
 # the page just made. A page that calls st.stop() ends the script run, and Streamlit then draws nothing

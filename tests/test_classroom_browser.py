@@ -95,10 +95,12 @@ def test_deep_links_before_anyone_signs_in_show_only_the_gate_in_chromium(classr
                 expect(page.get_by_text("Signed in as")).to_have_count(0)
                 for helper in ("common", "data quality", "target domain", "multitask data"):
                     expect(page.get_by_role("link", name=helper)).to_have_count(0)
+            page.goto(f"{classroom_url}/Data")
             page.get_by_role("textbox", name="Access code").fill(CODE)
             page.get_by_role("textbox", name="Your name").fill("erin")
             page.get_by_role("button", name="Enter").click()
             expect(page.get_by_text("Signed in as erin")).to_be_visible()
+            expect(page.get_by_role("heading", name="2 · Your images")).to_be_visible()  # the page asked for
             stranger = browser.new_context().new_page()  # another browser with erin's address: the code first
             stranger.goto(page.url)
             expect(stranger.get_by_role("textbox", name="Access code")).to_be_visible()

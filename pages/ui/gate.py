@@ -228,6 +228,7 @@ def _forget_sign_in() -> None:
 
 def _sign_in_form(link: identities.Session | None) -> None:
     """The access code (and a name, unless the address is a sign-in link); stops the page until they are right."""
+    _remember_asked_page()
     st.title("Transfer Learning Studio")
     if link is not None:
         st.info("This is a sign-in link, opened in a browser that has not used it before: give the "
@@ -243,6 +244,21 @@ def _sign_in_form(link: identities.Session | None) -> None:
     if entered:
         _check_code(given.strip(), name or "", link)
     st.stop()
+
+
+def _remember_asked_page() -> None:
+    """The page the visitor's address asked for (a deep link such as /Data): shown once they are in."""
+    url = st.context.url
+    if isinstance(url, str) and url:
+        st.session_state.gate_asked_page = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def go_to_asked_page(pages: list, current) -> None:
+    """After st.navigation: a visitor who just signed in on a deep link goes to that page, if it is theirs."""
+    asked = st.session_state.pop("gate_asked_page", None)
+    for page in pages:
+        if asked and page.url_path == asked and page.url_path != current.url_path:
+            st.switch_page(page)
 
 
 def _matches(given: str, code: str | None) -> bool:
