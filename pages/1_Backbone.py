@@ -4,11 +4,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import labels, nav, session, widgets
+from pages.ui.text import code, literal
 from tl_core import backbones, ranking
 
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 st.title("1 · Choose a backbone")
 st.write("A backbone is a network already trained on millions of photos (ImageNet). Its layers know edges, "
          "textures and shapes; you will teach only a new last layer (and maybe a few more) your classes.")
@@ -62,9 +63,9 @@ with st.expander("Search all timm models", icon=":material/search:"):
             picked = st.selectbox(f"{len(found)} models with pretrained weights", found, key="model_search_pick")
             st.button("Use this model", key="use_searched_model", on_click=choose_backbone, args=(picked,))
         else:
-            st.warning(f"No timm model with pretrained weights matches '{common.literal(query)}'.")
+            st.warning(f"No timm model with pretrained weights matches '{literal(query)}'.")
 
-st.subheader(f"Weights for {common.code(state.backbone)}")
+st.subheader(f"Weights for {code(state.backbone)}")
 offline = backbones.weights_available_offline(state.backbone)
 sources = {"hub": "Download from the Hugging Face hub (needs the internet once; then cached)",
            "upload": "Upload a .safetensors file",
@@ -86,7 +87,7 @@ if source == "upload":
                 saved = state.weights_upload_saved = (
                     uploaded.file_id, str(backbones.store_uploaded_weights(uploaded.name, uploaded.getvalue())))
             except OSError as error:
-                common.show_error(error)
+                widgets.show_error(error)
                 saved = None
         if saved:
             state.weights = saved[1]
@@ -96,7 +97,7 @@ else:
     state.weights = source
 
 if state.weights == "embedded" or (state.weights not in ("hub", "none") and Path(state.weights).is_file()):
-    st.success(f"Weights available offline: yes ({common.literal(common.weights_label(state.weights))}).",
+    st.success(f"Weights available offline: yes ({literal(labels.weights_label(state.weights))}).",
                icon=":material/check:")
 elif state.weights == "hub":
     if offline:
@@ -110,12 +111,12 @@ elif state.weights == "none":
 
 if st.button("Check these weights", key="check_weights", icon=":material/fact_check:",
              help="Loads the backbone with these weights now (downloading them if needed), so training will not fail later."):
-    with st.spinner(f"Loading {common.literal(state.backbone)} with "
-                    f"{common.literal(common.weights_label(state.weights))} weights…"):
+    with st.spinner(f"Loading {literal(state.backbone)} with "
+                    f"{literal(labels.weights_label(state.weights))} weights…"):
         try:
             backbones.create_model(state.backbone, num_classes=2, weights=state.weights)
-        except common.USER_ERRORS + (RuntimeError,) as error:
-            common.show_error(error)
+        except widgets.USER_ERRORS + (RuntimeError,) as error:
+            widgets.show_error(error)
         else:
             st.success("The weights load: ready to train.", icon=":material/check:")
             catalogue_table.clear()
@@ -126,23 +127,23 @@ st.caption(f"Each backbone whose weights are here passes up to {ranking.MAX_IMAG
            "Top-1 above. With a single backbone here (offline), its image sizes are compared instead. On this "
            "computer's CPU: about a minute.")
 if not state.dataset_dir:
-    st.page_link(common.DATA_PAGE, label="Choose your images first (step 2)", icon=":material/photo_library:")
+    st.page_link(nav.DATA_PAGE, label="Choose your images first (step 2)", icon=":material/photo_library:")
 elif st.button("Rank on my images", key="rank_backbones", icon=":material/leaderboard:"):
     bar = st.progress(0.0, text="Starting…")
     try:
         state.ranking = ranking.rank(state.dataset_dir, on_progress=lambda i, n, what: bar.progress(
             i / n, text=f"Features of {what} ({i + 1} of {n})"))
         state.ranking_dataset = state.dataset_dir
-    except common.USER_ERRORS + (RuntimeError,) as error:
-        common.show_error(error)
+    except widgets.USER_ERRORS + (RuntimeError,) as error:
+        widgets.show_error(error)
     bar.empty()
 if state.get("ranking") and state.get("ranking_dataset") == state.dataset_dir:
-    st.dataframe([{"backbone": r["backbone"], "weights": common.weights_label(r["weights"]),
+    st.dataframe([{"backbone": r["backbone"], "weights": labels.weights_label(r["weights"]),
                    "image size": r["image_size"], "accuracy on your images": 100 * r["acc"], "seconds": r["seconds"]}
                   for r in state.ranking["rows"]], hide_index=True, key="ranking_table", column_config={
         "accuracy on your images": st.column_config.ProgressColumn(min_value=0.0, max_value=100.0, format="%.1f %%"),
         "seconds": st.column_config.NumberColumn(format="%.1f s")})
-    st.caption(common.literal(state.ranking["words"] + "."))
+    st.caption(literal(state.ranking["words"] + "."))
 
 st.divider()
-st.page_link(common.DATA_PAGE, label="Next: choose your images", icon=":material/arrow_forward:")
+st.page_link(nav.DATA_PAGE, label="Next: choose your images", icon=":material/arrow_forward:")

@@ -3,14 +3,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common, gate, multitask_data, target_domain
+from pages.ui import gate, labels, multitask_data, nav, session, target_domain, uploads, webcam, widgets
+from pages.ui.text import literal
 from tl_core import datasets, plots
 from tl_core.sample_data import SAMPLE_DIR
 
 SAMPLE_NAME = "Fashion sample"
 THUMBNAILS_PER_CLASS = 8
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("2 · Your images")
 st.write("Give a few dozen images per class, one folder per class (`cats/`, `dogs/`…). "
@@ -24,9 +25,9 @@ def ingest(action, *args, **kwargs) -> datasets.Dataset | None:
     bar = st.progress(0.0, text="Checking images…")
     try:
         kwargs.setdefault("workspace", gate.space().data_workspace)  # the user's own datasets folder
-        dataset = action(*args, progress=common.progress_callback(bar), **kwargs)
-    except common.USER_ERRORS as error:
-        common.show_error(error)
+        dataset = action(*args, progress=widgets.progress_callback(bar), **kwargs)
+    except widgets.USER_ERRORS as error:
+        widgets.show_error(error)
         return None
     finally:
         bar.empty()
@@ -38,7 +39,7 @@ def use_dataset(dataset: datasets.Dataset | None, key: str = "dataset_dir") -> N
     if dataset is not None:
         state[key] = str(dataset.root)
         role = "validation set" if key == "val_dataset_dir" else "dataset"
-        state.data_flash = f"Now using the {role} {common.literal(common.dataset_label(dataset))}."
+        state.data_flash = f"Now using the {role} {literal(labels.dataset_label(dataset))}."
         st.rerun()
 
 
@@ -46,8 +47,8 @@ def ingest_copy(dataset: datasets.Dataset, **leave_out) -> datasets.Dataset | No
     """A copy of `dataset` without some of its images (datasets.without); a user error becomes a message."""
     try:
         return datasets.without(dataset, workspace=gate.space().data_workspace, **leave_out)
-    except common.USER_ERRORS as error:
-        common.show_error(error)
+    except widgets.USER_ERRORS as error:
+        widgets.show_error(error)
         return None
 
 
@@ -64,11 +65,11 @@ def upload_tabs(prefix: str, key: str) -> None:
     folder_tab, zip_tab = st.tabs(["A folder of class folders", "A zip file"], key=f"{prefix}_upload_tab",
                                   on_change="rerun")  # keyed: a button's rerun keeps the tab the user is on
     with folder_tab:
-        uploads = st.file_uploader("Choose the folder that holds one folder per class",
+        folder_files = st.file_uploader("Choose the folder that holds one folder per class",
                                    accept_multiple_files="directory", key=f"{prefix}_folder_upload")
-        if st.button("Use these images", key=f"{prefix}_folder_ingest", disabled=not uploads):
-            files = common.files_from_folder_upload(uploads)
-            use_dataset(ingest(datasets.ingest_files, files, name=common.upload_name(uploads, "")), key)
+        if st.button("Use these images", key=f"{prefix}_folder_ingest", disabled=not folder_files):
+            files = uploads.files_from_folder_upload(folder_files)
+            use_dataset(ingest(datasets.ingest_files, files, name=uploads.upload_name(folder_files, "")), key)
     with zip_tab:
         archive = st.file_uploader("A .zip with one folder per class", type=["zip"], key=f"{prefix}_zip_upload")
         if st.button("Use this zip", key=f"{prefix}_zip_ingest", disabled=archive is None):
@@ -95,7 +96,7 @@ with per_class_tab:
     for class_id in state.manual_class_ids:
         name_col, files_col = st.columns([1, 3])
         class_name = name_col.text_input("Class name", key=f"class_name_{class_id}", placeholder="e.g. cats")
-        files_col.file_uploader(f"Images of {common.literal(class_name) if class_name else 'this class'}",
+        files_col.file_uploader(f"Images of {literal(class_name) if class_name else 'this class'}",
                                 accept_multiple_files=True,
                                 key=f"class_files_{class_id}")
     add_col, create_col = st.columns([1, 3])
@@ -113,23 +114,23 @@ with webcam_tab:
     st.caption("Take pictures with your camera, class by class, then make a dataset of them.")
     webcam_class = st.text_input("Class of the next pictures", key="webcam_class", placeholder="e.g. thumbs up")
     shot = st.camera_input("Take a picture", key="webcam_shot")
-    live = common.live_guess(shot)  # what the pictures kept so far make of this one, at once
+    live = webcam.live_guess(shot)  # what the pictures kept so far make of this one, at once
     if live and live["guess"]:
         best = live["guess"][0]
         kept = len(state.webcam_shots)
-        st.info(common.literal(f"Live guess from the {kept} picture{'s' if kept != 1 else ''} kept so far: "
+        st.info(literal(f"Live guess from the {kept} picture{'s' if kept != 1 else ''} kept so far: "
                                f"{best['label']} ({best['prob']:.0%})"), icon=":material/bolt:")
-    if shot is not None and st.button(f"Keep this picture as '{common.literal(webcam_class) or '?'}'",
+    if shot is not None and st.button(f"Keep this picture as '{literal(webcam_class) or '?'}'",
                                       key="webcam_keep",
                                       disabled=not webcam_class.strip()):
         state.webcam_shots.append((f"webcam_{len(state.webcam_shots) + 1:03d}.jpg", shot.getvalue(),
                                    webcam_class.strip()))
-        common.live_keep(live, webcam_class.strip())
+        webcam.live_keep(live, webcam_class.strip())
     if state.webcam_shots:
         per_class: dict[str, int] = {}
         for _, _, label in state.webcam_shots:
             per_class[label] = per_class.get(label, 0) + 1
-        st.markdown("Kept so far: " + ", ".join(f"**{common.literal(label)}** {n}" for label, n in per_class.items()))
+        st.markdown("Kept so far: " + ", ".join(f"**{literal(label)}** {n}" for label, n in per_class.items()))
         make_col, clear_col = st.columns(2)
         if make_col.button(f"Create a dataset of {len(state.webcam_shots)} pictures", key="webcam_create",
                            type="primary"):
@@ -137,7 +138,7 @@ with webcam_tab:
             if dataset is not None:
                 state.webcam_shots = []
                 use_dataset(dataset)
-        clear_col.button("Discard the pictures", key="webcam_clear", on_click=common.live_discard)
+        clear_col.button("Discard the pictures", key="webcam_clear", on_click=webcam.live_discard)
 
 with earlier_tab:
     earlier = {str(d.root): d for d in datasets.list_datasets(gate.space().data_workspace)}
@@ -145,7 +146,7 @@ with earlier_tab:
         st.caption("No datasets yet.")
     else:
         chosen_root = st.selectbox("Datasets you added before", list(earlier), key="earlier_dataset",
-                                   format_func=lambda root: f"{common.dataset_label(earlier[root])} · "
+                                   format_func=lambda root: f"{labels.dataset_label(earlier[root])} · "
                                                             f"{earlier[root].created}")
         use_col, delete_col = st.columns(2)
         if use_col.button("Use this dataset", key="use_earlier"):
@@ -153,8 +154,8 @@ with earlier_tab:
         if delete_col.button("Delete this dataset", key="delete_earlier", icon=":material/delete:"):
             try:  # only one's own: tl_core.spaces refuses anyone else's, and one a live run needs
                 gate.space().delete_dataset(chosen_root)
-            except common.USER_ERRORS + (OSError,) as error:
-                common.show_error(error)
+            except widgets.USER_ERRORS + (OSError,) as error:
+                widgets.show_error(error)
             else:
                 for key in ("dataset_dir", "val_dataset_dir"):
                     if state[key] == chosen_root:
@@ -164,14 +165,14 @@ with earlier_tab:
 multitask_data.upload_section(ingest, use_dataset)
 
 # ---------------------------------------------------------------- the audit
-dataset = common.active_dataset()
+dataset = session.active_dataset()
 if dataset is None:
     st.info("No dataset chosen yet: try the sample, or bring your own images above.")
     st.stop()
 
-val_dataset = common.active_dataset("val_dataset_dir") if state.val_source == "separate" else None
+val_dataset = session.active_dataset("val_dataset_dir") if state.val_source == "separate" else None
 report = datasets.audit(dataset, val_dataset)
-st.header(f"Check: {common.literal(dataset.name)}")
+st.header(f"Check: {literal(dataset.name)}")
 if dataset.tasks:  # a labels table: the audit is per task
     multitask_data.audit_section(dataset)
 else:
@@ -182,7 +183,7 @@ else:
     refused_col.metric("Files refused", len(report["refused"]))
     st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
     for warning in report["warnings"]:
-        st.warning(common.literal(warning), icon=":material/warning:")
+        st.warning(literal(warning), icon=":material/warning:")
     if report["single_image_classes"] or report["from_subfolders"]:
         st.caption("You may go on with these images as they are, or make a copy of the dataset without them:")
         drop_col, flat_col = st.columns(2)
@@ -203,9 +204,9 @@ else:
     with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
         for label in dataset.classes:
             paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
-            images = [image for image in map(common.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
+            images = [image for image in map(widgets.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
             label_col, images_col = st.columns([1, 6])
-            label_col.markdown(f"**{common.literal(label)}**  \n{len(paths)} images")
+            label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
             if images:
                 images_col.image(images, width=72)
 
@@ -221,7 +222,7 @@ if state.val_source == "split":
     st.caption(f"About {report['total'] - n_val} images train and {n_val} validate (split per class, seeded).")
 else:
     if val_dataset is not None:
-        st.success(f"Validation set: {common.literal(common.dataset_label(val_dataset))}.", icon=":material/check:")
+        st.success(f"Validation set: {literal(labels.dataset_label(val_dataset))}.", icon=":material/check:")
     else:
         st.info("Upload the validation images: the same class folders, different pictures.")
     upload_tabs("val", "val_dataset_dir")
@@ -229,4 +230,4 @@ else:
 target_domain.data_section(upload_tabs)
 
 st.divider()
-st.page_link(common.LAYERS_PAGE, label="Next: choose which layers train", icon=":material/arrow_forward:")
+st.page_link(nav.LAYERS_PAGE, label="Next: choose which layers train", icon=":material/arrow_forward:")

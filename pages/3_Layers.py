@@ -1,8 +1,9 @@
 """Step 3: choose which layer groups of the backbone learn and which stay frozen."""
 import streamlit as st
 
-from pages.ui import common
-from tl_core import layers, plan_cost, plots, runs
+from pages.ui import jobs, labels, models, nav, session, widgets
+from pages.ui.text import literal
+from tl_core import auto_plan, layers, plan_cost, plots, runs
 
 PRESETS = {
     "auto": "Auto: measured on your images, within a time budget (recommended)",
@@ -17,20 +18,20 @@ FEATURES = {
     "multi-layer": "Every layer, pooled",
 }
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("3 · Choose which layers learn")
 st.write("The backbone is a stack of layer groups, from the input image (top) to the head that names your "
          "classes (bottom). Frozen groups keep what they learnt on ImageNet; trainable groups adapt to your images.")
 
-dataset = common.active_dataset()
+dataset = session.active_dataset()
 n_classes = dataset.num_outputs if dataset is not None else 2  # the head's size depends on it (every task's classes)
 with st.spinner(f"Building {state.backbone}…"):
     try:
-        model = common.structure_model(state.backbone, n_classes)
-    except common.USER_ERRORS as error:
-        common.show_error(error)
-        common.need_first("Choose another backbone first.", common.BACKBONE_PAGE, "1 · Backbone")
+        model = models.structure_model(state.backbone, n_classes)
+    except widgets.USER_ERRORS as error:
+        widgets.show_error(error)
+        nav.need_first("Choose another backbone first.", nav.BACKBONE_PAGE, "1 · Backbone")
 groups = layers.layer_groups(model)
 body, head = groups[:-1], groups[-1]
 toggle_key = {group.name: f"learns::{state.backbone}::{group.name}" for group in groups}
@@ -58,7 +59,7 @@ def switch_flipped() -> None:
 def plan_seconds(backbone: str, n_classes: int, image_size: int, trainable: frozenset, bn_policy: str,
                  n_train: int, n_val: int, augment: str) -> dict:
     """Measured once per backbone, size, plan and data (plan_cost.estimate)."""
-    return plan_cost.estimate(common.structure_model(backbone, n_classes), image_size, set(trainable), bn_policy,
+    return plan_cost.estimate(models.structure_model(backbone, n_classes), image_size, set(trainable), bn_policy,
                               n_train, n_val, augment)
 
 
@@ -83,10 +84,10 @@ if state.freeze == "auto":
               help="The Auto plan always measures feature extraction (last-layer and multi-layer features). "
                    "Fine-tuning candidates (top 1, 2, 4 groups, then all) are measured while their estimated time "
                    "fits this budget; the plan kept is the simplest one that no other beats by more than the noise.")
-    measured = common.plan_measurement()
+    measured = auto_plan.latest_measurement(state.dataset_dir, state.backbone) if state.dataset_dir else None
     if measured:
         st.plotly_chart(plots.plan_figure(measured), key="plan_chart")
-        st.caption(common.literal(f"From the Auto run {common.run_label(measured['run'])}: {measured['words']}."))
+        st.caption(literal(f"From the Auto run {labels.run_label(measured['run'])}: {measured['words']}."))
     else:
         st.caption("Train once with Auto: the measurement of which layers should learn appears here, "
                    "from your own images.")
@@ -94,10 +95,10 @@ for group in groups:  # the switches show the plan; flipping one makes the plan 
     state[toggle_key[group.name]] = group.name in trainable
 
 state.bn_policy = "eval" if state.bn_keep_eval else "train"
-common.sync_lr()
+session.sync_lr()
 
 # ---------------------------------------------------------------- what the plan costs
-common.sync_image_size()
+session.sync_image_size()
 n_images = len(dataset.items) if dataset is not None else 100
 n_val = 0 if state.val_source == "separate" else round(n_images * state.val_fraction)
 n_train = n_images - n_val
@@ -127,12 +128,12 @@ else:
         st.caption(f"Before the first epoch, every image goes once through the frozen layers (about "
                    f"{runs.format_seconds(cost['once_s'])}), for the head's first fit and for the layers that "
                    "never change.")
-on_gpu = "CUDA" in common.device_name()
+on_gpu = "CUDA" in jobs.device_name()
 st.caption(f"An estimate, from timing one batch of {plan_cost.TIMING_BATCH} images on this computer's CPU"
-           + (f"; training runs on the {common.device_name()}, which is much faster." if on_gpu else ".")
+           + (f"; training runs on the {jobs.device_name()}, which is much faster." if on_gpu else ".")
            + ("" if dataset is not None else " No dataset chosen yet, so it assumes 100 images of 2 classes."))
 if dataset is None:
-    st.page_link(common.DATA_PAGE, label="Choose your images (step 2) for a real estimate",
+    st.page_link(nav.DATA_PAGE, label="Choose your images (step 2) for a real estimate",
                  icon=":material/photo_library:")
 
 # ---------------------------------------------------------------- the stack
@@ -162,4 +163,4 @@ st.toggle("Keep BatchNorm statistics from pretraining", key="bn_keep_eval",
                "Turn off only for large datasets that differ a lot from photos.")
 
 st.divider()
-st.page_link(common.TRAIN_PAGE, label="Next: train", icon=":material/arrow_forward:")
+st.page_link(nav.TRAIN_PAGE, label="Next: train", icon=":material/arrow_forward:")

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common, target_domain
+from pages.ui import jobs, labels, models, nav, session, sidebar, target_domain, widgets
+from pages.ui.text import code, literal
 from tl_core import plots, run_data, runs
 from tl_core import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
@@ -12,28 +13,28 @@ LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64, 128]
 PREVIEW_IMAGES = 8
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("4 · Train")
-dataset = common.active_dataset()
+dataset = session.active_dataset()
 if dataset is None:
-    common.need_first("Choose your images first: training needs a dataset.", common.DATA_PAGE, "2 · Data")
+    nav.need_first("Choose your images first: training needs a dataset.", nav.DATA_PAGE, "2 · Data")
 try:
-    common.sync_image_size()
-    common.sync_lr()
-    default_size, fixed_size = common.backbone_input_size(state.backbone)
-except common.USER_ERRORS as error:
-    common.show_error(error)
-    common.need_first("Choose a backbone that builds first.", common.BACKBONE_PAGE, "1 · Backbone")
+    session.sync_image_size()
+    session.sync_lr()
+    default_size, fixed_size = models.backbone_input_size(state.backbone)
+except widgets.USER_ERRORS as error:
+    widgets.show_error(error)
+    nav.need_first("Choose a backbone that builds first.", nav.BACKBONE_PAGE, "1 · Backbone")
 if not state.run_dir or not Path(state.run_dir).is_dir():  # a reload or a second tab finds the live run again
-    active = common.newest_active_run()
+    active = jobs.newest_active_run()
     state.run_dir = str(active) if active else None
 
 validation = run_data.planned_validation(dataset.labels(), state.freeze, state.augment, state.val_fraction,
                                          separate=state.val_source == "separate" and bool(state.val_dataset_dir))
-st.markdown(f"**Data** {common.literal(common.dataset_label(dataset))}, {validation} · "
-            f"**Backbone** {common.code(state.backbone)} ({common.literal(common.weights_label(state.weights))}) · "
-            f"**Learns** {common.code(state.freeze)}")
+st.markdown(f"**Data** {literal(labels.dataset_label(dataset))}, {validation} · "
+            f"**Backbone** {code(state.backbone)} ({literal(labels.weights_label(state.weights))}) · "
+            f"**Learns** {code(state.freeze)}")
 
 
 @st.cache_data(show_spinner="Preparing preview images…", max_entries=8)
@@ -58,14 +59,14 @@ def start_run() -> None:
         if state.val_source == "separate" and not state.val_dataset_dir:
             raise ValueError("validation: upload the separate validation set on the Data page, "
                              "or choose to hold out part of the images")
-        state.run_dir = str(common.job_manager().submit(config))
-    except common.USER_ERRORS + (OSError,) as error:  # a full disk names the file and the room needed
+        state.run_dir = str(jobs.queue().submit(config))
+    except widgets.USER_ERRORS + (OSError,) as error:  # a full disk names the file and the room needed
         state.start_error = str(error)
 
 
 # ---------------------------------------------------------------- settings
 run_status = runs.read_status(Path(state.run_dir)) if state.run_dir else {}
-run_active = run_status.get("state") in common.ACTIVE_STATES
+run_active = run_status.get("state") in jobs.ACTIVE_STATES
 with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     epochs_col, lr_col, batch_col = st.columns(3)
     epochs_col.number_input("Epochs", 1, 500, step=1, key="epochs",
@@ -99,8 +100,8 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
             for item in dataset.items:
                 first_of_class.setdefault(item["label"], str(dataset.root / item["path"]))
             pixels = decoded_for_preview(tuple(first_of_class.values())[:PREVIEW_IMAGES], int(state.image_size))
-        except common.USER_ERRORS as error:
-            common.show_error(error)
+        except widgets.USER_ERRORS as error:
+            widgets.show_error(error)
         else:
             st.caption("What training sees: the same images, randomly changed every epoch.")
             st.image(augment_preview.augmented(pixels, state.augment), width=110)
@@ -114,7 +115,7 @@ with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
     st.button("Start training", key="start_training", type="primary", icon=":material/play_arrow:",
               on_click=start_run)
     if error := state.pop("start_error", None):
-        st.error(common.literal(error))
+        st.error(literal(error))
 
 
 # ---------------------------------------------------------------- the run
@@ -139,27 +140,27 @@ def charts(run_dir: str, events: list[dict]) -> None:
 def live_run(run_dir: str) -> None:
     """Redrawn every second while the run is queued or running, its header (with the state) included."""
     status = runs.read_status(Path(run_dir))
-    if status.get("state") not in common.ACTIVE_STATES:
+    if status.get("state") not in jobs.ACTIVE_STATES:
         st.rerun()  # the whole page: shows the outcome and stops this timer
-    st.subheader(f"Run {common.literal(common.run_label(run_dir))}")
+    st.subheader(f"Run {literal(labels.run_label(run_dir))}")
     events = read_run_events(run_dir)
     if status["state"] == "queued":
-        position = common.job_manager().queue_position(Path(run_dir))
+        position = jobs.queue().queue_position(Path(run_dir))
         where = f"in the queue (position {position})" if position else "for a free slot"
-        wait_s = common.job_manager().expected_wait(Path(run_dir)) if position else None
+        wait_s = jobs.queue().expected_wait(Path(run_dir)) if position else None
         where += f", expected to start in about {runs.format_seconds(wait_s)}" if wait_s else ""
-        st.info(f"Waiting {where}: another run is using {common.device_name()}. "
+        st.info(f"Waiting {where}: another run is using {jobs.device_name()}. "
                 "This one starts when it ends.", icon=":material/hourglass_top:")
     fraction, text = runs.progress(events, status)
     st.progress(fraction, text=text)
     notices = [e for e in events if e["event"] == "notice"]
     for notice in notices:
         if notice.get("kind") == "diverged":
-            st.warning(common.literal(notice.get("message", "")), icon=":material/warning:")
+            st.warning(literal(notice.get("message", "")), icon=":material/warning:")
     if notices:
-        st.caption(common.literal(notices[-1].get("message", "")))
+        st.caption(literal(notices[-1].get("message", "")))
     st.button("Stop", key=f"stop::{run_dir}", icon=":material/stop:",
-              on_click=common.job_manager().cancel, args=(Path(run_dir),))
+              on_click=jobs.queue().cancel, args=(Path(run_dir),))
     if any(e["event"] == "epoch_end" for e in events):
         charts(run_dir, events)
 
@@ -173,26 +174,26 @@ def finished_run(run_dir: str, status: dict) -> None:
                    icon=":material/check_circle:")
         for notice in events:
             if notice["event"] == "notice" and notice.get("kind") == "diverged":
-                st.warning(common.literal(notice.get("message", "")), icon=":material/warning:")
+                st.warning(literal(notice.get("message", "")), icon=":material/warning:")
         if metrics.get("kept", {}).get("reason"):
-            st.info(common.literal(metrics["kept"]["reason"] + "."), icon=":material/info:")
-        st.page_link(common.RESULTS_PAGE, label="See the results: per class, confusion matrix, mistakes",
+            st.info(literal(metrics["kept"]["reason"] + "."), icon=":material/info:")
+        st.page_link(nav.RESULTS_PAGE, label="See the results: per class, confusion matrix, mistakes",
                      icon=":material/insights:")
     elif status.get("state") == "failed":
-        st.error(f"The run failed: {common.literal(status.get('error') or 'no reason given')}")
+        st.error(f"The run failed: {literal(status.get('error') or 'no reason given')}")
     elif status.get("state") == "cancelled":
         st.warning("The run was stopped before it finished.", icon=":material/stop_circle:")
     elif status.get("state") == runs.DAMAGED:
-        st.error(f"This run's files are damaged: {common.literal(status.get('error'))}. Delete it on the Runs page.")
-        st.page_link(common.RUNS_PAGE, label="8 · Runs", icon=":material/table_chart:")
+        st.error(f"This run's files are damaged: {literal(status.get('error'))}. Delete it on the Runs page.")
+        st.page_link(nav.RUNS_PAGE, label="8 · Runs", icon=":material/table_chart:")
     if any(e["event"] == "epoch_end" for e in events):
         charts(run_dir, events)
 
 
 if state.run_dir:
-    common.show_run(state.run_dir)
+    sidebar.show_run(state.run_dir)
     if run_active:
         live_run(state.run_dir)
     else:
-        st.subheader(f"Run {common.literal(common.run_label(state.run_dir))}")
+        st.subheader(f"Run {literal(labels.run_label(state.run_dir))}")
         finished_run(state.run_dir, run_status)

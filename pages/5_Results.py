@@ -5,18 +5,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common, data_quality, gate, multitask_results, target_domain
+from pages.ui import data_quality, gate, jobs, labels, models, multitask_results, nav, session, sidebar, target_domain, widgets
+from pages.ui.text import literal
 from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, multitask, plots, runs
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("5 · Results")
-all_runs = common.visible_runs()  # a student's own runs; everyone's for the teacher
+all_runs = jobs.visible_runs()  # a student's own runs; everyone's for the teacher
 if not all_runs:
-    common.need_first("No runs yet: train a model first.", common.TRAIN_PAGE, "4 · Train")
+    nav.need_first("No runs yet: train a model first.", nav.TRAIN_PAGE, "4 · Train")
 
 
 def default_run() -> str:
@@ -39,32 +40,32 @@ def gallery(rows: list[dict], captions: list[str], run_dir: Path, heat_maps: boo
     shown = []
     for row, caption in zip(rows, captions):
         if heat_maps:
-            explained = common.explanation(str(run_dir), row["path"])
+            explained = models.explanation(str(run_dir), row["path"])
             image = explained["overlay"] if explained else None
             if explained and explained["class"] != row["predicted"]:
                 caption += f" · final model: {explained['class']} ({explained['prob']:.0%})"
         else:
-            image = common.thumbnail(row["path"], 128)
+            image = widgets.thumbnail(row["path"], 128)
         if image is not None:
             shown.append((image, caption))
     if shown:
-        st.image([image for image, _ in shown], width=128, caption=[common.literal(caption) for _, caption in shown])
+        st.image([image for image, _ in shown], width=128, caption=[literal(caption) for _, caption in shown])
     else:
         st.warning("The image files of this run's validation set are no longer on disk.")
 
 
 def start_baseline(run_dir: Path) -> None:
     try:
-        state.run_dir = str(compare.start_scratch_baseline(common.job_manager(), run_dir))
-    except common.USER_ERRORS as error:
+        state.run_dir = str(compare.start_scratch_baseline(jobs.queue(), run_dir))
+    except widgets.USER_ERRORS as error:
         state.baseline_error = str(error)
 
 
 if state.get("results_run") not in all_runs:
     state.results_run = default_run()
-st.selectbox("Run", all_runs, key="results_run", format_func=common.run_label)
+st.selectbox("Run", all_runs, key="results_run", format_func=labels.run_label)
 run_dir = Path(state.results_run)
-common.show_run(run_dir)
+sidebar.show_run(run_dir)
 status = runs.read_status(run_dir)
 metrics = runs.read_metrics(run_dir)
 events = runs.read_events(run_dir)
@@ -75,26 +76,26 @@ def wait_for(watched: str, message: str) -> None:
     """`message` while the run `watched` is queued or running ("{run}", "{state}": its label and state, as they
     are now); the whole page again as soon as it ends."""
     state_now = runs.read_status(Path(watched)).get("state")
-    if state_now not in common.ACTIVE_STATES:
+    if state_now not in jobs.ACTIVE_STATES:
         st.rerun()
-    st.info(message.format(run=common.literal(common.run_label(watched)), state=state_now),
+    st.info(message.format(run=literal(labels.run_label(watched)), state=state_now),
             icon=":material/hourglass_top:")
 
 
-if status.get("state") in common.ACTIVE_STATES:
+if status.get("state") in jobs.ACTIVE_STATES:
     wait_for(str(run_dir), "This run is still training; its results appear here when it ends.")
-    st.page_link(common.TRAIN_PAGE, label="Watch it live", icon=":material/model_training:")
+    st.page_link(nav.TRAIN_PAGE, label="Watch it live", icon=":material/model_training:")
 elif status.get("state") == "failed":
-    st.error(f"The run failed: {common.literal(status.get('error') or 'no reason given')}")
+    st.error(f"The run failed: {literal(status.get('error') or 'no reason given')}")
 elif status.get("state") == "cancelled":
     st.warning("The run was stopped before it finished.", icon=":material/stop_circle:")
 for problem in runs.damage(run_dir):  # a damaged file is a message here, never a crash
-    st.warning(f"Damaged: {common.literal(problem)}. Delete the run on the Runs page if it is of no use.",
+    st.warning(f"Damaged: {literal(problem)}. Delete the run on the Runs page if it is of no use.",
                icon=":material/broken_image:")
 
 if metrics:
     if warning := advice.headline(metrics, events):  # a weak or unstable run says so before any number
-        st.warning(common.literal(warning), icon=":material/report:")
+        st.warning(literal(warning), icon=":material/report:")
     accuracy_col, balanced_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(7)
     n_scored = metrics.get("n_val") or 0
     interval = (evaluate.accuracy_interval(metrics["val_acc"], n_scored)
@@ -123,26 +124,26 @@ if metrics:
     trained = (f"; {learnt:,} of {total:,} parameters learnt"
                if isinstance(learnt, int) and isinstance(total, int) else "")
     if metrics.get("kept", {}).get("reason"):
-        st.info(common.literal(str(metrics["kept"]["reason"]) + "."), icon=":material/info:")
+        st.info(literal(str(metrics["kept"]["reason"]) + "."), icon=":material/info:")
     weights = runs.read_config_record(run_dir).get("config", {}).get("weights")
-    started_from = f" Started from {common.literal(common.weights_label(weights))} weights." if weights else ""
-    st.caption(f"Trained on {common.literal(metrics.get('device', 'unknown device'))}{trained}. "
-               f"{common.validation_words(metrics)}{started_from}")
+    started_from = f" Started from {literal(labels.weights_label(weights))} weights." if weights else ""
+    st.caption(f"Trained on {literal(metrics.get('device', 'unknown device'))}{trained}. "
+               f"{labels.validation_words(metrics)}{started_from}")
     record = runs.read_config_record(run_dir)
     if choice := record.get("features_choice"):
-        st.caption(common.literal(choice["words"][:1].upper() + choice["words"][1:] + "."))
+        st.caption(literal(choice["words"][:1].upper() + choice["words"][1:] + "."))
     if measured := auto_plan.read_measurement(run_dir):
         with st.expander(f"Auto plan: {measured['words'][:80]}…" if len(measured["words"]) > 80
                          else f"Auto plan: {measured['words']}"):
             st.plotly_chart(plots.plan_figure(measured), key="results_plan_chart")
             st.text(measured["words"])
     for step in advice.next_steps(metrics, events, record):
-        st.warning(common.literal(step), icon=":material/lightbulb:")
+        st.warning(literal(step), icon=":material/lightbulb:")
 
     try:
         predictions = evaluate.read_predictions(run_dir)
     except Exception as error:  # a damaged predictions.csv: the rest of the results still show
-        st.warning(f"predictions.csv cannot be read ({common.literal(error)}): the images are not shown.",
+        st.warning(f"predictions.csv cannot be read ({literal(error)}): the images are not shown.",
                    icon=":material/broken_image:")
         predictions = []
     if metrics.get("tasks"):  # a multi-task run: its tasks side by side, then one task at a time below
@@ -170,7 +171,7 @@ if metrics:
         })
     with confusion_col:
         if metrics.get("confusion"):
-            figure = common.clickable_confusion(plots.confusion_figure(metrics), metrics,
+            figure = widgets.clickable_confusion(plots.confusion_figure(metrics), metrics,
                                                 (state.cell_true, state.cell_predicted))
             st.plotly_chart(figure, key="confusion_chart", on_select=on_confusion_click, selection_mode="points")
             st.caption("Click a cell to see its images below.")
@@ -191,12 +192,12 @@ if metrics:
     predicted_col.selectbox("Predicted class", classes, key="cell_predicted")
     in_cell = evaluate.cell(predictions, state.cell_true, state.cell_predicted)
     if not in_cell:
-        st.info(f"No validation image of {common.literal(state.cell_true)} was predicted as "
-                f"{common.literal(state.cell_predicted)}.")
+        st.info(f"No validation image of {literal(state.cell_true)} was predicted as "
+                f"{literal(state.cell_predicted)}.")
     else:
         verdict = "right" if state.cell_true == state.cell_predicted else "wrong"
-        st.caption(f"{len(in_cell)} images of {common.literal(state.cell_true)} predicted as "
-                   f"{common.literal(state.cell_predicted)} ({verdict}), "
+        st.caption(f"{len(in_cell)} images of {literal(state.cell_true)} predicted as "
+                   f"{literal(state.cell_predicted)} ({verdict}), "
                    f"the most confident first" + (f" (showing {CELL_SHOWN})" if len(in_cell) > CELL_SHOWN else "")
                    + ". Caption: file (confidence).")
         with st.spinner("Computing heat maps…") if heat_maps else nullcontext():
@@ -256,26 +257,26 @@ if metrics and status.get("state") == "done":
         st.button("Compare with training from scratch", key="start_baseline", icon=":material/compare_arrows:",
                   on_click=start_baseline, args=(run_dir,))
         if error := state.pop("baseline_error", None):
-            st.error(common.literal(error))
+            st.error(literal(error))
     else:
         baseline_state = runs.read_status(baseline).get("state")
         pretrained_metrics, baseline_metrics = runs.read_metrics(pretrained_dir), runs.read_metrics(baseline)
-        if baseline_state in common.ACTIVE_STATES:
+        if baseline_state in jobs.ACTIVE_STATES:
             wait_for(str(baseline), "The from-scratch run {run} is {state}; the comparison appears here when it ends.")
-            st.page_link(common.TRAIN_PAGE, label="Watch it on the Train page", icon=":material/model_training:")
+            st.page_link(nav.TRAIN_PAGE, label="Watch it on the Train page", icon=":material/model_training:")
         elif baseline_state == "done" and pretrained_metrics and baseline_metrics \
                 and "val_acc" in pretrained_metrics and "val_acc" in baseline_metrics:
             verdict = compare.transfer_verdict(pretrained_metrics, baseline_metrics)
             {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(verdict["text"])
             curves = compare.curves([pretrained_dir, baseline], ["pretrained", "from scratch"])
             st.plotly_chart(plots.compare_figure(curves, "val_acc"), key="transfer_chart")
-            st.page_link(common.RUNS_PAGE, label="Compare the two runs setting by setting on the Runs page",
+            st.page_link(nav.RUNS_PAGE, label="Compare the two runs setting by setting on the Runs page",
                          icon=":material/table_chart:")
         elif twin_of:
-            st.caption(f"This run trained from scratch as the baseline of {common.literal(twin_of)}, "
+            st.caption(f"This run trained from scratch as the baseline of {literal(twin_of)}, "
                        "whose results are gone.")
         else:
-            st.warning(f"The from-scratch run {common.literal(common.run_label(baseline))} ended without results "
+            st.warning(f"The from-scratch run {literal(labels.run_label(baseline))} ended without results "
                        f"({baseline_state}).", icon=":material/stop_circle:")
             st.button("Train from scratch again", key="start_baseline", icon=":material/replay:",
                       on_click=start_baseline, args=(run_dir,))
@@ -295,13 +296,13 @@ if metrics and status.get("state") == "done":
                     added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem, workspace=mine,
                                                 min_classes=1)
                     config = grow.grown_config(run_dir, added, workspace=mine)
-                state.run_dir = str(common.job_manager().submit(config))
+                state.run_dir = str(jobs.queue().submit(config))
                 st.success("The grown model is training: watch it on the Train page.", icon=":material/check:")
-                st.page_link(common.TRAIN_PAGE, label="Watch it", icon=":material/model_training:")
-            except common.USER_ERRORS as error:
-                common.show_error(error)
+                st.page_link(nav.TRAIN_PAGE, label="Watch it", icon=":material/model_training:")
+            except widgets.USER_ERRORS as error:
+                widgets.show_error(error)
     if old := runs.read_config_record(run_dir).get("old_classes"):
         st.caption(f"Grown from another run: the old classes' mean recall was {old['before']:.1%} and is "
                    f"{old['after']:.1%} now.")
 
-st.page_link(common.RUNS_PAGE, label="All runs, side by side", icon=":material/table_chart:")
+st.page_link(nav.RUNS_PAGE, label="All runs, side by side", icon=":material/table_chart:")

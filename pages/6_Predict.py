@@ -1,20 +1,21 @@
 """Step 6: use a trained model on new images: the classes it sees, and where it looked."""
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import models, session, widgets
+from pages.ui.text import literal
 from tl_core.datasets import ImageRefused, open_image
 
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("6 · Predict")
 st.write("Give the model images it has never seen: it answers with its most likely classes, and a heat map "
          "shows which parts of the image made it choose the first one.")
-run_dir = common.pick_finished_run("predict_run")
+run_dir = widgets.pick_finished_run("predict_run")
 try:
-    model = common.predictor(str(run_dir))
+    model = models.predictor(str(run_dir))
 except Exception as error:  # a damaged model file is this run's problem, shown here, not a crash
-    st.error(f"This run's model cannot be loaded: {common.literal(error)}. Choose another run, or delete this "
+    st.error(f"This run's model cannot be loaded: {literal(error)}. Choose another run, or delete this "
              "one on the Runs page.")
     st.stop()
 if state.get("predict_top_k", 0) > len(model.classes):
@@ -38,9 +39,9 @@ accepted = []  # (upload, decoded image)
 for upload in files:
     try:
         # decoded at about the size the model needs: a huge photo costs little memory
-        accepted.append((upload, open_image(upload.getvalue(), name=upload.name, draft_size=common.EXPLAIN_DRAFT)))
+        accepted.append((upload, open_image(upload.getvalue(), name=upload.name, draft_size=models.EXPLAIN_DRAFT)))
     except ImageRefused as error:
-        st.warning(common.literal(f"{upload.name}: {error.reason}; skipped."), icon=":material/block:")
+        st.warning(literal(f"{upload.name}: {error.reason}; skipped."), icon=":material/block:")
 probabilities = model.predict_images([image for _, image in accepted]) if accepted else []
 
 for (upload, image), probs in zip(accepted, probabilities):
@@ -48,21 +49,21 @@ for (upload, image), probs in zip(accepted, probabilities):
         answers = model.task_answers(probs, top_k)
         first_task, first = next(iter(answers.items()))
         top = [{**guess, "label": f"{first_task}: {guess['label']}"} for guess in first["top"]]
-        st.subheader(common.literal(upload.name))
+        st.subheader(literal(upload.name))
     else:
         answers, top = None, model.top(probs, top_k)
-        st.subheader(common.literal(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})"))
+        st.subheader(literal(f"{upload.name}: {top[0]['label']} ({top[0]['prob']:.0%})"))
     image_col, heat_col, classes_col = st.columns([1, 1, 2])
     image_col.image(image, caption="the image", width=200)
     with st.spinner("Computing the heat map…"):
-        explained = common.explanation(str(run_dir), upload.getvalue(), top[0]["label"], name=upload.name)
+        explained = models.explanation(str(run_dir), upload.getvalue(), top[0]["label"], name=upload.name)
     if explained:
-        heat_col.image(explained["overlay"], caption=f"where it looked to say {common.literal(top[0]['label'])}",
+        heat_col.image(explained["overlay"], caption=f"where it looked to say {literal(top[0]['label'])}",
                        width=200)
     if answers is None:
         for rank, guess in enumerate(top):
             classes_col.progress(guess["prob"],
-                                 text=common.literal(f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}"))
+                                 text=literal(f"{rank + 1}. {guess['label']}: {guess['prob']:.1%}"))
         continue
     for task, answer in answers.items():
         if answer["kind"] == "multi-label":
@@ -70,4 +71,4 @@ for (upload, image), probs in zip(accepted, probabilities):
             classes_col.text(f"{task}: {tags}")
         else:
             best = answer["top"][0]
-            classes_col.progress(best["prob"], text=common.literal(f"{task}: {best['label']} ({best['prob']:.1%})"))
+            classes_col.progress(best["prob"], text=literal(f"{task}: {best['label']} ({best['prob']:.1%})"))

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import session, widgets
+from pages.ui.text import literal
 from tl_core.export import FORMATS, ExportMismatch, export_run
 
 FORMAT_USES = {
@@ -12,12 +13,12 @@ FORMAT_USES = {
     "safetensors": "safetensors: the weights alone, safe to load, for Python with timm, or to train further.",
 }
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("7 · Export")
 st.write("Each export is loaded back the way you would load it and run on the validation images; it is kept "
          "only when it gives the same answers as the model you trained.")
-run_dir = common.pick_finished_run("export_run")
+run_dir = widgets.pick_finished_run("export_run")
 fmt = st.radio("Format", FORMATS, key="export_format", captions=[FORMAT_USES[f] for f in FORMATS],
                format_func=lambda f: {"onnx": "ONNX", "torchscript": "TorchScript"}.get(f, f))
 
@@ -35,7 +36,7 @@ result = state.get("export_result")
 if result and result["run"] == str(run_dir) and result["format"] == fmt:
     report = result.get("report")
     if report is None:
-        st.error(common.literal(result["error"]), icon=":material/error:")
+        st.error(literal(result["error"]), icon=":material/error:")
         st.stop()
     st.success(f"Verified: the {fmt} file gives the same answers as the trained model.", icon=":material/verified:")
     images_col, agreement_col, difference_col = st.columns(3)
@@ -45,7 +46,7 @@ if result and result["run"] == str(run_dir) and result["format"] == fmt:
                               "a near-tie counts as agreeing")
     difference_col.metric("Largest probability difference", f"{report['max_prob_diff']:.1e}",
                           help=f"allowed: {report['tolerance']:g}")
-    st.caption(common.literal(f"{Path(report['path']).name}: {report['size_bytes'] / 1e6:.1f} MB, written by "
+    st.caption(literal(f"{Path(report['path']).name}: {report['size_bytes'] / 1e6:.1f} MB, written by "
                               f"{report['exporter']} in {report['export_s']:.1f} s, checked in "
                               f"{report['verify_s']:.1f} s."))
     st.download_button(f"Download the {fmt} bundle (zip)", data=Path(report["zip"]).read_bytes(),

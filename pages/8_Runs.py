@@ -4,16 +4,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common, gate
+from pages.ui import gate, jobs, labels, nav, session
+from pages.ui.text import code, literal
 from tl_core import compare, plots, runs
 
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("8 · Runs")
-all_runs = common.visible_runs()  # a student's own runs; everyone's for the teacher
+all_runs = jobs.visible_runs()  # a student's own runs; everyone's for the teacher
 if not all_runs:
-    common.need_first("No runs yet: train a model first.", common.TRAIN_PAGE, "4 · Train")
+    nav.need_first("No runs yet: train a model first.", nav.TRAIN_PAGE, "4 · Train")
 
 
 def default_selection() -> list[str]:
@@ -31,7 +32,7 @@ def default_selection() -> list[str]:
 def short_name(run_dir: str) -> str:
     """A legend entry: the run's name (or id), where its weights came from and what learnt."""
     row = runs.summarize(Path(run_dir))
-    return f"{row['name'] or row['run_id']} · {common.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
+    return f"{row['name'] or row['run_id']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
 
 
 def shown(setting: str, value) -> str:
@@ -45,7 +46,7 @@ def shown(setting: str, value) -> str:
     if setting == "wall_s":
         return runs.format_seconds(value)
     if setting == "weights":
-        return common.weights_label(value)
+        return labels.weights_label(value)
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -61,7 +62,7 @@ def delete_run(run_dir: str) -> None:
 
 
 summaries = [runs.summarize(Path(path)) for path in all_runs]
-table_rows = [{**row, "weights": common.weights_label(row["weights"]) if row["weights"] else None}
+table_rows = [{**row, "weights": labels.weights_label(row["weights"]) if row["weights"] else None}
               for row in summaries]
 runs_table = pd.DataFrame(table_rows).style.format(  # what a run has not measured (yet) reads "–", not "None"
     {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": runs.format_seconds},
@@ -86,19 +87,19 @@ if damaged:
                "ignores what cannot be read. Delete a run you no longer need.")
     for row in damaged:
         text_col, button_col = st.columns([5, 1], vertical_alignment="center")
-        text_col.markdown(f"{common.code(row['run_id'])} {common.literal(row['state'])}: "
-                          f"damaged: {common.literal(row['damaged'])}")
+        text_col.markdown(f"{code(row['run_id'])} {literal(row['state'])}: "
+                          f"damaged: {literal(row['damaged'])}")
         button_col.button("Delete", key=f"delete::{row['run_id']}", icon=":material/delete:",
                           on_click=delete_run, args=(row["run_dir"],))
     if error := state.pop("runs_delete_error", None):
-        st.error(common.literal(error))
+        st.error(literal(error))
 
 st.subheader("Side by side")
 if any(path not in all_runs for path in state.get("runs_compare", [])):
     del state["runs_compare"]  # a run was deleted since
 if "runs_compare" not in state:
     state.runs_compare = default_selection()
-chosen = st.multiselect("Runs to compare", all_runs, key="runs_compare", format_func=common.run_label,
+chosen = st.multiselect("Runs to compare", all_runs, key="runs_compare", format_func=labels.run_label,
                         help="Two or more: for example the same data with the head only and with more layers "
                              "learning, or pretrained against from scratch.")
 if len(chosen) < 2:
@@ -109,11 +110,11 @@ run_dirs = [Path(path) for path in chosen]
 try:
     rows = compare.settings_table(run_dirs)
 except ValueError as error:  # a damaged file of one of the runs: say which, compare nothing
-    st.warning(f"These runs cannot be compared: {common.literal(error)}", icon=":material/broken_image:")
+    st.warning(f"These runs cannot be compared: {literal(error)}", icon=":material/broken_image:")
     st.stop()
-labels = [common.run_label(path) for path in chosen]
+run_labels = [labels.run_label(path) for path in chosen]
 table = pd.DataFrame([{"setting": row["setting"], **{label: shown(row["setting"], value)
-                                                      for label, value in zip(labels, row["values"])},
+                                                      for label, value in zip(run_labels, row["values"])},
                        "differs": row["differs"]} for row in rows])
 st.caption("Rows that differ between the runs are highlighted.")
 st.dataframe(
@@ -131,7 +132,7 @@ for pretrained, other in ([run_dirs, run_dirs[::-1]] if len(run_dirs) == 2 else 
             {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(verdict["text"])
 
 names = [short_name(path) for path in chosen]
-curves = compare.curves(run_dirs, names if len(set(names)) == len(names) else labels)
+curves = compare.curves(run_dirs, names if len(set(names)) == len(names) else run_labels)
 accuracy_col, loss_col, train_loss_col = st.columns(3)
 accuracy_col.plotly_chart(plots.compare_figure(curves, "val_acc"), key="compare_val_acc")
 loss_col.plotly_chart(plots.compare_figure(curves, "val_loss"), key="compare_val_loss")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages.ui import common, gate
+from pages.ui import gate, nav
 from tl_core import backbones, datasets, jobs, runs, spaces
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR
@@ -281,7 +281,7 @@ def test_a_reload_finds_the_same_user_and_their_choices(classroom_app, _workspac
 def open_page_with_token(token: str):
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(Path(common.__file__).resolve().parents[2] / "app.py"), default_timeout=90)
+    at = AppTest.from_file(str(Path(nav.__file__).resolve().parents[2] / "app.py"), default_timeout=90)
     at.query_params[gate.IDENTITY_PARAM] = token
     at.run()
     assert not at.exception, at.exception
@@ -292,7 +292,7 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     alice, bob = spaces.claim_name("alice"), spaces.claim_name("bob")
     alice_run, bob_run = run_of(alice, dataset_of(alice)), run_of(bob, dataset_of(bob))
     at = sign_in("", code=TEACHER_CODE)
-    at.switch_page(common.CLASS_PAGE).run()
+    at.switch_page(nav.CLASS_PAGE).run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Class"
     table = at.dataframe[0].value
@@ -308,7 +308,7 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     assert at.title[0].value == "5 · Results" and at.selectbox(key="results_run").value == str(alice_run)
     student = sign_in("dave")
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # not registered for a student
-        student.switch_page(common.CLASS_PAGE)
+        student.switch_page(nav.CLASS_PAGE)
 
 
 @pytest.mark.usefixtures("navigation_pages", "fake_jobs")

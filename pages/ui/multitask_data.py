@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common
 from tl_core import multitask, plots
 from tl_core.datasets.labels_table import ingest_labelled_zip
+
+from pages.ui.text import literal
 
 
 def upload_section(ingest, use_dataset) -> None:
@@ -32,14 +33,14 @@ def audit_section(dataset) -> None:
     """Per task: its images per class or tag, and what to watch out for."""
     st.caption(f"{len(dataset.items)} images, {len(dataset.tasks)} tasks from the labels table.")
     for note in dataset.notes:
-        st.info(common.literal(note), icon=":material/info:")
+        st.info(literal(note), icon=":material/info:")
     audits = multitask.audit_tasks(dataset)
     st.dataframe(pd.DataFrame([{"task": a["task"], "kind": a["kind"], "classes": len(a["counts"]),
                                 "without a label": a["missing"], "largest ÷ smallest": round(a["imbalance_ratio"], 1)}
                                for a in audits]), hide_index=True, key="task_audit_table")
     for audit in audits:
         for warning in audit["warnings"]:
-            st.warning(common.literal(warning), icon=":material/warning:")
+            st.warning(literal(warning), icon=":material/warning:")
     chosen = st.selectbox("Images per class of", [a["task"] for a in audits], key="task_audit_task")
     st.plotly_chart(plots.counts_figure(next(a for a in audits if a["task"] == chosen)["counts"]),
                     key="task_counts_chart")

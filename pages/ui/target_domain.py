@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import widgets
+from pages.ui.text import literal
 from tl_core.config import ADAPT_HELP, ADAPT_METHODS
 from tl_core.datasets import load_dataset
 from tl_core.datasets.unlabelled import ingest_unlabelled_files, ingest_unlabelled_zip
@@ -27,8 +28,8 @@ def _use(dataset, key: str) -> None:
 def _ingest(action, *args, **kwargs):
     try:
         return action(*args, **kwargs)
-    except common.USER_ERRORS as error:
-        common.show_error(error)
+    except widgets.USER_ERRORS as error:
+        widgets.show_error(error)
         return None
 
 
@@ -61,7 +62,7 @@ def data_section(labelled_upload_tabs) -> None:
         st.caption("No target images: the model is trained and measured on these images only.")
         return
     test = _dataset("target_test_dir")
-    st.success(f"Target images: {common.literal(target.name)} ({len(target.items)} images"
+    st.success(f"Target images: {literal(target.name)} ({len(target.items)} images"
                + (f"; {len(test.items)} labelled to measure)" if test else ")"), icon=":material/check:")
     if target.refused:
         st.dataframe(target.refused, hide_index=True, key="target_refused",
@@ -72,8 +73,8 @@ def data_section(labelled_upload_tabs) -> None:
         with st.spinner("Comparing the two sets through the backbone…"):
             try:
                 state.shift_report = measure_shift(state.dataset_dir, state.target_dir, state.backbone, state.weights)
-            except common.USER_ERRORS as error:
-                common.show_error(error)
+            except widgets.USER_ERRORS as error:
+                widgets.show_error(error)
     if report := state.get("shift_report"):
         shift_report(report)
     st.button("Forget the target images", key="target_clear", on_click=_clear)
@@ -84,13 +85,13 @@ def shift_report(report: dict) -> None:
     st.metric("Proxy A-distance", f"{report['pad']:.2f}",
               help="0: a classifier cannot tell the two sets apart; 2: it tells them apart every time "
                    f"(here it was right {report['domain_acc']:.0%} of the time on images it did not fit).")
-    st.info(common.literal(report["words"].capitalize()), icon=":material/straighten:")
+    st.info(literal(report["words"].capitalize()), icon=":material/straighten:")
     source_col, target_col = st.columns(2)
     source_col.caption("Most typical of your images")
-    source_col.image([p for p in map(common.thumbnail, report["typical_source"]) if p is not None],
+    source_col.image([p for p in map(widgets.thumbnail, report["typical_source"]) if p is not None],
                      width=TYPICAL_WIDTH)
     target_col.caption("Most typical of the target images")
-    target_col.image([p for p in map(common.thumbnail, report["typical_target"]) if p is not None],
+    target_col.image([p for p in map(widgets.thumbnail, report["typical_target"]) if p is not None],
                      width=TYPICAL_WIDTH)
     if report.get("least_overlap"):
         st.caption("Classes that overlap least with the target (share of their images told apart from it):")
@@ -110,7 +111,7 @@ def _dataset(key: str):
         return None
     try:
         return load_dataset(root)
-    except common.USER_ERRORS:
+    except widgets.USER_ERRORS:
         st.session_state[key] = None
         return None
 
@@ -151,6 +152,6 @@ def results_section(metrics: dict) -> None:
                            help=f"mean entropy {record['entropy']:.2f}")
     shift = target.get("shift", {})
     if shift:
-        st.caption(common.literal(f"Shift meter: {shift.get('words', '')} (proxy A-distance {shift.get('pad', 0):.2f})."))
+        st.caption(literal(f"Shift meter: {shift.get('words', '')} (proxy A-distance {shift.get('pad', 0):.2f})."))
     if target.get("not_applied"):
-        st.caption(common.literal(f"{method}: {target['not_applied']}."))
+        st.caption(literal(f"{method}: {target['not_applied']}."))
