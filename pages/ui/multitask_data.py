@@ -13,11 +13,12 @@ import streamlit as st
 from tl_core import multitask, plots
 from tl_core.datasets.labels_table import ingest_labelled_zip
 
+from pages.ui import uploads
 from pages.ui.text import literal
 
 
-def upload_section(ingest, use_dataset) -> None:
-    """`ingest(action, *args)` and `use_dataset(dataset)` are the Data page's own."""
+def upload_section() -> None:
+    """A zip holding images and a labels table, made the dataset of the next run."""
     with st.expander("Several labels per image? A labels table (multi-task, multi-label)",
                      icon=":material/table_rows:"):
         st.markdown("A zip holding the images (any folders) and one `labels.csv`: the first row names the "
@@ -26,7 +27,8 @@ def upload_section(ingest, use_dataset) -> None:
                     "tags an image, separated by `;`. One model learns every task, with a head each.")
         archive = st.file_uploader("A .zip with images and labels.csv", type=["zip"], key="table_zip_upload")
         if st.button("Use this zip and its table", key="table_zip_ingest", disabled=archive is None):
-            use_dataset(ingest(ingest_labelled_zip, archive.getvalue(), name=Path(archive.name).stem))
+            dataset = uploads.ingest(ingest_labelled_zip, archive.getvalue(), name=Path(archive.name).stem)
+            uploads.use_dataset(dataset)
 
 
 def audit_section(dataset) -> None:

@@ -11,7 +11,7 @@ from tl_core import backbones
 from tl_core.config import defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, load_dataset
 
-from pages.ui import gate, models
+from pages.ui import config_form, gate, models
 
 RUN_DEFAULTS = defaults()  # RunConfig's own: the CLI and the app start from the same settings
 
@@ -47,6 +47,7 @@ DEFAULTS = {
     "run_dir": None,
     "webcam_shots": [],
     "manual_class_ids": [0, 1],
+    **config_form.defaults(),  # the Train page's Advanced settings
 }
 # The choices a reload restores (the user's state file): everything above but the pictures in hand.
 SAVED_KEYS = [key for key in DEFAULTS if key not in ("webcam_shots", "manual_class_ids")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import widgets
+from pages.ui import uploads, widgets
 from pages.ui.text import literal
 from tl_core.config import ADAPT_HELP, ADAPT_METHODS
 from tl_core.datasets import load_dataset
@@ -33,9 +33,9 @@ def _ingest(action, *args, **kwargs):
         return None
 
 
-def data_section(labelled_upload_tabs) -> None:
+def data_section() -> None:
     """The Data page's "Where will you use the model?": unlabelled target images, a labelled target set, the
-    shift meter. `labelled_upload_tabs(prefix, key)` is the page's own upload of class folders."""
+    shift meter."""
     state = st.session_state
     st.header("Where will you use the model?")
     st.write("If the model will see images of another kind than these (another camera, site, season or "
@@ -45,10 +45,10 @@ def data_section(labelled_upload_tabs) -> None:
                                              "Labelled target images, to measure"],
                                             key="target_source_tab", on_change="rerun")  # kept across reruns
     with folder_tab:
-        uploads = st.file_uploader("Images from where the model will be used", accept_multiple_files=True,
+        target_files = st.file_uploader("Images from where the model will be used", accept_multiple_files=True,
                                    key="target_upload")
-        if st.button("Use these target images", key="target_ingest", disabled=not uploads):
-            _use(_ingest(ingest_unlabelled_files, [(u.name, u.getvalue()) for u in uploads]), "target_dir")
+        if st.button("Use these target images", key="target_ingest", disabled=not target_files):
+            _use(_ingest(ingest_unlabelled_files, [(u.name, u.getvalue()) for u in target_files]), "target_dir")
     with zip_tab:
         archive = st.file_uploader("A .zip of target images, any layout", type=["zip"], key="target_zip_upload")
         if st.button("Use this zip", key="target_zip_ingest", disabled=archive is None):
@@ -56,7 +56,7 @@ def data_section(labelled_upload_tabs) -> None:
     with test_tab:
         st.caption("Optional: target images sorted into the same class folders. They are never trained on; "
                    "Results shows the accuracy on them beside the validation accuracy.")
-        labelled_upload_tabs("target_test", "target_test_dir")
+        uploads.upload_tabs("target_test", "target_test_dir")
     target = _dataset("target_dir")
     if target is None:
         st.caption("No target images: the model is trained and measured on these images only.")

@@ -1,12 +1,12 @@
 """Widgets several pages draw: a user's mistake as a message, a progress bar for tl_core, thumbnails,
-the clickable confusion matrix, and the choice of a finished run."""
+the clickable confusion matrix, the choice of a finished run, and a notice that waits for a run to end."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, plots
+from tl_core import backbones, plots, runs
 from tl_core.config import ConfigError
 from tl_core.datasets import DatasetError, ImageRefused, open_image
 from tl_core.storage import StorageFull
@@ -77,3 +77,14 @@ def pick_finished_run(key: str, label: str = "Model (a finished run)") -> Path:
     st.selectbox(label, finished, key=key, format_func=labels.run_label)
     sidebar.show_run(st.session_state[key])
     return Path(st.session_state[key])
+
+
+@st.fragment(run_every=2.0)
+def wait_for(watched: str, message: str) -> None:
+    """`message` while the run `watched` is queued or running ("{run}", "{state}": its label and state, as they
+    are now); the whole page again as soon as it ends."""
+    state_now = runs.read_status(Path(watched)).get("state")
+    if state_now not in jobs.ACTIVE_STATES:
+        st.rerun()
+    st.info(message.format(run=literal(labels.run_label(watched)), state=state_now),
+            icon=":material/hourglass_top:")
