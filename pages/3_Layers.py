@@ -1,7 +1,7 @@
 """Step 3: choose which layer groups of the backbone learn and which stay frozen."""
 import streamlit as st
 
-from pages.ui import labels, layer_cost, models, nav, session, widgets
+from pages.ui import kinds, labels, layer_cost, models, nav, session, widgets
 from pages.ui.text import literal
 from tl_core import auto_plan, layers, plots
 
@@ -138,6 +138,9 @@ def layer_choice() -> None:
 
 
 st.title("3 · Choose which layers learn")
-layer_choice()
+if (kind_layers := kinds.section(kinds.current(), "layers")) is not None:
+    kind_layers()
+else:
+    layer_choice()
 st.divider()
 st.page_link(nav.TRAIN_PAGE, label="Next: train", icon=":material/arrow_forward:")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import jobs, labels, live_run, models, nav, session, train_settings, widgets
+from pages.ui import jobs, kinds, labels, live_run, models, nav, session, train_settings, widgets
 from pages.ui.text import code, literal
 from tl_core import run_data, runs
 
@@ -11,8 +11,8 @@ state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own
 
 st.title("4 · Train")
-dataset = session.active_dataset()
-if dataset is None:
+dataset, folder = session.active_dataset(), session.dataset_folder()
+if dataset is None and (folder is None or kinds.class_folders(kinds.current())):
     nav.need_first("Choose your images first: training needs a dataset.", nav.DATA_PAGE, "2 · Data")
 try:
     session.sync_image_size()
@@ -25,9 +25,13 @@ if not state.run_dir or not Path(state.run_dir).is_dir():  # a reload or a secon
     active = jobs.newest_active_run()
     state.run_dir = str(active) if active else None
 
-validation = run_data.planned_validation(dataset.labels(), state.freeze, state.augment, state.val_fraction,
-                                         separate=state.val_source == "separate" and bool(state.val_dataset_dir))
-st.markdown(f"**Data** {literal(labels.dataset_label(dataset))}, {validation} · "
+if dataset is not None:
+    validation = run_data.planned_validation(dataset.labels(), state.freeze, state.augment, state.val_fraction,
+                                             separate=state.val_source == "separate" and bool(state.val_dataset_dir))
+    data_words = f"{literal(labels.dataset_label(dataset))}, {validation}"
+else:  # a kind's own layout: its Data section checked it
+    data_words = literal(folder.name)
+st.markdown(f"**Data** {data_words} · "
             f"**Backbone** {code(state.backbone)} ({literal(labels.weights_label(state.weights))}) · "
             f"**Learns** {code(state.freeze)}")
 

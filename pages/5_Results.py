@@ -1,9 +1,10 @@
-"""Step 5: how good is the classifier, where and why does it go wrong, and did pretraining help."""
+"""Step 5: how good is the classifier, where and why does it go wrong, and did pretraining help (a run of another
+task kind: its kind's results section, pages/ui/kinds.py)."""
 from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import (data_quality, grow_model, jobs, labels, nav, results_headline, results_images, session,
+from pages.ui import (data_quality, grow_model, jobs, kinds, labels, nav, results_headline, results_images, session,
                       sidebar, transfer, widgets)
 from pages.ui.text import literal
 from tl_core import plots, runs
@@ -70,5 +71,8 @@ run_dir = Path(state.results_run)
 sidebar.show_run(run_dir)
 status = runs.read_status(run_dir)
 run_state(run_dir, status)
-classifier_results(run_dir, status)
+if (kind_results := kinds.section(kinds.of_run(run_dir), "results")) is not None:
+    kind_results(run_dir)
+else:
+    classifier_results(run_dir, status)
 st.page_link(nav.RUNS_PAGE, label="All runs, side by side", icon=":material/table_chart:")

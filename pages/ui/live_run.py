@@ -8,8 +8,10 @@ import streamlit as st
 
 from tl_core import plots, runs
 
-from pages.ui import jobs, labels, nav, sidebar
+from pages.ui import jobs, kinds, labels, nav, sidebar
 from pages.ui.text import literal
+
+PLOTTED = ("train_loss", "val_loss", "train_acc", "val_acc")  # drawn by the loss and accuracy figures
 
 
 def read_run_events(run_dir: str) -> list[dict]:
@@ -22,12 +24,27 @@ def read_run_events(run_dir: str) -> list[dict]:
     return state[key]["events"]
 
 
+def epoch_metrics(events: list[dict], kind_name: str) -> list[str]:
+    """The kind's headline metrics (TaskKind.metrics) that its epoch_end events carry, beyond loss and accuracy."""
+    return [name for name in kinds.headline_metrics(kind_name)
+            if name not in PLOTTED and plots.epoch_rows(events, name)]
+
+
 def charts(run_dir: str, events: list[dict]) -> None:
-    """Loss and accuracy per epoch (and each task's score, for a multi-task run)."""
-    loss_col, accuracy_col = st.columns(2)
-    loss_col.plotly_chart(plots.loss_figure(events), key=f"loss::{run_dir}")
-    accuracy_col.plotly_chart(plots.accuracy_figure(events), key=f"accuracy::{run_dir}")
-    if any(event.get("tasks") for event in events if event.get("event") == "epoch_end"):  # a multi-task run
+    """Per epoch: loss and accuracy when the events carry them, each task's score (a multi-task run), and the
+    headline metrics of the run's kind (a detector's mAP, say): whatever its epoch_end events carry."""
+    epochs = [event for event in events if event.get("event") == "epoch_end"]
+    figures = []
+    if any(name in event for event in epochs for name in ("train_loss", "val_loss")):
+        figures.append((plots.loss_figure(events), f"loss::{run_dir}"))
+    if any(name in event for event in epochs for name in ("train_acc", "val_acc")):
+        figures.append((plots.accuracy_figure(events), f"accuracy::{run_dir}"))
+    figures += [(plots.compare_figure({name: events}, name), f"{name}::{run_dir}")
+                for name in epoch_metrics(events, kinds.of_run(run_dir))]
+    for start in range(0, len(figures), 2):
+        for column, (figure, key) in zip(st.columns(2), figures[start:start + 2]):
+            column.plotly_chart(figure, key=key)
+    if any(event.get("tasks") for event in epochs):  # a multi-task run
         st.plotly_chart(plots.task_figure(events), key=f"tasks::{run_dir}")
 
 
@@ -62,6 +79,13 @@ def live_run(run_dir: str) -> None:
               on_click=jobs.queue().cancel, args=(Path(run_dir),))
     if any(e["event"] == "epoch_end" for e in events):
         charts(run_dir, events)
+    kind_section(run_dir)
+
+
+def kind_section(run_dir: str) -> None:
+    """What the run's kind adds under its progress and curves (its train_section), if anything."""
+    if (extra := kinds.section(kinds.of_run(run_dir), "train")) is not None:
+        extra(run_dir)
 
 
 def finished_run(run_dir: str, status: dict) -> None:
@@ -69,7 +93,7 @@ def finished_run(run_dir: str, status: dict) -> None:
     events = read_run_events(run_dir)
     if status.get("state") == "done":
         metrics = runs.read_metrics(Path(run_dir)) or {}
-        st.success(f"Finished: final validation accuracy **{metrics.get('val_acc', 0):.1%}** "
+        st.success(f"Finished: {headline(metrics, kinds.of_run(run_dir))} "
                    f"(best epoch {metrics.get('best_epoch')}, {runs.format_seconds(metrics.get('wall_s'))}).",
                    icon=":material/check_circle:")
         for notice in events:
@@ -88,6 +112,16 @@ def finished_run(run_dir: str, status: dict) -> None:
         st.page_link(nav.RUNS_PAGE, label="8 · Runs", icon=":material/table_chart:")
     if any(e["event"] == "epoch_end" for e in events):
         charts(run_dir, events)
+    kind_section(run_dir)
+
+
+def headline(metrics: dict, kind_name: str) -> str:
+    """The final score in words: validation accuracy, or the first headline metric of the kind that the run has."""
+    if "val_acc" not in metrics:
+        for name in kinds.headline_metrics(kind_name):
+            if isinstance(metrics.get(name), (int, float)):
+                return f"final {literal(name)} **{metrics[name]:.3g}**"
+    return f"final validation accuracy **{metrics.get('val_acc', 0):.1%}**"
 
 
 def run_section(run_dir: str, status: dict) -> None:

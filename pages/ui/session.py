@@ -5,19 +5,22 @@ after every page run (the user's state file, in their space).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from tl_core import backbones
 from tl_core.config import defaults, recommended_lr
 from tl_core.datasets import Dataset, DatasetError, load_dataset
 
-from pages.ui import config_form, gate, models
+from pages.ui import config_form, gate, kinds, models
 
 RUN_DEFAULTS = defaults()  # RunConfig's own: the CLI and the app start from the same settings
 
 # The choices that make a run, kept across pages. Widgets bound to these keys would lose their value
 # when the user leaves their page (Streamlit cleans up widget state), so init_state() re-assigns them.
 DEFAULTS = {
+    "task": RUN_DEFAULTS["task"],  # what the model learns: a task kind (tl_core.kinds), chosen on the Data page
     "backbone": backbones.EMBEDDED_MODEL,
     "weights": "embedded",
     "dataset_dir": None,
@@ -104,7 +107,8 @@ def sync_image_size() -> None:
 
 
 def active_dataset(key: str = "dataset_dir") -> Dataset | None:
-    """The dataset chosen in session state, or None (also when its folder is gone)."""
+    """The dataset chosen in session state, or None (also when its folder is gone, or is in the layout of a kind
+    that keeps its own: see dataset_folder)."""
     root = st.session_state.get(key)
     if not root:
         return None
@@ -114,5 +118,14 @@ def active_dataset(key: str = "dataset_dir") -> Dataset | None:
     try:
         return load_dataset(root)
     except DatasetError:
-        st.session_state[key] = None
+        if kinds.class_folders(kinds.current()):  # a kind with its own layout keeps its folder: no tl_core dataset
+            st.session_state[key] = None
         return None
+
+
+def dataset_folder() -> Path | None:
+    """The next run's dataset folder, in any kind's layout; None when unset, gone, or not this user's."""
+    root = st.session_state.get("dataset_dir")
+    if not root or not Path(root).is_dir() or not gate.space().owns_dataset(root):
+        return None
+    return Path(root)

@@ -30,9 +30,9 @@ def draw(slot) -> None:
         st.markdown("**Next run** (your choices so far)")
         st.markdown(f":material/neurology: Backbone: {code(state.backbone)}  \n"
                     f":material/key: Weights: {literal(labels.weights_label(state.weights))}")
-        dataset = session.active_dataset()
-        st.markdown(f":material/photo_library: Data: "
-                    f"{literal(labels.dataset_label(dataset)) if dataset else '*not chosen yet*'}")
+        dataset, folder = session.active_dataset(), session.dataset_folder()
+        data = labels.dataset_label(dataset) if dataset else folder.name if folder else None
+        st.markdown(f":material/photo_library: Data: {literal(data) if data else '*not chosen yet*'}")
         st.markdown(f":material/layers: Trains: {code(state.freeze)}")
         shown = state.get("shown_run")
         latest = state.run_dir if state.run_dir and Path(state.run_dir).is_dir() else None

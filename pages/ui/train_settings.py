@@ -7,7 +7,7 @@ import streamlit as st
 from tl_core import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
-from pages.ui import config_form, jobs, target_domain, widgets
+from pages.ui import config_form, jobs, kinds, target_domain, widgets
 from pages.ui.text import literal
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
@@ -26,6 +26,7 @@ def start_run(default_size: int) -> None:
     state = st.session_state
     try:
         config = RunConfig(
+            task=kinds.current(),
             dataset_dir=state.dataset_dir,
             val_dataset_dir=state.val_dataset_dir if state.val_source == "separate" else None,
             backbone=state.backbone, weights=state.weights, freeze=state.freeze, bn_policy=state.bn_policy,
