@@ -125,3 +125,36 @@ def test_a_kind_without_an_app_module_keeps_the_classifier_pages():
     assert app_kinds.section(kind_tally.NAME, "layers") is None  # absent: the generic layer-group choice
     with pytest.raises(ValueError):
         app_kinds.section(kind_tally.NAME, "nonsense")
+
+
+@pytest.fixture
+def multitask_kind(monkeypatch):
+    """The engine's multi-task kind; a stand-in with its words where this engine does not list one yet."""
+    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
+    if "multitask" not in {kind.name for kind in kinds.all_kinds()}:
+        kinds.register(kinds.TaskKind(
+            name="multitask", title="Several labels per image", summary="A labels table: a head per task.",
+            layout="images with a CSV labels table", fit="tl_core.train:run", ingest="tl_core.train:run",
+            evaluate="tl_core.train:run", predictor="tl_core.predict:Predictor", export="tl_core.export:export_run"))
+
+
+def test_the_multitask_kind_brings_its_labels_table_data_page(multitask_kind, small_sample, tmp_path, fake_jobs):
+    from tl_core.datasets.labels_table import ingest_labelled_folder
+    from tl_core.sample_data import write_fashion_task_table
+
+    at = open_page("pages/2_Data.py", task="multitask")
+    assert "table_zip_upload" in [uploader.key for uploader in at.get("file_uploader")]
+    assert "use_sample" not in [button.key for button in at.button]  # no class folders to bring
+
+    data = tmp_path / "data"
+    shutil.copytree(small_sample, data)
+    dataset = ingest_labelled_folder(data, write_fashion_task_table(data))
+    at = open_page("pages/2_Data.py", task="multitask", dataset_dir=str(dataset.root))
+    assert not at.exception
+    audit = next(frame.value for frame in at.dataframe if "task" in frame.value.columns)
+    assert audit["task"].tolist() == ["category", "group", "tags"]
+    assert at.radio(key="val_source").value == "split"
+
+    at = open_page("pages/4_Train.py", task="multitask", dataset_dir=str(dataset.root), freeze="head")
+    at.button(key="start_training").click().run()
+    assert fake_jobs[-1].submitted[-1].task == "multitask"

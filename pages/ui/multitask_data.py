@@ -18,17 +18,22 @@ from pages.ui.text import literal
 
 
 def upload_section() -> None:
-    """A zip holding images and a labels table, made the dataset of the next run."""
+    """The labels-table upload, folded under the classifier's ways in."""
     with st.expander("Several labels per image? A labels table (multi-task, multi-label)",
                      icon=":material/table_rows:"):
-        st.markdown("A zip holding the images (any folders) and one `labels.csv`: the first row names the "
-                    "columns, the first column is each image's path relative to the CSV, every other column is a "
-                    "task (`file,category,colour`). A column named `tags` (or ending in `tags`) holds several "
-                    "tags an image, separated by `;`. One model learns every task, with a head each.")
-        archive = st.file_uploader("A .zip with images and labels.csv", type=["zip"], key="table_zip_upload")
-        if st.button("Use this zip and its table", key="table_zip_ingest", disabled=archive is None):
-            dataset = uploads.ingest(ingest_labelled_zip, archive.getvalue(), name=Path(archive.name).stem)
-            uploads.use_dataset(dataset)
+        upload_form()
+
+
+def upload_form() -> None:
+    """A zip holding images and a labels table, made the dataset of the next run."""
+    st.markdown("A zip holding the images (any folders) and one `labels.csv`: the first row names the "
+                "columns, the first column is each image's path relative to the CSV, every other column is a "
+                "task (`file,category,colour`). A column named `tags` (or ending in `tags`) holds several "
+                "tags an image, separated by `;`. One model learns every task, with a head each.")
+    archive = st.file_uploader("A .zip with images and labels.csv", type=["zip"], key="table_zip_upload")
+    if st.button("Use this zip and its table", key="table_zip_ingest", disabled=archive is None):
+        dataset = uploads.ingest(ingest_labelled_zip, archive.getvalue(), name=Path(archive.name).stem)
+        uploads.use_dataset(dataset)
 
 
 def audit_section(dataset) -> None:
