@@ -80,6 +80,7 @@ def test_the_data_page_offers_the_kinds_and_draws_the_chosen_ones_section(pictur
 def test_the_train_page_submits_a_run_of_the_chosen_kind(pictures, fake_jobs):
     at = open_page("pages/4_Train.py", task="tally", dataset_dir=str(pictures), freeze="head")
     assert any("pictures" in plain(markdown.value) for markdown in at.markdown)
+    assert "class_weights" not in [radio.key for radio in at.radio]  # a classifier's option: no classes here
     at.button(key="start_training").click().run()
     assert not at.exception
     config = fake_jobs[-1].submitted[-1]

@@ -107,7 +107,8 @@ def settings_section(dataset, default_size: int, fixed_size: bool, run_active: b
     with st.expander("Settings", expanded=not run_active, icon=":material/tune:"):
         basics(default_size, fixed_size)
         augmentation(dataset)
-        class_weighting()
+        if dataset is not None:  # a kind with its own data layout has no classes to weigh
+            class_weighting()
         target_domain.adapt_choice()
         with st.popover("Advanced settings", icon=":material/settings:"):
             st.caption("RunConfig's own settings, as the command line names them (`python -m tl_core train --help`).")
