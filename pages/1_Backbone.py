@@ -15,10 +15,12 @@ st.write("A backbone is a network already trained on millions of photos (ImageNe
 
 @st.cache_data(show_spinner="Checking which weights are on this computer…", ttl=60)
 def catalogue_table() -> pd.DataFrame:
+    """The curated backbones, with whether their weights are on this computer (checked once a minute)."""
     return pd.DataFrame(backbones.catalogue_rows())
 
 
 def choose_backbone(name: str) -> None:
+    """Make `name` the next run's backbone, with its default weights and the Auto plan."""
     state.backbone = name
     offline = name == backbones.EMBEDDED_MODEL
     state.weights = "embedded" if offline else "hub"
@@ -27,6 +29,7 @@ def choose_backbone(name: str) -> None:
 
 
 def on_catalogue_select() -> None:
+    """A click on a catalogue row chooses that backbone."""
     rows = state.catalogue_table.selection.rows
     if rows:
         choose_backbone(catalogue_table().iloc[rows[0]]["name"])

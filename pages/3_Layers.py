@@ -27,12 +27,14 @@ def toggle_key(group_name: str) -> str:
 
 
 def freeze_spec_from_preset(body) -> str:
+    """The freeze plan a preset means for these layer groups (`body`: all but the head)."""
     if state.freeze_preset == "top":
         return f"top-{min(state.freeze_top_n, len(body))}"
     return state.freeze_preset if state.freeze_preset in ("auto", "head", "all") else state.freeze
 
 
 def freeze_spec_from_switches(body) -> str:
+    """The freeze plan the switches show."""
     learning = [group.name for group in body if state.get(toggle_key(group.name))]
     if not learning:
         return "head"
@@ -40,6 +42,7 @@ def freeze_spec_from_switches(body) -> str:
 
 
 def switch_flipped(body) -> None:
+    """A flipped switch makes the plan custom."""
     state.freeze_preset = "custom"
     state.freeze = freeze_spec_from_switches(body)
 

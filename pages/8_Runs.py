@@ -30,6 +30,7 @@ def default_selection() -> list[str]:
 
 
 def delete_run(run_dir: str) -> None:
+    """Delete one of the user's runs; a refusal is said on the next run of the page."""
     try:
         gate.space().delete_run(Path(run_dir))
     except (ValueError, OSError) as error:
