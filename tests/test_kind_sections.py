@@ -72,6 +72,7 @@ def test_the_data_page_offers_the_kinds_and_draws_the_chosen_ones_section(pictur
     assert at.session_state["dataset_dir"] == str(pictures)
     assert any(text.value == "tally data: pictures" for text in at.text)
     assert spaces.Space.laptop().load_state()["task"] == "tally"  # saved with the session's choices
+    assert "Task: Tally images" in plain(" ".join(markdown.value for markdown in at.sidebar.markdown))
 
     at.radio(key="task").set_value("classify").run()  # back: the tally folder is no classifier's dataset
     assert at.session_state["dataset_dir"] is None and "use_sample" in [button.key for button in at.button]

@@ -10,7 +10,7 @@ import streamlit as st
 
 from tl_core import runs
 
-from pages.ui import gate, jobs, labels, session
+from pages.ui import gate, jobs, kinds, labels, session
 from pages.ui.text import code, literal
 
 
@@ -33,6 +33,9 @@ def draw(slot) -> None:
         dataset, folder = session.active_dataset(), session.dataset_folder()
         data = labels.dataset_label(dataset) if dataset else folder.name if folder else None
         st.markdown(f":material/photo_library: Data: {literal(data) if data else '*not chosen yet*'}")
+        offered = {choice.name: choice.title for choice in kinds.choices()}
+        if len(offered) > 1:  # what the model learns, once there is a choice
+            st.markdown(f":material/category: Task: {literal(offered[kinds.current()])}")
         st.markdown(f":material/layers: Trains: {code(state.freeze)}")
         shown = state.get("shown_run")
         latest = state.run_dir if state.run_dir and Path(state.run_dir).is_dir() else None
