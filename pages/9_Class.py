@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common, gate
+from pages.ui import gate, jobs, nav, session
 from tl_core import runs
 
 state = st.session_state
-common.init_state()  # idempotent; makes the page work even when run on its own
+session.init_state()  # idempotent; makes the page work even when run on its own
 
 if not gate.space().teacher:  # registered only for the teacher; refused if reached another way
     st.error("This page is for the teacher of the class.")
@@ -18,9 +18,9 @@ if not gate.space().teacher:  # registered only for the teacher; refused if reac
 
 st.title("Class")
 gate.teacher_actions()  # sign a student out, give a fresh sign-in link
-queue = common.job_manager()
+queue = jobs.queue()
 rows = []
-for run_dir in common.visible_runs():
+for run_dir in jobs.visible_runs():
     row = runs.summarize(Path(run_dir))
     position = queue.queue_position(Path(run_dir)) if row["state"] == "queued" else None
     wait_s = queue.expected_wait(Path(run_dir)) if position else None
@@ -49,10 +49,10 @@ labels = {row["run_dir"]: f"{row['owner']}: {row['run_id']} ({row['state']})" fo
 chosen = st.selectbox("A run", list(labels), key="class_chosen", format_func=labels.get)
 cancel_col, project_col = st.columns(2)
 if cancel_col.button("Cancel this run", key="class_cancel", icon=":material/stop:",
-                     disabled=runs.read_status(Path(chosen)).get("state") not in common.ACTIVE_STATES):
+                     disabled=runs.read_status(Path(chosen)).get("state") not in jobs.ACTIVE_STATES):
     queue.cancel(Path(chosen))
     st.rerun()
 if project_col.button("Project its results", key="class_project", icon=":material/co_present:",
                       disabled=runs.read_status(Path(chosen)).get("state") != "done"):
     state.results_run = chosen
-    st.switch_page(common.RESULTS_PAGE)
+    st.switch_page(nav.RESULTS_PAGE)

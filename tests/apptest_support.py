@@ -53,7 +53,7 @@ class NavigationPagesManager(PagesManager):
 
 
 def plain(markdown: str) -> str:
-    """The text a markdown body shows: pages.ui.common.literal()'s escapes and word joiners removed."""
+    """The text a markdown body shows: pages.ui.text.literal()'s escapes and word joiners removed."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages.ui import common, gate
+from pages.ui import gate, nav
 from tl_core import backbones, datasets, identities, jobs, runs, spaces
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR
@@ -291,7 +291,7 @@ def test_a_reload_finds_the_same_user_and_their_choices(classroom_app, _workspac
 def open_page_with_token(token: str):
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(Path(common.__file__).resolve().parents[2] / "app.py"), default_timeout=90)
+    at = AppTest.from_file(str(Path(nav.__file__).resolve().parents[2] / "app.py"), default_timeout=90)
     at.query_params[gate.IDENTITY_PARAM] = token
     at.run()
     assert not at.exception, at.exception
@@ -302,7 +302,7 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     alice, bob = spaces.claim_name("alice"), spaces.claim_name("bob")
     alice_run, bob_run = run_of(alice, dataset_of(alice)), run_of(bob, dataset_of(bob))
     at = sign_in("", code=TEACHER_CODE)
-    at.switch_page(common.CLASS_PAGE).run()
+    at.switch_page(nav.CLASS_PAGE).run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Class"
     table = at.dataframe[0].value
@@ -318,7 +318,7 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     assert at.title[0].value == "5 · Results" and at.selectbox(key="results_run").value == str(alice_run)
     student = sign_in("dave")
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # not registered for a student
-        student.switch_page(common.CLASS_PAGE)
+        student.switch_page(nav.CLASS_PAGE)
 
 
 @pytest.mark.usefixtures("navigation_pages", "fake_jobs")
@@ -344,7 +344,7 @@ def test_the_teacher_signs_a_student_out_and_gives_a_fresh_link(classroom_app, _
     erin = sign_in("erin")
     old_link = erin.query_params[gate.IDENTITY_PARAM]
     teacher = sign_in("", code=TEACHER_CODE)
-    teacher.switch_page(common.CLASS_PAGE).run()
+    teacher.switch_page(nav.CLASS_PAGE).run()
     teacher.selectbox(key="class_student").set_value("erin").run()
     teacher.button(key="class_sign_out").click().run()
     assert not teacher.exception, teacher.exception

@@ -312,10 +312,10 @@ def test_console_prints_an_epoch_before_the_early_stop_it_caused(capsys):
 
 
 def test_cli_and_app_default_backbone_have_one_name():
-    from pages.ui import common
+    from pages.ui import session
     from tl_core.config import defaults
 
-    assert defaults()["backbone"] == common.DEFAULTS["backbone"] == EMBEDDED == "tf_efficientnet_lite0"
+    assert defaults()["backbone"] == session.DEFAULTS["backbone"] == EMBEDDED == "tf_efficientnet_lite0"
 
 
 def test_exported_zip_and_its_files_are_readable_by_others(head_run, tmp_path):

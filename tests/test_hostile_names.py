@@ -18,7 +18,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from apptest_support import open_page, plain
-from pages.ui import common
+from pages.ui import labels
+from pages.ui.text import literal
 from tl_core import backbones, datasets, runs
 from tl_core.config import RunConfig
 from tl_core.sample_data import SAMPLE_DIR
@@ -145,7 +146,7 @@ def test_every_page_shows_hostile_names_as_text(hostile_dataset, _workspace):
 
     at = open_page(None, **state)  # 1 · Backbone, with the sidebar
     texts = assert_no_link_from_names(at)
-    assert shown(texts, common.dataset_label(hostile_dataset)) and shown(texts, HOSTILE[3])
+    assert shown(texts, labels.dataset_label(hostile_dataset)) and shown(texts, HOSTILE[3])
 
     at = open_page("pages/2_Data.py", **state)
     at.text_input(key="webcam_class").set_value(HOSTILE[2])
@@ -203,5 +204,5 @@ def test_predict_and_export_show_hostile_class_and_file_names_as_text(head_run, 
     ("plain_name-1", "plain\\_name\\-1"),
 ])
 def test_literal_escapes_markup_and_breaks_autolinks(name, expected):
-    assert common.literal(name) == expected
-    assert plain(common.literal(name)) == " ".join(name.split())
+    assert literal(name) == expected
+    assert plain(literal(name)) == " ".join(name.split())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from pages.ui import common
+from pages.ui import models, widgets
 from tl_core import evaluate, runs
 from tl_core.storage import atomic_write_json
 
@@ -125,8 +125,8 @@ def test_heat_maps_replace_the_error_images(run_dir):
     wrong = evaluate.most_confidently_wrong(evaluate.read_predictions(run_dir), n=None)
     expected = []
     for row, caption in zip(wrong, before):
-        explained = common.explanation(str(run_dir), row["path"])  # cached when the page computed it
-        assert explained["overlay"].size == common.thumbnail(row["path"], 1000).size
+        explained = models.explanation(str(run_dir), row["path"])  # cached when the page computed it
+        assert explained["overlay"].size == widgets.thumbnail(row["path"], 1000).size
         # A head-only run is cross-validated: the final model, fitted on every image, may answer differently.
         note = f" · final model: {explained['class']} ({explained['prob']:.0%})"
         expected.append(caption + (note if explained["class"] != row["predicted"] else ""))
@@ -161,7 +161,7 @@ def test_predict_shows_the_top_class_with_a_heat_map_and_names_a_refused_file(ru
         ("shoe.png", Path(row["path"]).read_bytes(), "image/png"),
         ("notes.txt", b"not a picture", "text/plain")]).run()
     assert not at.exception and not at.error
-    top = common.predictor(str(run_dir)).predict_files([row["path"]], top_k=3)[0]["top"]
+    top = models.predictor(str(run_dir)).predict_files([row["path"]], top_k=3)[0]["top"]
     assert plain(at.subheader[0].value) == f"shoe.png: {top[0]['label']} ({top[0]['prob']:.0%})"
     bars = [plain(bar.proto.text) for bar in at.get("progress")]
     assert bars == [f"{k + 1}. {t['label']}: {t['prob']:.1%}" for k, t in enumerate(top)]

@@ -149,13 +149,13 @@ def test_the_cli_the_app_and_runconfig_agree_on_every_setting():
     config = RunConfig(dataset_dir="d", **vars(parser.parse_args([])))  # the CLI's defaults make a valid run
     assert config == RunConfig(dataset_dir="d")
 
-    from pages.ui import common
+    from pages.ui import session
 
-    shared = set(common.DEFAULTS) & set(defaults())
+    shared = set(session.DEFAULTS) & set(defaults())
     assert {"freeze", "bn_policy", "epochs", "batch_size", "augment", "early_stopping", "val_fraction"} <= shared
     for name in shared - {"lr", "image_size"}:  # the app resolves these two from the plan and the backbone
-        assert common.DEFAULTS[name] == defaults()[name], name
-    assert common.DEFAULTS["lr"] == RunConfig(dataset_dir="d").lr
+        assert session.DEFAULTS[name] == defaults()[name], name
+    assert session.DEFAULTS["lr"] == RunConfig(dataset_dir="d").lr
 
 
 def test_progress_of_a_run_from_its_events():

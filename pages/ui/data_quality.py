@@ -10,7 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common, gate
+from pages.ui import gate, jobs, nav, widgets
+from pages.ui.text import literal
 from tl_core import active, datasets, label_errors, runs
 
 SUSPECTS_SHOWN = 24
@@ -25,12 +26,12 @@ def imbalance_headline(metrics: dict) -> None:
               if scores.get("support")}
     if len(recall) > 1:
         weakest = sorted(recall.items(), key=lambda pair: pair[1])
-        shown = ", ".join(f"{common.literal(name)} {value:.0%}" for name, value in weakest[:6])
+        shown = ", ".join(f"{literal(name)} {value:.0%}" for name, value in weakest[:6])
         more = f" and {len(weakest) - 6} more" if len(weakest) > 6 else ""
         st.caption(f"Recall per class (the share of its validation images found), the weakest first: {shown}{more}.")
     words = (metrics.get("class_weights") or {}).get("words")
     if words:
-        st.caption(common.literal(words[:1].upper() + words[1:] + "."))
+        st.caption(literal(words[:1].upper() + words[1:] + "."))
 
 
 @st.cache_data(show_spinner=False, max_entries=20)
@@ -58,7 +59,7 @@ def _choice_key(path: str) -> str:
 def _make_version(run_dir: str, relabel: dict, drop: list) -> None:
     try:
         made = label_errors.fix_labels(run_dir, relabel, drop)
-    except common.USER_ERRORS as error:
+    except widgets.USER_ERRORS as error:
         st.session_state.suspects_error = str(error)
         return
     st.session_state.cleaned = {"run": run_dir, **{key: str(dataset.root) for key, dataset in made.items()},
@@ -71,9 +72,9 @@ def _make_version(run_dir: str, relabel: dict, drop: list) -> None:
 def _train_on(run_dir: str, made: dict, key: str) -> None:
     try:
         config = label_errors.retrain_config(run_dir, made.get("dataset_dir"), made.get("val_dataset_dir"))
-        st.session_state.run_dir = str(common.job_manager().submit(config))
+        st.session_state.run_dir = str(jobs.queue().submit(config))
         st.session_state[key] = _version_of(made)
-    except common.USER_ERRORS as error:
+    except widgets.USER_ERRORS as error:
         st.session_state[f"{key}_error"] = str(error)
 
 
@@ -90,12 +91,12 @@ def label_errors_section(run_dir: Path) -> None:
     st.subheader("Likely label errors")
     try:
         report = _suspects(str(run_dir), _saved_at(run_dir))
-    except common.USER_ERRORS as error:
-        st.warning(f"Label errors cannot be looked for: {common.literal(error)}", icon=":material/broken_image:")
+    except widgets.USER_ERRORS as error:
+        st.warning(f"Label errors cannot be looked for: {literal(error)}", icon=":material/broken_image:")
         return
     found = report["suspects"]
     st.caption(f"Confident learning (cleanlab) on the predictions of images the model did not train on: "
-               f"{common.literal(report['scope'])}.")
+               f"{literal(report['scope'])}.")
     if not found:
         if report["judged"]:
             st.success(f"None of the {report['judged']} images judged looks mislabelled.", icon=":material/check:")
@@ -110,14 +111,14 @@ def label_errors_section(run_dir: Path) -> None:
     columns = st.columns(COLUMNS)
     for i, suspect in enumerate(shown):
         with columns[i % COLUMNS]:
-            image = common.thumbnail(suspect["path"], 128)
+            image = widgets.thumbnail(suspect["path"], 128)
             if image is not None:
                 st.image(image, width=128)
-            st.markdown(f"labelled *{common.literal(suspect['label'])}*, looks like "
-                        f"*{common.literal(suspect['suggested'])}* ({suspect['suggested_prob']:.0%})")
+            st.markdown(f"labelled *{literal(suspect['label'])}*, looks like "
+                        f"*{literal(suspect['suggested'])}* ({suspect['suggested_prob']:.0%})")
             st.radio("What to do", list(CHOICES), key=_choice_key(suspect["path"]), horizontal=True,
                      label_visibility="collapsed",
-                     format_func=lambda choice, s=suspect: (f"Relabel to {common.literal(s['suggested'])}"
+                     format_func=lambda choice, s=suspect: (f"Relabel to {literal(s['suggested'])}"
                                                              if choice == "relabel" else CHOICES[choice]))
     chosen = {s["path"]: (state.get(_choice_key(s["path"])), s["suggested"]) for s in shown}
     relabel = {path: suggested for path, (choice, suggested) in chosen.items() if choice == "relabel"}
@@ -126,7 +127,7 @@ def label_errors_section(run_dir: Path) -> None:
               icon=":material/difference:", disabled=not (relabel or drop), on_click=_make_version,
               args=(str(run_dir), relabel, drop))
     if error := state.pop("suspects_error", None):
-        st.error(common.literal(error))
+        st.error(literal(error))
     _version_made(run_dir, "cleaned", "cleaned_run")
 
 
@@ -134,7 +135,7 @@ def _version_made(run_dir: Path, made_key: str, run_key: str) -> None:
     """The dataset version this section made for this run, if any, and the button that trains on it."""
     made = st.session_state.get(made_key) or {}
     if made.get("run") == str(run_dir):
-        st.success(f"New dataset version made ({common.literal(made['words'])}); the old one is unchanged.",
+        st.success(f"New dataset version made ({literal(made['words'])}); the old one is unchanged.",
                    icon=":material/check:")
         _train_button(run_dir, made, run_key)
 
@@ -143,12 +144,12 @@ def _train_button(run_dir: Path, made: dict, key: str) -> None:
     """One click: a new run with this run's settings on the new version; then a link to watch it."""
     state = st.session_state
     if state.get(key) == _version_of(made):
-        st.page_link(common.TRAIN_PAGE, label="The new run is queued: watch it", icon=":material/model_training:")
+        st.page_link(nav.TRAIN_PAGE, label="The new run is queued: watch it", icon=":material/model_training:")
         return
     st.button("Train on the new version (same settings)", key=f"{key}_start", icon=":material/play_arrow:",
               on_click=_train_on, args=(str(run_dir), made, key))
     if error := state.pop(f"{key}_error", None):
-        st.error(common.literal(error))
+        st.error(literal(error))
 
 
 def _pools(run_dir: Path) -> list[datasets.Dataset]:
@@ -179,39 +180,39 @@ def label_next_section(run_dir: Path) -> None:
         try:
             with st.spinner("Passing the unlabelled images through the model…"):
                 state.label_next = {**wanted, **active.suggest(run_dir, by_root[state.label_next_pool], k=20)}
-        except common.USER_ERRORS as error:
-            st.error(common.literal(error))
+        except widgets.USER_ERRORS as error:
+            st.error(literal(error))
     _version_made(run_dir, "labelled_version", "labelled_run")
     result = state.get("label_next") or {}
     if {key: result.get(key) for key in wanted} != wanted:
         st.caption("The model's least sure images, unlike each other and unlike those already labelled, first.")
         return
-    st.caption(common.literal(result["words"][:1].upper() + result["words"][1:] + "."))
+    st.caption(literal(result["words"][:1].upper() + result["words"][1:] + "."))
     classes = (runs.read_metrics(run_dir) or {}).get("classes", [])
     columns = st.columns(COLUMNS)
     for i, suggestion in enumerate(result["suggestions"]):
         with columns[i % COLUMNS]:
-            image = common.thumbnail(suggestion["path"], 128)
+            image = widgets.thumbnail(suggestion["path"], 128)
             if image is not None:
                 st.image(image, width=128)
             options = [SKIP, *classes]
             key = f"label_next::{suggestion['path']}"
             if key not in state:
                 state[key] = suggestion["guess"] if suggestion["guess"] in classes else SKIP
-            st.selectbox(f"Guess: {common.literal(suggestion['guess'])} ({suggestion['prob']:.0%})", options, key=key)
+            st.selectbox(f"Guess: {literal(suggestion['guess'])} ({suggestion['prob']:.0%})", options, key=key)
     labelled = [(s["path"], state[f"label_next::{s['path']}"]) for s in result["suggestions"]
                 if state.get(f"label_next::{s['path']}", SKIP) != SKIP]
     st.button(f"Add these {len(labelled)} labelled images as a new dataset version", key="label_next_add",
               icon=":material/library_add:", disabled=not labelled, on_click=_add_labelled, args=(run_dir, labelled))
     if error := state.pop("label_next_error", None):
-        st.error(common.literal(error))
+        st.error(literal(error))
 
 
 def _add_labelled(run_dir: Path, labelled: list) -> None:
     state = st.session_state
     try:
         version = active.add_labelled(runs.read_config(run_dir).dataset_dir, labelled)
-    except common.USER_ERRORS as error:
+    except widgets.USER_ERRORS as error:
         state.label_next_error = str(error)
         return
     state.labelled_version = {"run": str(run_dir), "dataset_dir": str(version.root),

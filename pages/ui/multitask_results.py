@@ -11,14 +11,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.ui import common
+from pages.ui import jobs, widgets
+from pages.ui.text import literal
 from tl_core import compare, multitask, plots, runs
 
 
 def _start_separate(run_dir: Path) -> None:
     try:
-        st.session_state.run_dir = str(compare.start_separate_models(common.job_manager(), run_dir)[0])
-    except common.USER_ERRORS as error:
+        st.session_state.run_dir = str(compare.start_separate_models(jobs.queue(), run_dir)[0])
+    except widgets.USER_ERRORS as error:
         st.session_state.separate_error = str(error)
 
 
@@ -42,7 +43,7 @@ def _sharing(run_dir: Path, metrics: dict) -> None:
     st.subheader("Did sharing one backbone help?")
     extra = runs.read_config_record(run_dir).get("config", {}).get("extra", {})
     if extra.get("separate_of"):
-        st.caption(common.literal(f"This run trained the task {extra['only_task']} alone, to compare with the "
+        st.caption(literal(f"This run trained the task {extra['only_task']} alone, to compare with the "
                                   f"shared model {extra['separate_of']}."))
         return
     twins = compare.find_separate_models(run_dir)
@@ -52,16 +53,16 @@ def _sharing(run_dir: Path, metrics: dict) -> None:
         st.button("Compare with a model per task", key="start_separate", icon=":material/compare_arrows:",
                   on_click=_start_separate, args=(run_dir,))
         if error := st.session_state.pop("separate_error", None):
-            st.error(common.literal(error))
+            st.error(literal(error))
         return
     states = {task: runs.read_status(d).get("state") for task, d in twins.items()}
-    if any(s in common.ACTIVE_STATES for s in states.values()):
+    if any(s in jobs.ACTIVE_STATES for s in states.values()):
         waiting = ", ".join(f"{task} ({s})" for task, s in states.items())
-        st.info(common.literal(f"The separate models are training: {waiting}; the comparison appears when they end."),
+        st.info(literal(f"The separate models are training: {waiting}; the comparison appears when they end."),
                 icon=":material/hourglass_top:")
         return
     verdict = compare.sharing_verdict(metrics, {task: runs.read_metrics(d) or {} for task, d in twins.items()})
-    {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(common.literal(verdict["text"]))
+    {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(literal(verdict["text"]))
     if verdict["rows"]:
         st.dataframe(pd.DataFrame([{"task": r["task"], "measure": r["score_name"], "shared": r["shared"],
                                     "alone": r["alone"], "difference (points)": round(100 * r["gain"], 1),

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common, gate
+from pages.ui import gate, uploads, widgets
+from pages.ui.text import literal
 from tl_core.config import ADAPT_HELP, ADAPT_METHODS
 from tl_core.datasets import load_dataset
 from tl_core.datasets.unlabelled import ingest_unlabelled_files, ingest_unlabelled_zip
@@ -28,14 +29,14 @@ def _ingest(action, *args, **kwargs):
     try:
         gate.check_room(*args)  # a classroom student's disk and dataset limits
         return action(*args, workspace=gate.space().data_workspace, **kwargs)  # in the user's own space
-    except common.USER_ERRORS as error:
-        common.show_error(error)
+    except widgets.USER_ERRORS as error:
+        widgets.show_error(error)
         return None
 
 
-def data_section(labelled_upload_tabs) -> None:
+def data_section() -> None:
     """The Data page's "Where will you use the model?": unlabelled target images, a labelled target set, the
-    shift meter. `labelled_upload_tabs(prefix, key)` is the page's own upload of class folders."""
+    shift meter."""
     state = st.session_state
     st.header("Where will you use the model?")
     st.write("If the model will see images of another kind than these (another camera, site, season or "
@@ -45,10 +46,10 @@ def data_section(labelled_upload_tabs) -> None:
                                              "Labelled target images, to measure"],
                                             key="target_source_tab", on_change="rerun")  # kept across reruns
     with folder_tab:
-        uploads = st.file_uploader("Images from where the model will be used", accept_multiple_files=True,
+        target_files = st.file_uploader("Images from where the model will be used", accept_multiple_files=True,
                                    key="target_upload")
-        if st.button("Use these target images", key="target_ingest", disabled=not uploads):
-            _use(_ingest(ingest_unlabelled_files, [(u.name, u.getvalue()) for u in uploads]), "target_dir")
+        if st.button("Use these target images", key="target_ingest", disabled=not target_files):
+            _use(_ingest(ingest_unlabelled_files, [(u.name, u.getvalue()) for u in target_files]), "target_dir")
     with zip_tab:
         archive = st.file_uploader("A .zip of target images, any layout", type=["zip"], key="target_zip_upload")
         if st.button("Use this zip", key="target_zip_ingest", disabled=archive is None):
@@ -56,13 +57,13 @@ def data_section(labelled_upload_tabs) -> None:
     with test_tab:
         st.caption("Optional: target images sorted into the same class folders. They are never trained on; "
                    "Results shows the accuracy on them beside the validation accuracy.")
-        labelled_upload_tabs("target_test", "target_test_dir")
+        uploads.upload_tabs("target_test", "target_test_dir")
     target = _dataset("target_dir")
     if target is None:
         st.caption("No target images: the model is trained and measured on these images only.")
         return
     test = _dataset("target_test_dir")
-    st.success(f"Target images: {common.literal(target.name)} ({len(target.items)} images"
+    st.success(f"Target images: {literal(target.name)} ({len(target.items)} images"
                + (f"; {len(test.items)} labelled to measure)" if test else ")"), icon=":material/check:")
     if target.refused:
         st.dataframe(target.refused, hide_index=True, key="target_refused",
@@ -73,8 +74,8 @@ def data_section(labelled_upload_tabs) -> None:
         with st.spinner("Comparing the two sets through the backbone…"):
             try:
                 state.shift_report = measure_shift(state.dataset_dir, state.target_dir, state.backbone, state.weights)
-            except common.USER_ERRORS as error:
-                common.show_error(error)
+            except widgets.USER_ERRORS as error:
+                widgets.show_error(error)
     if report := state.get("shift_report"):
         shift_report(report)
     st.button("Forget the target images", key="target_clear", on_click=_clear)
@@ -85,13 +86,13 @@ def shift_report(report: dict) -> None:
     st.metric("Proxy A-distance", f"{report['pad']:.2f}",
               help="0: a classifier cannot tell the two sets apart; 2: it tells them apart every time "
                    f"(here it was right {report['domain_acc']:.0%} of the time on images it did not fit).")
-    st.info(common.literal(report["words"].capitalize()), icon=":material/straighten:")
+    st.info(literal(report["words"].capitalize()), icon=":material/straighten:")
     source_col, target_col = st.columns(2)
     source_col.caption("Most typical of your images")
-    source_col.image([p for p in map(common.thumbnail, report["typical_source"]) if p is not None],
+    source_col.image([p for p in map(widgets.thumbnail, report["typical_source"]) if p is not None],
                      width=TYPICAL_WIDTH)
     target_col.caption("Most typical of the target images")
-    target_col.image([p for p in map(common.thumbnail, report["typical_target"]) if p is not None],
+    target_col.image([p for p in map(widgets.thumbnail, report["typical_target"]) if p is not None],
                      width=TYPICAL_WIDTH)
     if report.get("least_overlap"):
         st.caption("Classes that overlap least with the target (share of their images told apart from it):")
@@ -111,7 +112,7 @@ def _dataset(key: str):
         return None
     try:
         return load_dataset(root)
-    except common.USER_ERRORS:
+    except widgets.USER_ERRORS:
         st.session_state[key] = None
         return None
 
@@ -152,6 +153,6 @@ def results_section(metrics: dict) -> None:
                            help=f"mean entropy {record['entropy']:.2f}")
     shift = target.get("shift", {})
     if shift:
-        st.caption(common.literal(f"Shift meter: {shift.get('words', '')} (proxy A-distance {shift.get('pad', 0):.2f})."))
+        st.caption(literal(f"Shift meter: {shift.get('words', '')} (proxy A-distance {shift.get('pad', 0):.2f})."))
     if target.get("not_applied"):
-        st.caption(common.literal(f"{method}: {target['not_applied']}."))
+        st.caption(literal(f"{method}: {target['not_applied']}."))

@@ -1,0 +1,75 @@
+"""The Runs page's side by side: two or more runs' settings (those that differ highlighted), what transfer
+bought when one is the other's from-scratch twin, and their curves overlaid (tl_core.compare)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from tl_core import compare, plots, runs
+
+from pages.ui import labels
+from pages.ui.text import literal
+
+HIGHLIGHT = "background-color: rgba(255, 170, 0, 0.25)"  # a setting that differs
+
+
+def short_name(run_dir: str) -> str:
+    """A legend entry: the run's name (or id), where its weights came from and what learnt."""
+    row = runs.summarize(Path(run_dir))
+    return f"{row['name'] or row['run_id']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
+
+
+def shown(setting: str, value) -> str:
+    """A setting's value as text: the columns of the table mix numbers, words and flags."""
+    if value is None:
+        return "–"
+    if setting == "val_acc":
+        return f"{value:.1%}"
+    if setting in ("macro_f1", "val_loss"):
+        return f"{value:.3f}"
+    if setting == "wall_s":
+        return runs.format_seconds(value)
+    if setting == "weights":
+        return labels.weights_label(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def side_by_side(chosen: list[str]) -> None:
+    """The settings that differ, what transfer bought (a run and its from-scratch twin), the curves overlaid."""
+    run_dirs = [Path(path) for path in chosen]
+    try:
+        rows = compare.settings_table(run_dirs)
+    except ValueError as error:  # a damaged file of one of the runs: say which, compare nothing
+        st.warning(f"These runs cannot be compared: {literal(error)}", icon=":material/broken_image:")
+        st.stop()
+    run_labels = [labels.run_label(path) for path in chosen]
+    table = pd.DataFrame([{"setting": row["setting"], **{label: shown(row["setting"], value)
+                                                          for label, value in zip(run_labels, row["values"])},
+                           "differs": row["differs"]} for row in rows])
+    st.caption("Rows that differ between the runs are highlighted.")
+    st.dataframe(
+        table.style.apply(lambda row: [HIGHLIGHT if row["differs"] else ""] * len(row), axis=1),
+        hide_index=True, key="settings_table", height=36 * (len(table) + 1),
+        column_config={"setting": "Setting", "differs": st.column_config.CheckboxColumn("Differs")})
+
+    for pretrained, other in ([run_dirs, run_dirs[::-1]] if len(run_dirs) == 2 else []):
+        # a pretrained run and its from-scratch twin: say what transfer bought
+        if compare.baseline_of(other) == pretrained.name:
+            pretrained_metrics, baseline_metrics = runs.read_metrics(pretrained), runs.read_metrics(other)
+            if pretrained_metrics and baseline_metrics:
+                verdict = compare.transfer_verdict(pretrained_metrics, baseline_metrics)
+                {"positive": st.success, "negative": st.warning}.get(verdict["kind"], st.info)(verdict["text"])
+
+    names = [short_name(path) for path in chosen]
+    curves = compare.curves(run_dirs, names if len(set(names)) == len(names) else run_labels)
+    accuracy_col, loss_col, train_loss_col = st.columns(3)
+    accuracy_col.plotly_chart(plots.compare_figure(curves, "val_acc"), key="compare_val_acc")
+    loss_col.plotly_chart(plots.compare_figure(curves, "val_loss"), key="compare_val_loss")
+    train_loss_col.plotly_chart(plots.compare_figure(curves, "train_loss"), key="compare_train_loss")
+
