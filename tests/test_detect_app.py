@@ -94,7 +94,7 @@ def test_results_section_metrics_slider_confusion_and_gallery(home):
     at.slider(key="detect_results_score").set_value(0.05).run()
     assert not at.exception
     assert sum(map(sum, confusion()["data"][0]["z"])) >= low  # a lower threshold shows at least as many boxes
-    assert len(at.get("imgs")) >= 1
+    assert len(at.get("image")) >= 1
 
 
 def test_predict_section_draws_boxes_on_an_upload(home):
@@ -104,13 +104,13 @@ def test_predict_section_draws_boxes_on_an_upload(home):
     at.file_uploader(key="detect_predict_upload").upload(picture.name, picture.read_bytes(), "image/jpeg")
     at.slider(key="detect_predict_score").set_value(0.05).run()
     assert not at.exception
-    assert len(at.get("imgs")) == 1
+    assert len(at.get("image")) == 1
 
 
 def test_data_section_imports_audits_and_saves_edited_boxes(home, tmp_path):
     coco = write_set(tmp_path / "coco", 6, "coco", seed=8, size=96)
     at = AppTest.from_function(_data, default_timeout=120).run()
-    at.text_input(key="detect_folder").input(str(coco))
+    at.text_input(key="detect_folder").input(str(coco)).run()
     at.button(key="detect_import").click().run()
     assert not at.exception
     first = at.session_state["dataset_dir"]

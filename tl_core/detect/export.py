@@ -7,7 +7,7 @@ Before the file is kept, ONNX Runtime runs it on the run's held-out pictures: ev
 above the shown score must be found again (same class, IoU ≥ MIN_IOU, score within SCORE_TOLERANCE) and
 ONNX Runtime must find none that tl_core does not; otherwise nothing is kept (ExportMismatch).
 The bundle: model.onnx, labels.json, preprocess.json, verification.json, MODEL_CARD.md and
-predict_example.py, a standalone program that draws the boxes (tl_core/detect/bundle_predict.py).
+predict_example.py, a standalone program that draws the boxes (tl_core/bundle/detect_predict_example.py).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from tl_core.runs import RunFolder
 from tl_core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 MODEL_FILE = "model.onnx"
-PROGRAM = Path(__file__).with_name("bundle_predict.py")
+PROGRAM = Path(__file__).resolve().parent.parent / "bundle" / "detect_predict_example.py"
 ONNX_OPSET = 17
 MIN_IOU = 0.99
 SCORE_TOLERANCE = 1e-3
