@@ -125,13 +125,16 @@ def test_augmentation_moves_boxes_with_the_picture_and_keeps_them_valid():
                 assert boxes.min() >= 0 and boxes.max() <= 64
 
 
-def test_layer_groups_follow_the_backbone_and_freeze_plans_apply():
+@pytest.mark.parametrize("backbone", ["test_efficientnet", "test_resnet"])
+def test_layer_groups_are_the_classifiers_and_freeze_plans_apply(backbone):
     from tl_core import layers
-    from tl_core.detect.model import build
+    from tl_core.backbones import create_model
+    from tl_core.detect.model import build, layer_groups
 
-    model = build("test_efficientnet", 2, "none", 96)
-    groups = layers.layer_groups(model)
-    assert groups[0].name == "stem" and groups[-1].name == "head"
+    model = build(backbone, 2, "none", 96)
+    groups = layer_groups(model)
+    classifier = layers.layer_groups(create_model(backbone, 2, weights="none"))
+    assert [g.name for g in groups] == [g.name for g in classifier]  # a plan from the Layers page means the same
     head = groups[-1]
     assert all(not n.startswith("backbone.body.") for n in head.param_names)  # pyramid + FCOS head
     assert any(n.startswith("backbone.fpn.") for n in head.param_names)
@@ -139,6 +142,8 @@ def test_layer_groups_follow_the_backbone_and_freeze_plans_apply():
     assert counts["trainable_params"] == head.num_params
     top2 = layers.apply_freeze(model, groups, layers.parse_freeze("top-2", groups))
     assert top2["trainable_groups"] == [g.name for g in groups[-3:]]
+    named = layers.apply_freeze(model, groups, layers.parse_freeze(groups[-2].name, groups))
+    assert named["trainable_params"] == head.num_params + groups[-2].num_params
 
 
 def _yolo_run(tmp_path, **settings):

@@ -23,7 +23,7 @@ from tl_core.devices import autocast_dtype, describe, pick_device
 from tl_core.detect import augment, batches
 from tl_core.detect.evaluate import box_metrics
 from tl_core.detect.formats import load_boxset
-from tl_core.detect.model import build
+from tl_core.detect.model import build, layer_groups
 from tl_core.runs import RunFolder, record_facts, stop_requested
 from tl_core.storage import atomic_write_bytes, atomic_write_json
 
@@ -60,7 +60,7 @@ def fit(config, run_dir, emit, strategy=None) -> dict:
     if freeze == "auto":
         freeze, plan = auto_plan(config, run_dir, emit, train, val, boxset.classes, size, device)
     model = build(config.backbone, len(boxset.classes), config.weights, size)
-    groups = layers.layer_groups(model)
+    groups = layer_groups(model)
     counts = layers.apply_freeze(model, groups, layers.parse_freeze(freeze, groups), config.bn_policy)
     model.to(device)
     record_facts(run_dir, device=describe(device), n_train=len(train.pixels), n_val=len(val.pixels), freeze=freeze,
@@ -215,7 +215,7 @@ def auto_plan(config, run_dir, emit, train, val, classes, size, device) -> tuple
         emit("notice", phase="plan", message=f"Auto plan: measuring freeze={freeze} for {epochs} epoch(s)")
         torch.manual_seed(config.seed)
         model = build(config.backbone, len(classes), config.weights, size)
-        groups = layers.layer_groups(model)
+        groups = layer_groups(model)
         layers.apply_freeze(model, groups, layers.parse_freeze(freeze, groups), config.bn_policy)
         started = time.time()
         loop = Loop(model.to(device), config.replace(freeze=freeze, lr=_default_lr(freeze)), device, train, val,

@@ -13,6 +13,7 @@ resized to a square `image_size` (tl_core.detect.batches), so torchvision's own 
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 
 import torch
@@ -28,6 +29,7 @@ PYRAMID_CHANNELS = 64  # small sets and CPUs: torchvision's 256 channels quadrup
 STAGES = 3  # strides 8, 16, 32 (then P6, P7 from the pyramid): objects of ~8 px to the whole picture
 SCORE_THRESH = 0.05  # what the model returns; the app's slider and predict's threshold cut further
 NMS_THRESH = 0.5
+BODY = "backbone.body."  # where the timm backbone's parameters sit in the detector
 DETECTIONS_PER_IMAGE = 100
 
 
@@ -55,14 +57,36 @@ class Detector(FCOS):
     """FCOS on a TimmPyramid, answering timm's `group_matcher` with the backbone's own groups."""
 
     def group_matcher(self, coarse: bool = True):
-        """A callable for timm.models.group_parameters: the body's groups in order, everything else (pyramid and
-        detection head) last, in the group tl_core.layers calls "head"."""
-        from timm.models import group_parameters
+        """timm's matcher of the body, its patterns moved under "backbone.body.": the body's groups in order,
+        everything else (pyramid and detection head) unmatched, so last: the group tl_core.layers calls "head"."""
+        inner = self.backbone.body.group_matcher(coarse=coarse)
+        if callable(inner):
+            return lambda name: inner(name[len(BODY):]) if name.startswith(BODY) else (math.inf,)
+        return {group: _prefixed(spec) for group, spec in inner.items()}
 
-        body = self.backbone.body
-        group_of = group_parameters(body, body.group_matcher(coarse=coarse), reverse=True)
-        order = {f"backbone.body.{name}": (float(group),) for name, group in group_of.items()}
-        return lambda name: order.get(name, (math.inf,))
+
+def layer_groups(model: Detector) -> list:
+    """tl_core.layers' groups of the detector, named as the classifier's groups of the same backbone
+    ("stem", "blocks.3", ..., "head"), so a plan chosen on the Layers page means the same layers here."""
+    from dataclasses import replace
+
+    from tl_core import layers
+
+    return [replace(group, name=group.name.removeprefix(BODY)) for group in layers.layer_groups(model)]
+
+
+def _prefixed(spec):
+    """A timm matcher spec (a pattern, or a list of (pattern, suffix)) anchored under BODY."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return _prefixed_pattern(spec)
+    return [(_prefixed_pattern(pattern), suffix) for pattern, suffix in spec]
+
+
+def _prefixed_pattern(pattern: str) -> str:
+    # timm's patterns are matched at the start of a name; their own "^" anchors move behind the prefix
+    return "^" + re.escape(BODY) + "(?:" + re.sub(r"(?<![\\\[])\^", "", pattern) + ")"
 
 
 def build(backbone: str, num_classes: int, weights: str, image_size: int) -> Detector:
