@@ -117,7 +117,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--default-wall", action="store_true", help="also time CLI-default runs on 120 pictures")
-    parser.add_argument("--only", default="plain,freeze,sizes", help="which comparisons")
+    parser.add_argument("--only", default="plain,freeze,sizes", help="which comparisons: plain, freeze, sizes, "
+                        "default (the CLI-default run on 120 pictures)")
     args = parser.parse_args()
     from tl_core.detect.sample import write_set
     from tl_core.devices import describe
@@ -128,20 +129,22 @@ def main() -> int:
     rows: dict[str, list[dict]] = {}
     only = set(args.only.split(","))
     for draw in range(args.draws):
-        sets = {n: write_set(work / f"train_{n}_{draw}", n, "coco", seed=draw, size=160) for n in (50, 100, 200)}
+        sets = {n: write_set(work / f"train_{n}_{draw}", n, "coco", seed=draw, size=160) for n in (50, 100, 200)} \
+            if only & {"plain", "freeze", "sizes"} else {}
         plans = []
         if "plain" in only:
             plans += [("plain torchvision loop, frozen backbone, 100 pictures", lambda: _run_plain(
                 sets[100], test_root, args.epochs, args.size, draw))]
-        plans += [("tl_core, frozen backbone (head), 100 pictures", lambda: _run_tl_core(
-            sets[100], test_root, "head", args.epochs, args.size, draw))]
+        if only & {"plain", "freeze", "sizes"}:
+            plans += [("tl_core, frozen backbone (head), 100 pictures", lambda: _run_tl_core(
+                sets[100], test_root, "head", args.epochs, args.size, draw))]
         if "freeze" in only:
             plans += [(f"tl_core, {f}, 100 pictures", lambda f=f: _run_tl_core(
                 sets[100], test_root, f, args.epochs, args.size, draw)) for f in ("top-3", "all")]
         if "sizes" in only:
             plans += [(f"tl_core, frozen backbone (head), {n} pictures", lambda n=n: _run_tl_core(
                 sets[n], test_root, "head", args.epochs, args.size, draw)) for n in (50, 200)]
-        if args.default_wall:
+        if args.default_wall or "default" in only:
             default_set = write_set(work / f"default_{draw}", 120, "coco", seed=500 + draw, size=160)
             plans += [("tl_core CLI defaults (freeze auto, 10 epochs, batch 32, 192 px), 120 pictures",
                        lambda: _run_tl_core(default_set, test_root, "auto", 10, 192, draw, batch_size=32,
@@ -151,7 +154,7 @@ def main() -> int:
             rows.setdefault(name, []).append(result)
             print(f"draw {draw}: {name}: mAP@50 {result['map50']:.3f} mAP {result['map']:.3f} "
                   f"wall {result['wall_s']:.0f} s", flush=True)
-    out = ROOT / "bench" / "results" / "detect.json"
+    out = ROOT / "bench" / "results" / f"detect-{args.only.replace(',', '-')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": describe(), "draws": args.draws, "epochs": args.epochs, "size": args.size,
                                "rows": rows}, indent=1))
