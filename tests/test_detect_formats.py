@@ -45,9 +45,19 @@ def test_same_folder_is_reused_and_a_zip_with_a_wrapper_reads_alike(sets, tmp_pa
             if path.is_file():
                 z.write(path, "my_set/" + path.relative_to(sets["yolo"]).as_posix())
         z.writestr("../evil.txt", "outside")
+    assert detect_layout(archive) == "zip"
     boxset = load_boxset(ingest(archive))
     assert len(boxset.images) == 8
     assert any("outside the archive" in r["reason"] for r in boxset.refused)
+
+
+def test_class_folders_are_not_taken_for_boxes(sample_dir, tmp_path):
+    assert detect_layout(sample_dir) is None
+    archive = tmp_path / "classes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(sample_dir.rglob("*.png"))[:3]:
+            z.write(path, path.relative_to(sample_dir).as_posix())
+    assert detect_layout(archive) is None
 
 
 def test_malformed_json_yaml_and_xml_name_the_file_and_line(sets, tmp_path):

@@ -72,12 +72,23 @@ def load_boxset(root: str | Path) -> BoxSet:
 
 
 def detect_layout(folder: str | Path) -> str | None:
-    """"coco", "yolo" or "voc" when `folder` (or its one wrapper folder) holds that layout, else None."""
+    """"coco", "yolo" or "voc" when `folder` (or its one wrapper folder) holds that layout, "zip" for an archive
+    holding box annotations, else None (truthy exactly when the folder is this kind's: tl_core.kinds)."""
     folder = Path(folder)
-    if folder.is_file() and zipfile.is_zipfile(folder):
-        return "zip"
+    if folder.is_file():
+        return "zip" if zipfile.is_zipfile(folder) and _zip_has_boxes(folder) else None
     root = _layout_root(folder)
     return _layout_of(root) if root else None
+
+
+def _zip_has_boxes(path: Path) -> bool:
+    """Whether an archive holds a box annotation file (looked up by name only: nothing is unpacked)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [Path(n).name.lower() for n in archive.namelist()]
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n in ("annotations.json", "data.yaml", "data.yml", "classes.txt") or n.endswith(".xml") for n in names)
 
 
 def ingest(src: str | Path, name: str | None = None, workspace: Path | None = None) -> Path:
