@@ -2,8 +2,8 @@
 and the CPU wall of a default run. Mean ± sd over draws (a draw: a new set of training scenes and seed).
 
 Data: scenes made by tl_core.detect.sample (Fashion-MNIST items of the bundled sample pasted on varied
-backgrounds, 1–3 objects of 3 classes a picture); the test set: 60 scenes of other items (never trained on).
-Usage: python bench/detect.py [--draws 3] [--epochs 6] [--size 128] [--default-wall]
+backgrounds, 1–3 objects of 3 classes a picture, 160 px); the test set: scenes of other items (never trained on).
+Usage: python bench/detect.py [--draws 3] [--epochs 4] [--size 96] [--only plain,freeze,sizes|default]
 Prints a markdown table (for bench/RESULTS.md) and writes bench/results/detect.json.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ def _run_tl_core(data: Path, test_root: Path, freeze: str, epochs: int, size: in
 def _run_plain(data: Path, test_root: Path, epochs: int, size: int, seed: int) -> dict:
     """What a user would write by hand with torchvision: the same FCOS on the same frozen Lite0 pyramid, Adam at
     a constant 1e-3, the pictures resized each batch, no warm-up, schedule, validation or best-epoch choice."""
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -70,7 +71,7 @@ def _run_plain(data: Path, test_root: Path, epochs: int, size: int, seed: int) -
                 item = samples[i]
                 picture = Image.open(boxset.path(item)).convert("RGB")
                 sx, sy = size / picture.width, size / picture.height
-                pixels = torch.from_numpy(__import__("numpy").asarray(picture.resize((size, size)))).permute(2, 0, 1)
+                pixels = torch.from_numpy(np.array(picture.resize((size, size), Image.Resampling.BILINEAR))).permute(2, 0, 1)
                 images.append(pixels.float() / 255)
                 boxes = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in item["boxes"]],
                                      dtype=torch.float32).reshape(-1, 4)
@@ -114,18 +115,24 @@ def _wall(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--test", type=int, default=40, help="test scenes (of items never trained on)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--default-wall", action="store_true", help="also time CLI-default runs on 120 pictures")
     parser.add_argument("--only", default="plain,freeze,sizes", help="which comparisons: plain, freeze, sizes, "
                         "default (the CLI-default run on 120 pictures)")
     args = parser.parse_args()
+    import torch
+
     from tl_core.detect.sample import write_set
     from tl_core.devices import describe
 
+    torch.set_num_threads(args.threads)
+
     os.environ.setdefault("TL_STUDIO_HOME", tempfile.mkdtemp(prefix="bench-detect-"))
     work = Path(tempfile.mkdtemp(prefix="bench-detect-data-"))
-    test_root = write_set(work / "test", 60, "coco", seed=1000, size=160, first_item=20, items=10)
+    test_root = write_set(work / "test", args.test, "coco", seed=1000, size=160, first_item=20, items=10)
     rows: dict[str, list[dict]] = {}
     only = set(args.only.split(","))
     for draw in range(args.draws):
@@ -159,7 +166,7 @@ def main() -> int:
     out.write_text(json.dumps({"device": describe(), "draws": args.draws, "epochs": args.epochs, "size": args.size,
                                "rows": rows}, indent=1))
     print(f"\nDevice: {describe()}; {args.draws} draws; {args.epochs} epochs at {args.size} px, batch 8; "
-          "test: 60 scenes of unseen items\n")
+          f"test: {args.test} scenes of unseen items\n")
     print("| setting | test mAP@50 | test mAP@[.5:.95] | wall (s) |")
     print("|---|---|---|---|")
     for name, results in rows.items():

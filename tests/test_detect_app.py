@@ -82,6 +82,20 @@ def test_train_section_shows_loss_terms_and_map(home):
     assert {"classification (focal)", "box (GIoU)"} <= names
 
 
+def test_train_section_of_a_running_run_shows_progress_and_stops_it(home, tmp_path):
+    import shutil
+
+    from tl_core.runs import RunFolder, write_status
+
+    running = shutil.copytree(home["run_dir"], tmp_path / "running")
+    write_status(running, state="running")
+    at = AppTest.from_function(_train, args=(str(running),), default_timeout=60).run()
+    assert not at.exception
+    assert "epoch 2 of 2" in at.get("progress")[0].proto.text
+    at.button(key=f"detect_stop::{running}").click().run()
+    assert RunFolder(running).stop.exists()
+
+
 def test_results_section_metrics_slider_confusion_and_gallery(home):
     at = AppTest.from_function(_results, args=(str(home["run_dir"]),), default_timeout=120).run()
     assert not at.exception

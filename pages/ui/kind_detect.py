@@ -148,13 +148,15 @@ def train_section(run_dir) -> None:
     """Progress, ETA, stop, live loss terms and validation mAP@50 per epoch."""
     state = runs.read_status(Path(run_dir)).get("state")
     if state in ("queued", "running"):
-        st.fragment(run_every=1.0)(_train_view)(str(run_dir))
+        st.fragment(run_every=1.0)(_train_view)(str(run_dir), live=True)
     else:
         _train_view(str(run_dir))
 
 
-def _train_view(run_dir: str) -> None:
+def _train_view(run_dir: str, live: bool = False) -> None:
     status = runs.read_status(Path(run_dir))
+    if live and status.get("state") not in ("queued", "running"):
+        st.rerun()  # the whole page: it shows the outcome, and this timer stops
     events = runs.read_events(Path(run_dir))
     start = next((e for e in events if e.get("event") == "fit_start"), None)
     epochs = [e for e in events if e.get("event") == "epoch_end"]
