@@ -167,6 +167,8 @@ def test_auto_plan_measures_and_keeps_a_plan(tmp_path):
     assert [c["freeze"] for c in plan["candidates"]] == ["head", "top-3"]
     start = next(e for e in read_events(run_dir) if e["event"] == "fit_start")
     assert start["freeze"] == plan["kept"]
+    progress = [e["message"] for e in read_events(run_dir) if e["event"] == "notice" and "epoch 1 of 1" in e["message"]]
+    assert len(progress) == 2  # each candidate's epochs are told while measured, not only the verdict
 
 
 def test_stop_file_cancels(tmp_path):

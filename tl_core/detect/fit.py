@@ -95,6 +95,7 @@ class Loop:
         self.history: list[dict] = []
         self.step = 0
         self.images_per_s = 0.0
+        self.on_quiet_epoch = None  # told each epoch's record when quiet (the Auto plan's progress notices)
 
     def run(self, epochs: int) -> None:
         first_state = _trainable_state(self.model)
@@ -165,6 +166,8 @@ class Loop:
             self.history.append(record)
             if not self.quiet:
                 self.emit("epoch_end", **record)
+            elif self.on_quiet_epoch is not None:
+                self.on_quiet_epoch(record)
             if record["val_map50"] > self.best_map50 + 1e-6:
                 self.best_map50, self.best_epoch, stale = record["val_map50"], epoch, 0
                 self.best_state = _trainable_state(self.model)
@@ -220,6 +223,9 @@ def auto_plan(config, run_dir, emit, train, val, classes, size, device) -> tuple
         started = time.time()
         loop = Loop(model.to(device), config.replace(freeze=freeze, lr=_default_lr(freeze)), device, train, val,
                     classes, emit, run_dir, quiet=True)
+        loop.on_quiet_epoch = lambda record, freeze=freeze: emit(
+            "notice", phase="plan", message=f"Auto plan, freeze={freeze}: epoch {record['epoch']} of {epochs}, "
+                                            f"validation mAP@50 {record['val_map50']:.2f}")
         loop.run(epochs)
         measured.append({"freeze": freeze, "val_map50": round(loop.best_map50, 4), "seconds": round(time.time() - started, 1)})
     kept = measured[0]
