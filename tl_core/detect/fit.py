@@ -56,6 +56,9 @@ def fit(config, run_dir, emit, strategy=None) -> dict:
         emit("notice", message=f"{skipped['name']}: skipped ({skipped['reason']})")
     if len(train.pixels) == 0 or len(val.pixels) == 0:
         raise ValueError(f"{config.dataset_dir}: too few readable pictures to train and validate")
+    if not any(len(target["labels"]) for target in train.targets):
+        raise ValueError(f"{config.dataset_dir}: no usable box among the training pictures: draw or import boxes "
+                         "first (the audit lists the ones that cannot be used)")
     freeze, plan = config.freeze, None
     if freeze == "auto":
         freeze, plan = auto_plan(config, run_dir, emit, train, val, boxset.classes, size, device)
