@@ -190,3 +190,18 @@ def test_divergence_restarts_once_at_a_lower_rate_then_fails(tmp_path, monkeypat
         train.run(run_dir)
     assert read_status(run_dir)["state"] == "failed"
     assert any("tenth of the rate" in e.get("message", "") for e in read_events(run_dir) if e["event"] == "notice")
+
+
+def test_a_set_without_boxes_fails_with_what_to_do(tmp_path):
+    from tl_core import train
+    from tl_core.config import RunConfig
+    from tl_core.detect.editing import new_boxset
+    from tl_core.runs import create_run
+
+    pictures = sorted((write_set(tmp_path / "scenes", 4, "coco", seed=1, size=96) / "images").glob("*.jpg"))
+    root = new_boxset([(p.name, p.read_bytes()) for p in pictures], ["cup"])
+    run_dir = create_run(RunConfig(dataset_dir=str(root), task="detect", backbone="test_efficientnet",
+                                   weights="none", image_size=96, epochs=1, freeze="head"))
+    with pytest.raises(ValueError, match="no usable box"):
+        train.run(run_dir)
+    assert "draw or import boxes" in read_status(run_dir)["error"]
