@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--default-wall", action="store_true", help="also time CLI-default runs on 120 pictures")
     parser.add_argument("--only", default="plain,freeze,sizes", help="which comparisons: plain, freeze, sizes, "
-                        "default (the CLI-default run on 120 pictures)")
+                        "head (the frozen-backbone run alone), default (the CLI-default run on 120 pictures)")
     args = parser.parse_args()
     import torch
 
@@ -137,12 +137,12 @@ def main() -> int:
     only = set(args.only.split(","))
     for draw in range(args.draws):
         sets = {n: write_set(work / f"train_{n}_{draw}", n, "coco", seed=draw, size=160) for n in (50, 100, 200)} \
-            if only & {"plain", "freeze", "sizes"} else {}
+            if only & {"plain", "freeze", "sizes", "head"} else {}
         plans = []
         if "plain" in only:
             plans += [("plain torchvision loop, frozen backbone, 100 pictures", lambda: _run_plain(
                 sets[100], test_root, args.epochs, args.size, draw))]
-        if only & {"plain", "freeze", "sizes"}:
+        if only & {"plain", "freeze", "sizes", "head"}:
             plans += [("tl_core, frozen backbone (head), 100 pictures", lambda: _run_tl_core(
                 sets[100], test_root, "head", args.epochs, args.size, draw))]
         if "freeze" in only:

@@ -205,3 +205,42 @@ def test_a_set_without_boxes_fails_with_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="no usable box"):
         train.run(run_dir)
     assert "draw or import boxes" in read_status(run_dir)["error"]
+
+
+def test_a_frozen_body_computed_once_gives_the_same_losses_and_boxes():
+    import torch
+
+    from tl_core import layers
+    from tl_core.detect.model import build, frozen_body_outputs, given_stages, layer_groups
+
+    torch.manual_seed(0)
+    model = build("test_efficientnet", 3, "none", 64)
+    groups = layer_groups(model)
+    layers.apply_freeze(model, groups, layers.parse_freeze("head", groups))
+    pixels = (torch.rand(3, 3, 64, 64) * 255).to(torch.uint8)
+    targets = [{"boxes": torch.tensor([[5.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([k])} for k in range(3)]
+    stages = frozen_body_outputs(model, pixels, "cpu")
+    images = [p.float() / 255 for p in pixels]
+    layers.set_train_mode(model)
+    plain = model(images, targets)
+    with given_stages(model, [s[:3] for s in stages]):
+        cached = model(images, targets)
+    for name in plain:
+        assert cached[name].item() == pytest.approx(plain[name].item(), rel=1e-5, abs=1e-6)
+    model.eval()
+    with torch.no_grad(), given_stages(model, [s[1:2] for s in stages]):
+        found = model(images[1:2])[0]
+    with torch.no_grad():
+        again = model(images[1:2])[0]
+    assert torch.allclose(found["scores"], again["scores"], atol=1e-5)
+
+
+@pytest.mark.parametrize("augment, cached", [("none", True), ("light", False)])
+def test_the_body_is_cached_only_when_frozen_and_unaugmented(tmp_path, augment, cached):
+    from tl_core import train
+
+    run_dir = _yolo_run(tmp_path, freeze="head", augment=augment)
+    train.run(run_dir)
+    phase = next(e for e in read_events(run_dir) if e["event"] == "phase_start")
+    assert phase["body_cached"] is cached
+    assert read_status(run_dir)["state"] == "done"

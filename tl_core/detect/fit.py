@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import safetensors.torch
@@ -23,7 +24,7 @@ from tl_core.devices import autocast_dtype, describe, pick_device
 from tl_core.detect import augment, batches
 from tl_core.detect.evaluate import box_metrics
 from tl_core.detect.formats import load_boxset
-from tl_core.detect.model import build, layer_groups
+from tl_core.detect.model import build, frozen_body_outputs, given_stages, layer_groups
 from tl_core.runs import RunFolder, record_facts, stop_requested
 from tl_core.storage import atomic_write_bytes, atomic_write_json
 
@@ -99,6 +100,20 @@ class Loop:
         self.step = 0
         self.images_per_s = 0.0
         self.on_quiet_epoch = None  # told each epoch's record when quiet (the Auto plan's progress notices)
+        self.train_stages = self.val_stages = None  # a frozen, unaugmented body's outputs, computed once
+
+    def _body_is_constant(self) -> bool:
+        """The body's outputs never change in this run: frozen, BatchNorm on running statistics, pictures not
+        augmented, and a size torchvision does not pad (a multiple of 32)."""
+        body = self.model.backbone.body
+        return (self.transform is None and self.config.bn_policy != "train" and self.train.pixels.shape[-1] % 32 == 0
+                and not any(p.requires_grad for p in body.parameters()))
+
+    def _stages(self, which: str, index: torch.Tensor | slice):
+        stages = self.train_stages if which == "train" else self.val_stages
+        if stages is None:
+            return nullcontext()
+        return given_stages(self.model, [s[index].to(self.device) for s in stages])
 
     def run(self, epochs: int) -> None:
         first_state = _trainable_state(self.model)
@@ -124,15 +139,22 @@ class Loop:
         dtype = autocast_dtype(self.device)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
         reference, stale = None, 0
+        if self.train_stages is None and self._body_is_constant():
+            # frozen and unaugmented: the body's outputs are computed once, and only the rest runs per step
+            self.train_stages = frozen_body_outputs(self.model, self.train.pixels, self.device)
+            self.val_stages = frozen_body_outputs(self.model, self.val.pixels, self.device)
         if not self.quiet:
-            self.emit("phase_start", phase="train", epochs=epochs, lr=HEAD_LR * scale)
+            self.emit("phase_start", phase="train", epochs=epochs, lr=HEAD_LR * scale,
+                      body_cached=self.train_stages is not None)
         for epoch in range(1, epochs + 1):
             started, seen, sums = time.time(), 0, {}
             layers.set_train_mode(self.model, cfg.bn_policy)
             order = torch.randperm(len(self.train.pixels), generator=torch.Generator().manual_seed(cfg.seed + epoch))
             for start in range(0, len(order), min(cfg.batch_size, len(order))):
-                images, targets = self._batch(order[start:start + cfg.batch_size])
-                with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                index = order[start:start + cfg.batch_size]
+                images, targets = self._batch(index)
+                with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
+                        self._stages("train", index):
                     terms = self.model(images, targets)
                 loss = sum(terms.values())
                 value = loss.detach().item()
@@ -197,8 +219,10 @@ class Loop:
         outputs = []
         for start in range(0, len(self.val.pixels), batch_size):
             images = [p.to(self.device).float() / 255 for p in self.val.pixels[start:start + batch_size]]
+            with self._stages("val", slice(start, start + batch_size)):
+                found = self.model(images)
             outputs += [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()}
-                        for out in self.model(images)]
+                        for out in found]
         return outputs
 
     def validate(self) -> dict:

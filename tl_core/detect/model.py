@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -47,10 +48,40 @@ class TimmPyramid(nn.Module):
         self.fpn = FeaturePyramidNetwork([info[i]["num_chs"] for i in self.indices], out_channels,
                                          extra_blocks=LastLevelP6P7(out_channels, out_channels))
         self.out_channels = out_channels
+        self.given_stages = None  # the body's outputs computed beforehand, when it is frozen (see body_outputs)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        stages = self.body.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+        stages = self.given_stages if self.given_stages is not None else self.body_outputs(x)
         return self.fpn(OrderedDict((str(i), stage) for i, stage in enumerate(stages)))
+
+    def body_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+
+
+@contextmanager
+def given_stages(model: "Detector", stages: list[torch.Tensor]):
+    """Within it, `model` reads its backbone's outputs from `stages` (a frozen body's, computed once) instead of
+    running the body: the images still go through torchvision's transform, anchors and losses as usual."""
+    model.backbone.given_stages = stages
+    try:
+        yield
+    finally:
+        model.backbone.given_stages = None
+
+
+@torch.no_grad()
+def frozen_body_outputs(model: "Detector", pixels: torch.Tensor, device, batch_size: int = 32) -> list[torch.Tensor]:
+    """The body's outputs for uint8 N×3×S×S `pixels`, normalised exactly as the detector's transform does."""
+    outputs = None
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(pixels), batch_size):
+        images = [p.to(device).float() / 255 for p in pixels[start:start + batch_size]]
+        batch = model.transform(images)[0].tensors
+        stages = model.backbone.body_outputs(batch)
+        outputs = stages if outputs is None else [torch.cat([o, s]) for o, s in zip(outputs, stages)]
+    model.train(was_training)
+    return outputs
 
 
 class Detector(FCOS):
