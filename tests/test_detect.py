@@ -244,3 +244,27 @@ def test_the_body_is_cached_only_when_frozen_and_unaugmented(tmp_path, augment, 
     phase = next(e for e in read_events(run_dir) if e["event"] == "phase_start")
     assert phase["body_cached"] is cached
     assert read_status(run_dir)["state"] == "done"
+
+
+def test_the_epoch_check_scores_as_the_full_metrics_and_the_confusion_counts_misses_and_false_alarms():
+    import torch
+
+    from tl_core.detect.evaluate import box_metrics, map_scores
+
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 95.0]]),
+                "labels": torch.tensor([0, 1])},
+               {"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2])}]
+    predictions = [{"boxes": torch.tensor([[11.0, 10.0, 50.0, 52.0], [0.0, 70.0, 20.0, 90.0]]),
+                    "scores": torch.tensor([0.9, 0.6]), "labels": torch.tensor([0, 1])},  # a hit, a false alarm
+                   {"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "scores": torch.tensor([0.8]),
+                    "labels": torch.tensor([1])}]  # the right place, the wrong class
+    full = box_metrics(predictions, targets, ["a", "b", "c"])
+    quick = map_scores(predictions, targets)
+    assert quick == {"map50": full["map50"], "map": full["map"]}
+    assert full["per_class"]["a"]["ap50"] == pytest.approx(1.0)
+    table = full["box_confusion"]  # rows truth a, b, c, background; columns predicted
+    assert table[0][0] == 1  # a found as a
+    assert table[1][3] == 1  # the b object missed
+    assert table[3][1] == 1  # a false alarm of b
+    assert table[2][1] == 1  # c taken for b
+    assert sum(map(sum, table)) == 4

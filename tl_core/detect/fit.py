@@ -22,7 +22,7 @@ from tl_core.backbones import architecture
 from tl_core.callbacks import CancelFit, TrainingDiverged
 from tl_core.devices import autocast_dtype, describe, pick_device
 from tl_core.detect import augment, batches
-from tl_core.detect.evaluate import box_metrics
+from tl_core.detect.evaluate import box_metrics, map_scores
 from tl_core.detect.formats import load_boxset
 from tl_core.detect.model import build, frozen_body_outputs, given_stages, layer_groups
 from tl_core.runs import RunFolder, record_facts, stop_requested
@@ -226,7 +226,7 @@ class Loop:
         return outputs
 
     def validate(self) -> dict:
-        return box_metrics(self.predict_val(), self.val.targets, self.classes)
+        return map_scores(self.predict_val(), self.val.targets)
 
     def restore_best(self) -> None:
         if self.best_state is not None:
