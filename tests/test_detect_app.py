@@ -122,9 +122,16 @@ def test_predict_section_draws_boxes_on_an_upload(home):
 
 
 def test_data_section_imports_audits_and_saves_edited_boxes(home, tmp_path):
+    import zipfile
+
     coco = write_set(tmp_path / "coco", 6, "coco", seed=8, size=96)
+    archive = tmp_path / "coco.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in coco.rglob("*"):
+            if path.is_file():
+                z.write(path, "coco/" + path.relative_to(coco).as_posix())
     at = AppTest.from_function(_data, default_timeout=120).run()
-    at.text_input(key="detect_folder").input(str(coco)).run()
+    at.file_uploader(key="detect_zip").upload("coco.zip", archive.read_bytes(), "application/zip").run()
     at.button(key="detect_import").click().run()
     assert not at.exception
     first = at.session_state["dataset_dir"]

@@ -51,6 +51,16 @@ def test_same_folder_is_reused_and_a_zip_with_a_wrapper_reads_alike(sets, tmp_pa
     assert any("outside the archive" in r["reason"] for r in boxset.refused)
 
 
+def test_an_uploaded_folder_reads_as_the_folder_and_paths_outside_are_refused(sets):
+    from tl_core.detect.formats import ingest_files
+
+    files = [("yolo/" + p.relative_to(sets["yolo"]).as_posix(), p.read_bytes())
+             for p in sets["yolo"].rglob("*") if p.is_file()]
+    boxset = load_boxset(ingest_files(files + [("../../etc/evil.txt", b"x")], "yolo"))
+    assert len(boxset.images) == 8 and boxset.layout == "yolo"
+    assert any("outside" in r["reason"] for r in boxset.refused)
+
+
 def test_class_folders_are_not_taken_for_boxes(sample_dir, tmp_path):
     assert detect_layout(sample_dir) is None
     archive = tmp_path / "classes.zip"

@@ -47,8 +47,8 @@ def data_section() -> None:
 
 
 def _import_widgets() -> None:
-    folder = st.text_input("Folder on this computer", key="detect_folder",
-                           help="the folder holding images/ and annotations.json, or the YOLO or VOC layout")
+    folder = st.file_uploader("The folder (images/ with annotations.json, the YOLO or the VOC layout)",
+                              accept_multiple_files="directory", key="detect_folder_upload")
     archive = st.file_uploader("…or a zip of it", type=["zip"], key="detect_zip")
     if st.button("Import", key="detect_import", type="primary", disabled=not (folder or archive)):
         try:
@@ -60,9 +60,15 @@ def _import_widgets() -> None:
                     path.write_bytes(archive.getvalue())
                     st.session_state["dataset_dir"] = str(kinds.get("detect").call("ingest", path))
             else:
-                st.session_state["dataset_dir"] = str(kinds.get("detect").call("ingest", Path(folder.strip())))
+                files = [(upload.name, upload.getvalue()) for upload in folder]
+                st.session_state["dataset_dir"] = str(formats.ingest_files(files, _top_folder(files)))
         except USER_ERRORS as error:
             st.session_state["detect_data_error"] = str(error)
+
+
+def _top_folder(files: list[tuple[str, bytes]]) -> str:
+    tops = {name.replace("\\", "/").split("/")[0] for name, _ in files}
+    return tops.pop() if len(tops) == 1 else "upload"
 
 
 def _new_drawing_widgets() -> None:

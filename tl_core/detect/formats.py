@@ -109,6 +109,31 @@ def ingest(src: str | Path, name: str | None = None, workspace: Path | None = No
                           name or src.name, workspace)
 
 
+def ingest_files(files: list[tuple[str, bytes]], name: str = "upload", workspace: Path | None = None) -> Path:
+    """Import the files of an uploaded folder, each (its path below the chosen folder, bytes), as `ingest` does
+    a folder; paths that would lead outside it are refused with the reason."""
+    scratch = Path(tempfile.mkdtemp(prefix=".upload-", dir=_datasets_dir(workspace)))
+    refused = []
+    try:
+        for path, data in files:
+            parts = tuple(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))
+            if not parts or ".." in parts or path.startswith("/"):
+                refused.append({"name": path, "reason": "path leads outside the uploaded folder; skipped for safety"})
+                continue
+            if _is_clutter(parts):
+                continue
+            target = scratch.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        digest = hashlib.sha256()
+        for path, data in sorted(files):
+            digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
+        return _ingest_folder(scratch, {"kind": "upload", "name": name, "fingerprint": digest.hexdigest()}, name,
+                              workspace, refused)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _ingest_zip(src: Path, name: str | None, workspace: Path | None) -> Path:
     data = src.read_bytes()
     fingerprint = hashlib.sha256(data).hexdigest()
