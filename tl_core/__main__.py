@@ -173,7 +173,13 @@ def _train(args) -> int:
         return 1
     state = read_status(run_dir).get("state")
     if metrics:
-        if metrics.get("validation_method", {}).get("kind") == "none":
+        if metrics.get("task", "classify") != "classify":  # another kind: its headline metrics (tl_core.kinds)
+            from . import kinds
+
+            headline = ", ".join(f"{name} {metrics[name]:.3f}" for name in kinds.get(metrics["task"]).metrics
+                                 if isinstance(metrics.get(name), (int, float)))
+            print(f"{state}: validation {headline} in {metrics['wall_s']:.1f} s")
+        elif metrics.get("validation_method", {}).get("kind") == "none":
             print(f"{state} in {metrics['wall_s']:.1f} s, not validated: {metrics['validation']}")
         else:
             print(f"{state}: validation accuracy {metrics['val_acc']:.1%} in {metrics['wall_s']:.1f} s")

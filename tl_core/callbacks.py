@@ -243,6 +243,13 @@ class ConsoleProgress(Callback):
         print(f"  {info['message']}", flush=True)
 
     def on_epoch_end(self, info, fit):
+        if "val_map50" in info:  # a detector's epoch (tl_core.detect)
+            print(f"  epoch {info['epoch']:3d} train loss {info['train_loss']:.3f} (class "
+                  f"{info['train_classification']:.3f}, box {info['train_box']:.3f}) | val mAP@50 "
+                  f"{info['val_map50']:.3f} mAP {info['val_map']:.3f} | {info['seconds']:.1f} s", flush=True)
+            self.printed_epoch = info["epoch"]
+            self._print_waiting()
+            return
         print(f"  epoch {info['epoch']:3d} [{info.get('phase', '')}] train loss {info['train_loss']:.3f} "
               f"acc {info['train_acc']:.1%} | val loss {info['val_loss']:.3f} acc {info['val_acc']:.1%} "
               f"| {info['seconds']:.1f} s", flush=True)

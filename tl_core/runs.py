@@ -49,6 +49,9 @@ class RunFolder:
     plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
     candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
     owner = property(lambda self: self.path / "owner.json", doc="who started the run, on a classroom server")
+    detections = property(lambda self: self.path / "detections.json",
+                          doc="a detection run's validation pictures: true and predicted boxes (tl_core.detect)")
+    export_root = property(lambda self: self.path / "export", doc="exported bundles, one folder per format")
 
 
 LOCK_FILE = RunFolder(".").lock.name
