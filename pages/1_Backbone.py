@@ -5,7 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui import common
-from tl_core import backbones, ranking
+from tl_core.models import backbones
+from tl_core.plan import ranking
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own

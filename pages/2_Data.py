@@ -4,8 +4,9 @@ from pathlib import Path
 import streamlit as st
 
 from pages.ui import common, gate, multitask_data, target_domain
-from tl_core import datasets, plots
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data import datasets
+from tl_core import plots
+from tl_core.data.sample_data import SAMPLE_DIR
 
 SAMPLE_NAME = "Fashion sample"
 THUMBNAILS_PER_CLASS = 8
@@ -151,7 +152,7 @@ with earlier_tab:
         if use_col.button("Use this dataset", key="use_earlier"):
             use_dataset(earlier[chosen_root])
         if delete_col.button("Delete this dataset", key="delete_earlier", icon=":material/delete:"):
-            try:  # only one's own: tl_core.spaces refuses anyone else's, and one a live run needs
+            try:  # only one's own: tl_core.ops.spaces refuses anyone else's, and one a live run needs
                 gate.space().delete_dataset(chosen_root)
             except common.USER_ERRORS + (OSError,) as error:
                 common.show_error(error)

@@ -2,7 +2,10 @@
 import streamlit as st
 
 from pages.ui import common
-from tl_core import layers, plan_cost, plots, runs
+from tl_core.models import layers
+from tl_core.plan import plan_cost
+from tl_core import plots
+from tl_core.ops import runs
 
 PRESETS = {
     "auto": "Auto: measured on your images, within a time budget (recommended)",

@@ -4,8 +4,10 @@ from pathlib import Path
 import streamlit as st
 
 from pages.ui import common, target_domain
-from tl_core import plots, run_data, runs
-from tl_core import augment as augment_preview
+from tl_core import plots
+from tl_core.fit import run_data
+from tl_core.ops import runs
+from tl_core.data import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]

@@ -6,7 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui import common, data_quality, gate, multitask_results, target_domain
-from tl_core import advice, auto_plan, compare, datasets, evaluate, grow, multitask, plots, runs
+from tl_core.use import advice, compare, grow
+from tl_core.plan import auto_plan
+from tl_core.data import datasets
+from tl_core.fit import metrics as evaluate
+from tl_core import multitask, plots
+from tl_core.ops import runs
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48

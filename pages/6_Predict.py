@@ -2,7 +2,7 @@
 import streamlit as st
 
 from pages.ui import common
-from tl_core.datasets import ImageRefused, open_image
+from tl_core.data.datasets import ImageRefused, open_image
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own

@@ -5,7 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui import common, gate
-from tl_core import compare, plots, runs
+from tl_core.use import compare
+from tl_core import plots
+from tl_core.ops import runs
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own

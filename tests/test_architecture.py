@@ -49,7 +49,7 @@ RUN_FILES = ("config.json", "facts.json", "status.json", "events.jsonl", "metric
 
 def test_only_runs_py_names_the_files_of_a_run_folder():
     """The run-folder contract is spelled out once (runs.RunFolder); everyone else asks it for paths."""
-    from tl_core.runs import RunFolder
+    from tl_core.ops.runs import RunFolder
 
     folder = RunFolder("/r")
     assert sorted(getattr(folder, name).name for name in ("config", "facts", "status", "events", "metrics", "predictions",

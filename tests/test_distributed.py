@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tl_core import datasets, runs
+from tl_core.data import datasets
+from tl_core.ops import runs
 from tl_core.config import RunConfig
 
 pytest.importorskip("lightning_fabric")

@@ -12,11 +12,12 @@ import timm
 import torch
 from safetensors.torch import load_file, save_model
 
-from tl_core import backbones, export
+from tl_core.models import backbones
+from tl_core.use import export
 from tl_core.__main__ import main as cli
-from tl_core.datasets import open_image
-from tl_core.export import ExportMismatch, export_run
-from tl_core.predict import Predictor
+from tl_core.data.datasets import open_image
+from tl_core.use.export import ExportMismatch, export_run
+from tl_core.use.predict import Predictor
 
 BUNDLE = ["labels.json", "preprocess.json", "MODEL_CARD.md", "verification.json", "predict_example.py"]
 

@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from apptest_support import open_page, plain
-from tl_core import advice, augment, backbones, compare, datasets, layers, plan_cost, runs
-from tl_core.callbacks import ConsoleProgress, EarlyStopping
+from tl_core.use import advice, compare
+from tl_core.data import augment, datasets
+from tl_core.models import backbones, layers
+from tl_core.plan import plan_cost
+from tl_core.ops import runs
+from tl_core.fit.callbacks import ConsoleProgress, EarlyStopping
 from tl_core.config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
-from tl_core.run_data import planned_validation
-from tl_core.sample_data import SAMPLE_DIR
-from tl_core.storage import atomic_write_json
+from tl_core.fit.run_data import planned_validation
+from tl_core.data.sample_data import SAMPLE_DIR
+from tl_core.ops.storage import atomic_write_json
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
@@ -319,7 +323,7 @@ def test_cli_and_app_default_backbone_have_one_name():
 
 
 def test_exported_zip_and_its_files_are_readable_by_others(head_run, tmp_path):
-    from tl_core.export import export_run
+    from tl_core.use.export import export_run
 
     report = export_run(head_run, "safetensors", out_dir=tmp_path / "bundle")
     zip_path = Path(report["zip"])

@@ -34,20 +34,20 @@ __version__ = "0.1.0"
 # The public API, by module; imported on first use so `import tl_core` stays cheap.
 _API = {
     "config": ["RunConfig", "ConfigError"],
-    "backbones": ["CATALOGUE", "catalogue_rows", "search_models", "create_model", "data_config",
+    "models.backbones": ["CATALOGUE", "catalogue_rows", "search_models", "create_model", "data_config",
                   "weights_available_offline", "WeightsUnavailable"],
-    "layers": ["layer_groups", "parse_freeze", "apply_freeze"],
-    "datasets": ["ingest_folder", "ingest_zip", "ingest_files", "load_dataset", "list_datasets", "audit",
+    "models.layers": ["layer_groups", "parse_freeze", "apply_freeze"],
+    "data.datasets": ["ingest_folder", "ingest_zip", "ingest_files", "load_dataset", "list_datasets", "audit",
                  "open_image", "DatasetError", "ImageRefused", "new_version"],
-    "label_errors": ["suspects", "fix_labels", "retrain_config"],
-    "active": ["suggest", "add_labelled"],
-    "runs": ["create_run", "list_runs", "read_status", "read_events", "read_metrics", "request_stop"],
-    "train": ["run"],
-    "jobs": ["JobManager"],
-    "predict": ["Predictor", "evaluate_folder"],
-    "export": ["export_run", "ExportMismatch"],
-    "explain": ["explain_image"],
-    "compare": ["scratch_config", "transfer_verdict"],
+    "quality.label_errors": ["suspects", "fix_labels", "retrain_config"],
+    "quality.active": ["suggest", "add_labelled"],
+    "ops.runs": ["create_run", "list_runs", "read_status", "read_events", "read_metrics", "request_stop"],
+    "worker": ["run"],
+    "ops.jobs": ["JobManager"],
+    "use.predict": ["Predictor", "evaluate_folder"],
+    "use.export": ["export_run", "ExportMismatch"],
+    "use.explain": ["explain_image"],
+    "use.compare": ["scratch_config", "transfer_verdict"],
 }
 _MODULE_OF = {name: module for module, names in _API.items() for name in names}
 __all__ = ["__version__", *_MODULE_OF]

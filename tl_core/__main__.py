@@ -92,28 +92,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _suspects(args) -> int:
-    from .label_errors import judge, suspects
+    from .quality.label_errors import judge, suspects
 
     print(json.dumps(judge(args.run_dir) if args.all else suspects(args.run_dir), indent=1))
     return 0
 
 
 def _suggest(args) -> int:
-    from .active import suggest
+    from .quality.active import suggest
 
     print(json.dumps(suggest(args.run_dir, args.pool, k=args.k, by=args.by, choice=args.choice), indent=1))
     return 0
 
 
 def _grow(args) -> int:
-    from . import train
-    from .callbacks import ConsoleProgress
-    from .grow import grow
-    from .runs import read_config_record
+    from . import worker
+    from .fit.callbacks import ConsoleProgress
+    from .use.grow import grow
+    from .ops.runs import read_config_record
 
     run_dir = grow(args.run_dir, args.data, args.name)
     print(f"run folder: {run_dir}", flush=True)
-    metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
+    metrics = worker.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
     old = read_config_record(run_dir)["old_classes"]
     print(f"done: validation accuracy {metrics['val_acc']:.1%}; the old classes' mean recall "
           f"{old['before']:.1%} before, {old['after']:.1%} after")
@@ -122,8 +122,8 @@ def _grow(args) -> int:
 
 
 def _rank(args) -> int:
-    from .datasets import ingest_folder
-    from .ranking import rank
+    from .data.datasets import ingest_folder
+    from .plan.ranking import rank
 
     candidates = None
     if args.backbones:
@@ -137,17 +137,17 @@ def _rank(args) -> int:
 
 
 def _train(args) -> int:
-    from .jobs import BUSY_EXIT, RunBusy, claim_run
-    from .runs import read_status
+    from .ops.jobs import BUSY_EXIT, RunBusy, claim_run
+    from .ops.runs import read_status
 
     if args.run_dir and not args.data:
         run_dir = Path(args.run_dir)
         try:
             # Claimed before torch is imported, so a second worker for this run exits at once.
             with claim_run(run_dir, on_wait=_say):
-                from . import train
+                from . import worker
 
-                train.run(run_dir)  # holds the claim already: no second wait
+                worker.run(run_dir)  # holds the claim already: no second wait
         except RunBusy as busy:
             print(f"error: {busy}", file=sys.stderr)
             return BUSY_EXIT
@@ -162,11 +162,11 @@ def _train(args) -> int:
     print(f"run folder: {run_dir}", flush=True)
     if args.prepare_only:
         return 0
-    from . import train
-    from .callbacks import ConsoleProgress
+    from . import worker
+    from .fit.callbacks import ConsoleProgress
 
     try:
-        metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
+        metrics = worker.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
     except Exception as error:
         print(f"error: {_failure(run_dir, error)}", file=sys.stderr)
         print(run_dir)
@@ -203,7 +203,7 @@ def _say(message: str) -> None:
 
 def _failure(run_dir: Path, error: BaseException) -> str:
     """Why the run failed: status.json's reason, else the error itself (a full disk may have kept it unsaved)."""
-    from .runs import read_status
+    from .ops.runs import read_status
 
     status = read_status(run_dir)
     if status.get("state") == "failed" and status.get("error"):
@@ -215,20 +215,20 @@ def _failure(run_dir: Path, error: BaseException) -> str:
 
 def _prepare_run(args) -> Path:
     from .config import RunConfig, settings
-    from .datasets import ingest_or_reuse_folder
-    from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
-    from .runs import create_run
+    from .data.datasets import ingest_or_reuse_folder
+    from .data.datasets.unlabelled import ingest_unlabelled_or_reuse_folder
+    from .ops.runs import create_run
 
     if args.task != "classify":  # another task kind reads its own data layout (tl_core.kinds)
         from . import kinds
-        from .backbones import default_weights
+        from .models.backbones import default_weights
 
         root = kinds.get(args.task).call("ingest", args.data)
         config = RunConfig(dataset_dir=str(root), weights=args.weights or default_weights(args.backbone),
                            **{name: getattr(args, name) for name in settings()})
         return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
     if args.labels:
-        from .datasets.labels_table import ingest_labelled_or_reuse_folder
+        from .data.datasets.labels_table import ingest_labelled_or_reuse_folder
 
         train_set = ingest_labelled_or_reuse_folder(args.data, args.labels, tasks=_names(args.tasks))
         for note in train_set.notes:
@@ -240,7 +240,7 @@ def _prepare_run(args) -> Path:
     val_set = ingest_or_reuse_folder(args.val_data) if args.val_data else None
     target_set = ingest_unlabelled_or_reuse_folder(args.target_data) if args.target_data else None
     target_test = ingest_or_reuse_folder(args.target_test) if args.target_test else None
-    from .backbones import default_weights
+    from .models.backbones import default_weights
 
     weights = args.weights or default_weights(args.backbone)
     config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
@@ -267,16 +267,16 @@ def _task_weights(text: str) -> dict[str, float]:
 
 
 def _other_kind(run_dir: str):
-    """The run's task kind when it is not a classifier (those answer through tl_core.predict below), else None."""
+    """The run's task kind when it is not a classifier (those answer through tl_core.use.predict below), else None."""
     from . import kinds
-    from .runs import read_config
+    from .ops.runs import read_config
 
     task = read_config(Path(run_dir)).task
     return kinds.get(task) if task != "classify" else None
 
 
 def _evaluate(args) -> int:
-    from .predict import evaluate_folder, evaluate_table
+    from .use.predict import evaluate_folder, evaluate_table
 
     kind = _other_kind(args.run_dir)
     if kind is not None:
@@ -290,11 +290,11 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import Predictor
+    from .use.predict import Predictor
 
     kind = _other_kind(args.run_dir)
     if kind is not None:
-        from .datasets import open_image
+        from .data.datasets import open_image
 
         predictor = kind.call("predictor", Path(args.run_dir))
         for image in args.images:
@@ -322,7 +322,7 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_run
+    from .use.export import export_run
 
     kind = _other_kind(args.run_dir)
     if kind is not None:
@@ -336,9 +336,9 @@ def _export(args) -> int:
 
 def _shift(args) -> int:
     from .adapt import measure_shift
-    from .backbones import default_weights
-    from .datasets import ingest_or_reuse_folder
-    from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
+    from .models.backbones import default_weights
+    from .data.datasets import ingest_or_reuse_folder
+    from .data.datasets.unlabelled import ingest_unlabelled_or_reuse_folder
 
     source, target = ingest_or_reuse_folder(args.data), ingest_unlabelled_or_reuse_folder(args.target_data)
     print(json.dumps(measure_shift(source.root, target.root, args.backbone, default_weights(args.backbone)), indent=2))
@@ -346,7 +346,7 @@ def _shift(args) -> int:
 
 
 def _runs(args) -> int:
-    from .runs import list_runs, summarize
+    from .ops.runs import list_runs, summarize
 
     rows = [summarize(p) for p in list_runs()]
     if args.json:

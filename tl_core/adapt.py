@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import Callback, _changeable_state
+from .fit.callbacks import Callback, _changeable_state
 from .config import RunConfig
-from .tasks import Batch, Classification
+from .fit.tasks import Batch, Classification
 
 SHIFT_IMAGES_PER_SIDE = 200  # images a side the shift meter uses: enough for a stable 5-fold estimate
 ADABN_IMAGES = 128  # images a side AdaBN runs in one batch: each layer's statistics see the adapted layers before
@@ -95,10 +95,10 @@ def measure_shift(dataset_dir: str | Path, target_dir: str | Path, backbone: str
                   weights: str = "embedded", image_size: int | None = 96, seed: int = 0) -> dict:
     """The shift meter between two ingested datasets (labelled source, any target), before any training,
     with the typical images of each side as paths. (Images resized to `image_size` px to stay quick.)"""
-    from . import backbones
-    from .batches import normalizer
-    from .datasets import decode_images, load_dataset
-    from .storage import workspace_root
+    from .models import backbones
+    from .fit.batches import normalizer
+    from .data.datasets import decode_images, load_dataset
+    from .ops.storage import workspace_root
 
     source, target = load_dataset(dataset_dir), load_dataset(target_dir)
     model = backbones.create_model(backbone, len(source.classes), weights=weights)
@@ -232,7 +232,7 @@ class DomainAdversarial(Classification, Callback):
         return [self.domain_head] if self.domain_head is not None else []
 
     def on_fit_start(self, info, fit):
-        from .batches import PixelSource
+        from .fit.batches import PixelSource
 
         width = fit.model.num_features
         self.domain_head = nn.Sequential(nn.Linear(width, DANN_HIDDEN), nn.ReLU(), nn.Linear(DANN_HIDDEN, 1))
@@ -294,8 +294,8 @@ class TargetImages:
 
 def load_target(config: RunConfig, classes: list[str], size: int, preprocess: dict) -> TargetImages:
     """The run's target images, decoded as its training images are; the labelled ones mapped to `classes`."""
-    from .datasets import decode_images, load_dataset
-    from .storage import workspace_root
+    from .data.datasets import decode_images, load_dataset
+    from .ops.storage import workspace_root
 
     def decode(paths):
         return decode_images(paths, size, preprocess["crop_pct"], preprocess["interpolation"],

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from .callbacks import (BestCheckpoint, Callback, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard)
-from .devices import autocast_dtype
-from .runs import RunFolder, read_config, record_facts, write_status
-from .strategy import SingleDevice
+from .fit.callbacks import BestCheckpoint, Callback, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard
+from .models.devices import autocast_dtype
+from .ops.runs import RunFolder, read_config, record_facts, write_status
+from .fit.strategy import SingleDevice
 
 
 class FabricDDP(SingleDevice):
@@ -138,8 +138,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def run(run_dir: str | Path) -> dict:
     """Train the prepared run with every process torchrun started; rank 0 claims it and writes its folder."""
-    from .jobs import claim_run
-    from .train import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
+    from .ops.jobs import claim_run
+    from .fit.loop import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -182,7 +182,7 @@ def _shared_callbacks(config, over_chance, over_probe) -> list:
 
 def _follow(run_dir: Path, config, strategy: FabricDDP) -> dict:
     """A rank other than 0: the same fit, its files written to a scratch folder thrown away after."""
-    from .train import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
+    from .fit.loop import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
 
     if not strategy.broadcast(None):
         return {}

@@ -11,7 +11,7 @@ stays cheap and a kind's heavy dependencies (pycocotools, say) load only for run
 The contract of each function:
   fit(config, run_dir, emit, strategy) -> metrics dict
         trains the run and writes its outputs through tl_core's run folder; `emit(event, **info)` announces
-        the closed list of events (tl_core.callbacks.EVENTS) to the worker's standard listeners (event log,
+        the closed list of events (tl_core.fit.callbacks.EVENTS) to the worker's standard listeners (event log,
         STOP file) and raises CancelFit when the user stopped the run. `strategy` is None for one device.
   evaluate(run_dir, data_dir) -> JSON-able metrics of a finished run on data it never saw
   predictor(run_dir) -> an object whose predict(image: PIL.Image) returns a JSON-able dict
@@ -87,6 +87,6 @@ def _load_builtin() -> None:
 
 def run_kind(run_dir: str | Path) -> TaskKind:
     """The kind of a run, from its config.json (runs made before kinds existed are classifiers)."""
-    from .runs import read_config
+    from .ops.runs import read_config
 
     return get(read_config(Path(run_dir)).task)

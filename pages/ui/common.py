@@ -9,12 +9,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import auto_plan, backbones, devices, executors, plots, prototypes, runs, spaces
+from tl_core.plan import auto_plan
+from tl_core.models import backbones, devices
+from tl_core.ops import executors, runs, spaces
+from tl_core import plots
+from tl_core.fit import prototypes
 from tl_core.config import ConfigError, defaults, recommended_lr
-from tl_core.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
-from tl_core.explain import explain_image
-from tl_core.predict import Predictor
-from tl_core.storage import StorageFull, workspace_root
+from tl_core.data.datasets import Dataset, DatasetError, ImageRefused, load_dataset, open_image
+from tl_core.use.explain import explain_image
+from tl_core.use.predict import Predictor
+from tl_core.ops.storage import StorageFull, workspace_root
 
 from pages.ui import gate
 from pages.ui.text import code, literal  # noqa: F401  (pages call common.literal and common.code)
@@ -152,7 +156,7 @@ def backbone_input_size(backbone: str) -> tuple[int, bool]:
 
 def live_guess(shot) -> dict | None:
     """The live loop of the webcam tab: this picture's features (computed once per picture) and the guess of
-    prototypes of the pictures kept so far (tl_core.prototypes.LiveClassifier, one per session)."""
+    prototypes of the pictures kept so far (tl_core.fit.prototypes.LiveClassifier, one per session)."""
     state = st.session_state
     if shot is None:
         return None

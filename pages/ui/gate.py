@@ -1,7 +1,7 @@
 """The classroom gate: the access code, who the visitor is, and what they own (their space).
 
 app.py calls require_access_code() before any page code runs. On a laptop (no access code) everyone
-owns everything; on a shared server each signed-in user has their own space (tl_core.spaces).
+owns everything; on a shared server each signed-in user has their own space (tl_core.ops.spaces).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 import streamlit as st
 
 from pages.ui.text import literal
-from tl_core import spaces
-from tl_core.storage import workspace_root
+from tl_core.ops import spaces
+from tl_core.ops.storage import workspace_root
 
 ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
 TEACHER_CODE_ENV = "TL_STUDIO_TEACHER_CODE"

@@ -1,0 +1,506 @@
+"""The run folder: the contract between the engine, its worker process and the UI.
+
+<workspace>/runs/<run_id>/ holds config.json, status.json, events.jsonl, metrics.json,
+predictions.csv (and val_probs.npy, every class's probability), model.safetensors, labels.json,
+preprocess.json, worker.lock and, to cancel, STOP.
+Every whole-file write is atomic, so a reader never sees half a file; every reader survives a file
+that was damaged anyway (an empty, cut or garbage file is reported, never raised).
+A run is being trained exactly while a process holds the OS lock on its worker.lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import numbers
+import os
+import platform
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from ..config import RunConfig
+from .storage import DamagedFile, atomic_write_json, parse_json, read_json, workspace_root
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+DAMAGED = "damaged"  # the state shown for a run whose status.json or config.json cannot be read
+
+
+class RunFolder:
+    """The files of one run folder, by what they hold: the only place their names are written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.json", doc="the RunConfig and versions, written once")
+    facts = property(lambda self: self.path / "facts.json", doc="what the worker learnt: device, classes, sizes")
+    status = property(lambda self: self.path / "status.json", doc="queued | running | done | failed | cancelled")
+    events = property(lambda self: self.path / "events.jsonl", doc="one JSON event a line, flushed at once")
+    metrics = property(lambda self: self.path / "metrics.json", doc="the final metrics, with the weights kept")
+    predictions = property(lambda self: self.path / "predictions.csv", doc="one row per validation image")
+    val_probs = property(lambda self: self.path / "val_probs.npy",
+                         doc="validation class probabilities: a row per predictions.csv row, a column per class "
+                             "(out-of-fold under cross-validation)")
+    weights = property(lambda self: self.path / "model.safetensors", doc="the kept weights")
+    labels = property(lambda self: self.path / "labels.json", doc="the classes, in the model's output order")
+    preprocess = property(lambda self: self.path / "preprocess.json", doc="architecture and input geometry")
+    lock = property(lambda self: self.path / "worker.lock", doc="held by the one process training the run")
+    stop = property(lambda self: self.path / "STOP", doc="made to cancel; the worker stops within a batch")
+    plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
+    candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
+    owner = property(lambda self: self.path / "owner.json", doc="who started the run, on a classroom server")
+
+
+LOCK_FILE = RunFolder(".").lock.name
+_METRIC_NUMBERS = ("val_acc", "val_balanced_acc", "val_loss", "macro_f1", "wall_s", "images_per_s", "best_epoch", "epochs_run")
+_EVENT_NUMBERS = {"fit_start": ("epochs",), "epoch_end": ("epoch", "train_loss", "val_loss", "train_acc", "val_acc"),
+                  "batch_end": ("epoch",)}
+
+
+def runs_root(workspace: Path | None = None) -> Path:
+    return (workspace or workspace_root()) / "runs"
+
+
+def new_run_id(config: RunConfig) -> str:
+    """Sortable by creation time, readable, unique: 20261122-101500-efficientnet_lite0-3fa2."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{config.backbone.replace('/', '_')}-{secrets.token_hex(2)}"
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "timm", "pillow", "numpy", "safetensors"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def create_run(config: RunConfig, workspace: Path | None = None, run_dir: Path | None = None,
+               owner: str | None = None) -> Path:
+    """Make a run folder holding config.json and a queued status (and owner.json, on a classroom server)."""
+    run_dir = Path(run_dir) if run_dir else runs_root(workspace) / new_run_id(config)
+    if RunFolder(run_dir).config.exists():
+        raise FileExistsError(f"{run_dir}: already holds a run")
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / LOCK_FILE).touch()  # made now: a lock file takes no space later, when the disk may be full
+        write_status(run_dir, state="queued", queued=time.time())
+        if owner is not None:  # before config.json: a listed run never lacks its owner
+            atomic_write_json(RunFolder(run_dir).owner, {"owner": owner})
+        # config.json last: list_runs shows a folder only once it holds one, so a half-made run never shows
+        atomic_write_json(RunFolder(run_dir).config, {"config": config.to_dict(), "versions": package_versions()})
+    except BaseException:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def record_facts(run_dir: Path, **facts) -> None:
+    """Add facts learnt while running (device used, classes, sizes) to facts.json; config.json stays as written."""
+    known = _read_object(RunFolder(run_dir).facts)[0] or {}
+    atomic_write_json(RunFolder(run_dir).facts, {**known, **facts})
+
+
+def read_config_record(run_dir: Path) -> dict:
+    """The run's record: config.json ({"config", "versions"}) with the facts learnt while running;
+    {} when config.json is missing or damaged (damage() says which)."""
+    record = _read_config(Path(run_dir))[0]
+    if not record:
+        return {}
+    return {**(_read_object(RunFolder(run_dir).facts)[0] or {}), **record}
+
+
+def read_owner(run_dir: Path) -> str | None:
+    """Who started the run on a classroom server; None for a laptop's run (or an unreadable owner.json)."""
+    record = _read_object(RunFolder(run_dir).owner)[0] or {}
+    owner = record.get("owner")
+    return owner if isinstance(owner, str) else None
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    """The RunConfig of a run folder (config.json also holds the package versions, set aside here)."""
+    data = read_json(RunFolder(run_dir).config)
+    return RunConfig.from_dict(data.get("config", data))
+
+
+def _read_config(run_dir: Path) -> tuple[dict | None, str | None]:
+    record, problem = _read_object(RunFolder(run_dir).config)
+    if record is not None and not isinstance(record.get("config", {}), dict):
+        return None, "config.json: 'config' is not a table of settings"
+    return record, problem
+
+
+def read_status(run_dir: Path) -> dict:
+    """status.json; {"state": "damaged", "error": "status.json: why"} when it cannot be read."""
+    status, problem = _read_status(Path(run_dir))
+    if problem:
+        return {"state": DAMAGED, "error": problem}
+    return status if status is not None else {"state": "unknown"}
+
+
+def _read_status(run_dir: Path) -> tuple[dict | None, str | None]:
+    status, problem = _read_object(RunFolder(run_dir).status)
+    if status is not None and status.get("state") not in STATES:
+        return None, f"status.json: unknown state {str(status.get('state'))[:40]!r}"
+    return status, problem
+
+
+def write_status(run_dir: Path, **fields) -> dict:
+    """Merge `fields` into status.json (a damaged one is replaced); never recreates a deleted run folder."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (deleted?)")
+    status = _read_status(Path(run_dir))[0] or {}
+    status.update(fields)
+    atomic_write_json(RunFolder(run_dir).status, status)
+    return status
+
+
+def request_stop(run_dir: Path) -> None:
+    """Ask the worker to stop; it does within one batch. A queued run nobody has claimed is cancelled at once."""
+    RunFolder(run_dir).stop.touch()
+    if read_status(run_dir).get("state") == "queued" and not lock_held(Path(run_dir) / LOCK_FILE):
+        write_status(run_dir, state="cancelled", ended=time.time(), error=None)
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return RunFolder(run_dir).stop.exists()
+
+
+class EventReader:
+    """Reads the new complete lines of events.jsonl since the last call (a partial last line waits).
+
+    A line that is not a JSON object with an "event" name (or holds text where its kind has numbers) is
+    skipped and counted in `bad_lines`, so one damaged line never hides the others.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = RunFolder(run_dir).events
+        self.offset = 0
+        self.lines = 0
+        self.bad_lines: list[tuple[int, str]] = []  # (line number, why)
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        events = []
+        for line in chunk[:end].splitlines():
+            self.lines += 1
+            if not line.strip():
+                continue
+            event, why = _parse_event(line)
+            if why:
+                self.bad_lines.append((self.lines, why))
+            else:
+                events.append(event)
+        return events
+
+    def unfinished_tail(self) -> bool:
+        """True when the file ends in a partial line (normal while the worker writes; damage once it is done)."""
+        try:
+            return self.path.stat().st_size > self.offset
+        except OSError:
+            return False
+
+
+def _parse_event(line: bytes) -> tuple[dict | None, str | None]:
+    try:
+        event = parse_json(line)
+    except DamagedFile as damage:
+        return None, damage.reason
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return None, "not an event (a JSON object with an \"event\" name)"
+    for key in _EVENT_NUMBERS.get(event["event"], ()):
+        if key in event and event[key] is not None and not _is_number(event[key]):
+            return None, f"{event['event']} whose {key!r} is not a number"
+    return event, None
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    return EventReader(run_dir).read_new()
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    """metrics.json; None when it is missing or damaged (damage() says which)."""
+    return _read_metrics(Path(run_dir))[0]
+
+
+def _read_metrics(run_dir: Path) -> tuple[dict | None, str | None]:
+    metrics, problem = _read_object(RunFolder(run_dir).metrics)
+    if metrics is None:
+        return None, problem
+    why = _metrics_problem(metrics)
+    return (None, f"metrics.json: {why}") if why else (metrics, None)
+
+
+def _metrics_problem(metrics: dict) -> str | None:
+    for key in _METRIC_NUMBERS:
+        if key in metrics and metrics[key] is not None and not _is_number(metrics[key]):
+            return f"{key!r} is not a number"
+    classes = metrics.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        return "'classes' is not a list of names"
+    confusion = metrics.get("confusion")
+    if confusion is not None and not (
+            isinstance(confusion, list) and len(confusion) == len(classes)
+            and all(isinstance(row, list) and len(row) == len(classes) and all(map(_is_number, row))
+                    for row in confusion)):
+        return "'confusion' is not a square table of counts, one row per class"
+    if not isinstance(metrics.get("kept", {}), dict):
+        return "'kept' is not a record of the weights kept"
+    per_class = metrics.get("per_class", {})
+    if not isinstance(per_class, dict) or not all(isinstance(v, dict) for v in per_class.values()):
+        return "'per_class' is not a table of scores per class"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _read_object(path: Path) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path` or None, "name: why" when it exists but cannot be used)."""
+    try:
+        value = read_json(path)
+    except DamagedFile as damage:
+        return None, f"{path.name}: {damage.reason}"
+    except OSError as error:
+        return None, f"{path.name}: could not be read ({error.strerror or error})"
+    if value is not None and not isinstance(value, dict):
+        return None, f"{path.name}: not a JSON object"
+    return value, None
+
+
+def damage(run_dir: Path) -> list[str]:
+    """What is wrong with the run's files, one "file: reason" each; [] for a healthy run."""
+    run_dir = Path(run_dir)
+    problems = [problem for problem in (_read_config(run_dir)[1], _read_status(run_dir)[1],
+                                        _read_metrics(run_dir)[1], _read_object(RunFolder(run_dir).facts)[1])
+                if problem]
+    reader = EventReader(run_dir)
+    reader.read_new()
+    for number, why in reader.bad_lines[:3]:
+        problems.append(f"events.jsonl: line {number} skipped, {why}")
+    if len(reader.bad_lines) > 3:
+        problems.append(f"events.jsonl: {len(reader.bad_lines) - 3} more lines skipped")
+    if reader.unfinished_tail() and not lock_held(run_dir / LOCK_FILE):
+        problems.append("events.jsonl: the last line is cut short")
+    return problems
+
+
+def summarize(run_dir: Path) -> dict:
+    """One row for a table of runs: id, state, key settings and scores; `damaged` names broken files."""
+    record = read_config_record(run_dir)
+    config = record.get("config", {}) if isinstance(record.get("config"), dict) else {}
+    status = read_status(run_dir)
+    metrics = read_metrics(run_dir) or {}
+    problems = damage(run_dir)
+    return {
+        "run_id": Path(run_dir).name,
+        "run_dir": str(run_dir),
+        "name": str(config.get("name", "")),
+        "state": status.get("state", "unknown"),
+        "backbone": config.get("backbone"),
+        "weights": config.get("weights"),
+        "freeze": config.get("freeze"),
+        "epochs": config.get("epochs"),
+        "augment": config.get("augment"),
+        "dataset": Path(str(config.get("dataset_dir", ""))).name,
+        "device": record.get("device"),
+        "val_acc": metrics.get("val_acc"),
+        "val_loss": metrics.get("val_loss"),
+        "validation": validation_protocol(metrics),
+        **target_summary(metrics),
+        "wall_s": metrics.get("wall_s"),
+        "queued": status.get("queued"),
+        "error": status.get("error"),
+        "damaged": "; ".join(problems) or None,
+    }
+
+
+def target_summary(metrics: dict) -> dict:
+    """A run's accuracy on labelled target images (adapted when it adapted) and the method; None without them."""
+    target = metrics.get("target") if isinstance(metrics.get("target"), dict) else {}
+    measured = target.get("adapted") or target.get("source_only") or {}
+    accuracy = measured.get("target_acc") if isinstance(measured, dict) else None
+    return {"target_acc": accuracy if isinstance(accuracy, numbers.Real) else None,
+            "adapt": target.get("method") if target else None}
+
+
+def list_runs(workspace: Path | None = None) -> list[Path]:
+    """Run folders, newest first."""
+    root = runs_root(workspace)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if not p.name.startswith(".") and RunFolder(p).config.exists()]
+    return sorted(runs, key=lambda p: p.name, reverse=True)
+
+
+def delete_run(run_dir: Path) -> None:
+    """Remove a run folder; refused while a worker holds it (stop the run first)."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve().parent != runs_root(run_dir.parent.parent).resolve() or not RunFolder(run_dir).config.exists():
+        raise ValueError(f"{run_dir}: not a run folder of a workspace; nothing deleted")
+    if lock_held(run_dir / LOCK_FILE):
+        raise ValueError(f"{run_dir.name}: a worker is training it; stop it first, then delete it")
+    shutil.rmtree(run_dir)
+
+
+# ---------------------------------------------------------------- OS file locks
+
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive flock on `path` (created if missing), or None when another holds it.
+
+    flock locks belong to the open file description: they are released when every descriptor of it is
+    closed, which the kernel does when a process dies however it dies. No pid is ever guessed.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def lock_held(path: Path) -> bool:
+    """Whether some process holds `path`'s lock now (a missing lock file is not held)."""
+    if not Path(path).exists():
+        return False
+    try:
+        fd = try_lock(Path(path))
+    except FileNotFoundError:
+        return False
+    if fd is None:
+        return True
+    unlock(fd)
+    return False
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (for messages only: a pid may belong to another program by now)."""
+    if not pid or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ---------------------------------------------------------------- progress, for a live view
+def validation_kind(record: dict) -> str:
+    """"cv", "holdout", "separate" or "none" (one image a class): how a run validated, from its metrics or
+    fit_start event. (Runs made before validation_method existed said it only in words.)"""
+    method = record.get("validation_method")
+    if isinstance(method, dict) and method.get("kind") in ("cv", "holdout", "separate", "none"):
+        return method["kind"]
+    words = str(record.get("validation") or "")
+    return "cv" if "cross-validation" in words else "separate" if "separate" in words else "holdout"
+
+
+def validation_protocol(metrics: dict) -> str | None:
+    """How a finished run's scores were measured, in a few words; None before it finished."""
+    if not metrics or metrics.get("val_acc") is None:
+        return None
+    method = metrics.get("validation_method") if isinstance(metrics.get("validation_method"), dict) else {}
+    kind = validation_kind(metrics)
+    if kind == "cv":
+        return "leave-one-out" if method.get("leave_one_out") else f"{method.get('folds', '?')}-fold cross-validation"
+    if kind == "holdout":
+        fraction = method.get("fraction")
+        return f"{fraction:.0%} held out" if isinstance(fraction, (int, float)) else "held out"
+    return {"separate": "a separate set", "none": "not validated"}.get(kind, str(metrics.get("validation")))
+
+
+def format_seconds(seconds: float | None, short: bool = False) -> str:
+    """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min; `short` (for a metric
+    tile, which cuts long values): 42 s, 3.1 min, 1.0 h."""
+    if seconds is None:
+        return "–"
+    if short and seconds >= 60:
+        return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+
+def _number(value, default=None):
+    """`value` when it is a number (an event line may come from a damaged file), else `default`."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def progress(events: list[dict], status: dict) -> tuple[float, str]:
+    """(fraction done, text with epoch, ETA and speed) of a run, from its events so far.
+
+    The epochs counted are every epoch the run will train: when layers learn, the head's probe epochs on
+    frozen features come before the epochs the user set, and the text says so. Before the first epoch of a
+    phase, the one-off pass through the frozen layers is named as such, not shown as "epoch 0".
+    """
+    fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
+    if fit_start is None:
+        planning = [e for e in events if e["event"] == "notice" and e.get("phase") == "plan"]
+        if planning and status.get("state") == "running":  # the Auto plan measures its candidates first
+            return 0.0, str(planning[-1].get("message", ""))
+        return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
+    total = max(_number(fit_start.get("epochs"), 1), 1)
+    probe_epochs = _number(fit_start.get("probe_epochs"))
+    epoch_ends = [e for e in events if e["event"] == "epoch_end" and _number(e.get("epoch")) is not None]
+    done = epoch_ends[-1]["epoch"] if epoch_ends else 0
+    last = events[-1]
+    if last["event"] == "batch_end" and last.get("phase") == "features":
+        shown, of = _number(last.get("done"), 0), _number(last.get("total"), 1)
+        return (min(shown / max(of, 1), 1.0),
+                f"Passing every image through the frozen backbone once: {shown} of {of}")
+    phase_start = next((e for e in reversed(events) if e["event"] == "phase_start"), None)
+    since_phase = events[events.index(phase_start) + 1:] if phase_start is not None else []
+    if phase_start is not None and not any(e["event"] in ("epoch_end", "batch_end") for e in since_phase):
+        if phase_start.get("phase") == "probe":
+            return 0.0, "Computing features: every image goes through the frozen backbone once…"
+        if phase_start.get("phase") == "finetune":
+            return (done / total, f"Epoch {done} of {total}: running the frozen layers once over every image "
+                                  f"before fine-tuning…")
+    fraction = done / total
+    if last["event"] == "batch_end" and _number(last.get("batches")) and _number(last.get("epoch")) is not None \
+            and _number(last.get("batch")) is not None:
+        fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
+    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
+                  and _number(e.get("seconds")) is not None] if epoch_ends else []
+    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
+    eta = f" · about {format_seconds((total - done) * mean_epoch_s)} left" if mean_epoch_s is not None else ""
+    speed = _number(last.get("images_per_s")) or (_number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
+    speed_text = f" · {speed:,.0f} images/s" if speed else ""
+    of_what = ""
+    if probe_epochs and 0 < probe_epochs < total:  # a fine-tune follows the probe: say what the total holds
+        of_what = f" (the {total - probe_epochs} you set, after {probe_epochs} fitting the head)"
+    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total}{of_what}{eta}{speed_text}"
