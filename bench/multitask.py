@@ -41,7 +41,7 @@ def one_arm(workspace: Path, train: Path, test: Path, plan: str, epochs: int, on
 
     dataset = ingest_labelled_or_reuse_folder(train, "labels.csv")
     config = RunConfig(dataset_dir=str(dataset.root), freeze=plan, epochs=epochs, device=device,
-                       extra={"only_task": only} if only else {})
+                       only_task=only)
     run_dir = runs.create_run(config)
     t0 = time.time()
     run(run_dir)

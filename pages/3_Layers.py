@@ -5,7 +5,7 @@ from pages.ui import common
 from tl_core.models import layers
 from tl_core.plan import plan_cost
 from tl_core import plots
-from tl_core.ops import runs
+from tl_core.ops import words
 
 PRESETS = {
     "auto": "Auto: measured on your images, within a time budget (recommended)",
@@ -118,17 +118,17 @@ params_col.metric("Trainable parameters", f"{trainable_params:,}", delta_arrow="
 groups_col.metric("Groups that learn", f"{len(trainable)} of {len(groups)}", delta_arrow="off", delta_color="off",
                   delta=f"plan: {state.freeze}")
 if head_only and state.augment == "none":
-    time_col.metric("Estimated time", runs.format_seconds(cost["once_s"]), delta_arrow="off", delta_color="off",
+    time_col.metric("Estimated time", words.format_seconds(cost["once_s"]), delta_arrow="off", delta_color="off",
                     delta=f"{n_images} images at {state.image_size} px")
     st.write(f"Only the head learns, so each image goes through the frozen backbone **once** (about "
-             f"{runs.format_seconds(cost['once_s'])}); after that an epoch takes well under a second. With "
+             f"{words.format_seconds(cost['once_s'])}); after that an epoch takes well under a second. With "
              "augmentation (next step) every epoch runs the images through again.")
 else:
-    time_col.metric("Estimated time per epoch", runs.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
+    time_col.metric("Estimated time per epoch", words.format_seconds(epoch_s), delta_arrow="off", delta_color="off",
                     delta=f"{n_train} + {n_val} images at {state.image_size} px")
     if cost["once_s"]:
         st.caption(f"Before the first epoch, every image goes once through the frozen layers (about "
-                   f"{runs.format_seconds(cost['once_s'])}), for the head's first fit and for the layers that "
+                   f"{words.format_seconds(cost['once_s'])}), for the head's first fit and for the layers that "
                    "never change.")
 on_gpu = "CUDA" in common.device_name()
 st.caption(f"An estimate, from timing one batch of {plan_cost.TIMING_BATCH} images on this computer's CPU"

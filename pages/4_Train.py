@@ -6,7 +6,7 @@ import streamlit as st
 from pages.ui import common, target_domain
 from tl_core import plots
 from tl_core.fit import run_data
-from tl_core.ops import runs
+from tl_core.ops import runs, words
 from tl_core.data import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
@@ -149,10 +149,10 @@ def live_run(run_dir: str) -> None:
         position = common.job_manager().queue_position(Path(run_dir))
         where = f"in the queue (position {position})" if position else "for a free slot"
         wait_s = common.job_manager().expected_wait(Path(run_dir)) if position else None
-        where += f", expected to start in about {runs.format_seconds(wait_s)}" if wait_s else ""
+        where += f", expected to start in about {words.format_seconds(wait_s)}" if wait_s else ""
         st.info(f"Waiting {where}: another run is using {common.device_name()}. "
                 "This one starts when it ends.", icon=":material/hourglass_top:")
-    fraction, text = runs.progress(events, status)
+    fraction, text = words.progress(events, status)
     st.progress(fraction, text=text)
     notices = [e for e in events if e["event"] == "notice"]
     for notice in notices:
@@ -171,7 +171,7 @@ def finished_run(run_dir: str, status: dict) -> None:
     if status.get("state") == "done":
         metrics = runs.read_metrics(Path(run_dir)) or {}
         st.success(f"Finished: final validation accuracy **{metrics.get('val_acc', 0):.1%}** "
-                   f"(best epoch {metrics.get('best_epoch')}, {runs.format_seconds(metrics.get('wall_s'))}).",
+                   f"(best epoch {metrics.get('best_epoch')}, {words.format_seconds(metrics.get('wall_s'))}).",
                    icon=":material/check_circle:")
         for notice in events:
             if notice["event"] == "notice" and notice.get("kind") == "diverged":

@@ -11,7 +11,7 @@ from tl_core.plan import auto_plan
 from tl_core.data import datasets
 from tl_core.fit import metrics as evaluate
 from tl_core import multitask, plots
-from tl_core.ops import runs
+from tl_core.ops import runs, words
 
 MISTAKES_SHOWN = 24
 CELL_SHOWN = 48
@@ -117,8 +117,8 @@ if metrics:
     f1_col.metric("Macro F1", f"{metrics.get('macro_f1', 0):.3f}", help="F1 averaged over classes, each counting the same")
     loss_col.metric("Validation loss", f"{metrics.get('val_loss', float('nan')):.3f}")
     epoch_col.metric("Best epoch", f"{metrics.get('best_epoch', '–')} of {metrics.get('epochs_run', '–')}")
-    time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s"), short=True),
-                    help=runs.format_seconds(metrics.get("wall_s")))
+    time_col.metric("Training time", words.format_seconds(metrics.get("wall_s"), short=True),
+                    help=words.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
     data_quality.imbalance_headline(metrics)

@@ -7,7 +7,7 @@ import streamlit as st
 from pages.ui import common, gate
 from tl_core.use import compare
 from tl_core import plots
-from tl_core.ops import runs
+from tl_core.ops import runs, words
 
 state = st.session_state
 common.init_state()  # idempotent; makes the page work even when run on its own
@@ -32,7 +32,7 @@ def default_selection() -> list[str]:
 
 def short_name(run_dir: str) -> str:
     """A legend entry: the run's name (or id), where its weights came from and what learnt."""
-    row = runs.summarize(Path(run_dir))
+    row = words.summarize(Path(run_dir))
     return f"{row['name'] or row['run_id']} · {common.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
 
 
@@ -45,7 +45,7 @@ def shown(setting: str, value) -> str:
     if setting in ("macro_f1", "val_loss"):
         return f"{value:.3f}"
     if setting == "wall_s":
-        return runs.format_seconds(value)
+        return words.format_seconds(value)
     if setting == "weights":
         return common.weights_label(value)
     if isinstance(value, float):
@@ -62,11 +62,11 @@ def delete_run(run_dir: str) -> None:
         state.runs_delete_error = str(error)
 
 
-summaries = [runs.summarize(Path(path)) for path in all_runs]
+summaries = [words.summarize(Path(path)) for path in all_runs]
 table_rows = [{**row, "weights": common.weights_label(row["weights"]) if row["weights"] else None}
               for row in summaries]
 runs_table = pd.DataFrame(table_rows).style.format(  # what a run has not measured (yet) reads "–", not "None"
-    {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": runs.format_seconds},
+    {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": words.format_seconds},
     na_rep="–")
 st.dataframe(
     runs_table, hide_index=True, key="runs_table",

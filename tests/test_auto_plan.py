@@ -74,7 +74,7 @@ def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir
 
 
 def test_progress_says_what_the_auto_plan_measures():
-    from tl_core.ops.runs import progress
+    from tl_core.ops.words import progress
 
     events = [{"event": "notice", "phase": "plan", "message": "Auto plan: measuring fine-tuning with top-1"}]
     assert progress(events, {"state": "running"}) == (0.0, "Auto plan: measuring fine-tuning with top-1")

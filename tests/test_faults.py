@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from tl_core.ops import jobs, runs, storage
+from tl_core.ops import jobs, runs, storage, words
 from tl_core.config import RunConfig
 from tl_core.ops.jobs import JobManager
 from tl_core.ops.runs import create_run, read_status, request_stop, write_status
@@ -348,13 +348,13 @@ def test_damaged_run_files_are_a_state_never_a_crash(_workspace, ledger):
     manager = JobManager(_workspace, background=False, worker_command=FAKE_WORKER)
     tick_until(manager, lambda: read_status(waiting)["state"] == "done")  # the queue is not stalled
     for run_dir, (file, kind) in damaged.items():
-        row = runs.summarize(run_dir)  # never raises
+        row = words.summarize(run_dir)  # never raises
         if file in ("status.json", "config.json", "metrics.json"):
             assert row["damaged"] and row["damaged"].startswith(file), (file, kind, row)
         if file == "status.json":
             assert row["state"] == "damaged"
     assert [e["epoch"] for e in runs.read_events(middle) if e["event"] == "epoch_end"] == [1, 2]
-    assert "events.jsonl: line 2 skipped" in runs.summarize(middle)["damaged"]
+    assert "events.jsonl: line 2 skipped" in words.summarize(middle)["damaged"]
 
     at = open_page("pages/8_Runs.py")
     texts = [plain(m.value) for m in at.markdown]

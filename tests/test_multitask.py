@@ -165,7 +165,7 @@ def test_fine_tuning_trains_every_head_and_the_shared_layers_jointly(labelled, _
     dataset = ingest_labelled_folder(labelled, labelled / "labels.csv")
     run_dir = runs.create_run(RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none",
                                         freeze="all", epochs=2, batch_size=8, image_size=64, features="last",
-                                        extra={"task_weights": {"tags": 0.5}}))
+                                        task_weights={"tags": 0.5}))
     metrics = run(run_dir)
     events = runs.read_events(run_dir)
     tuned = [e for e in events if e["event"] == "epoch_end" and e["phase"] == "finetune"]

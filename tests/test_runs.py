@@ -7,7 +7,8 @@ import pytest
 from tl_core.fit.callbacks import NanGuard, TrainingDiverged
 from tl_core.config import ConfigError, RunConfig
 from tl_core.ops import runs, storage
-from tl_core.ops.runs import EventReader, create_run, list_runs, read_status, request_stop, summarize
+from tl_core.ops.runs import EventReader, create_run, list_runs, read_status, request_stop
+from tl_core.ops.words import summarize
 
 
 def test_config_round_trips_and_rejects_bad_values_by_name():
@@ -159,7 +160,7 @@ def test_the_cli_the_app_and_runconfig_agree_on_every_setting():
 
 
 def test_progress_of_a_run_from_its_events():
-    from tl_core.ops.runs import format_seconds, progress
+    from tl_core.ops.words import format_seconds, progress
 
     assert progress([], {"state": "running"})[0] == 0.0
     events = [{"event": "fit_start", "epochs": 10}]

@@ -1,35 +1,102 @@
-"""Transfer Learning Studio's engine: transfer learning of image classifiers, without Streamlit.
+"""Transfer Learning Studio's engine: transfer learning of image models, without Streamlit.
 
-Modules, one idea each:
-    config      RunConfig, the settings of one run
-    backbones   the catalogue, weight sources, create_model, preprocessing
-    layers      layer groups and the freeze plan
-    datasets/   a package: images (safe decoding), store, ingest, audit, splits, pixels (decoded-image cache)
-    augment     augmentation presets on decoded images
-    train       the fit loop (phases: probe on frozen features, then fine-tune), its events
-    tasks       what a training step computes (Task seam; classification by default)
-    batches     where a batch comes from: pixels, cached frozen-prefix activations, cached features
-    strategy    the device, precision, backward and step (Strategy seam; single device today)
-    run_data    the images of a run and how they validate (held out, separate set, k folds)
-    optim       layer-wise learning rates from the layer groups, and the schedule
-    probe       logistic-regression heads on frozen features, fitted by L-BFGS
-    frozen_prefix  a model run as a frozen prefix, computed once, and a trainable rest
-    outputs     what a finished fit writes: kept weights, predictions, metrics
-    callbacks   event log, stop, divergence guard, early stopping, best checkpoint, NaN guard
-    evaluate    metrics;  predict: a finished run as a classifier
-    imbalance   whether a run weights its classes (1/count), and the sentence that says so
-    label_errors  likely label errors from a run's out-of-fold predictions (cleanlab), fixed as a new dataset version
-    active      which unlabelled images to label next (uncertainty × distance, greedy k-center)
-    runs, jobs  the run folder contract; the worker-process queue
-    plots       plotly figures from events and metrics
-    export      verified ONNX / TorchScript / safetensors bundles;  model_card: the bundle's MODEL_CARD.md
-    bundle/     predict_example.py, the standalone program shipped in every bundle
+The modules, in layers from the bottom up, are listed once, in LAYERS below (tests/test_architecture.py
+checks it against the code): a module imports only modules of its own layer or of layers below it, and
+no import goes round in a cycle. On top, tl_core.worker is one run's life, whoever starts it (the command
+line, the job queue, Ray, torchrun); task kinds (tl_core.kinds) are the seam new kinds of learning plug into.
 
 Command line: python -m tl_core {train, evaluate, predict, export, runs, shift, rank, grow, suspects, suggest}.
 """
 import importlib
 
 __version__ = "0.1.0"
+
+# Bottom first. Each module: one idea, in a line (the module's own docstring says more).
+LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("settings", {
+        "config": "RunConfig, the settings of one run: each field's default, type, help and checks",
+    }),
+    ("ops", {
+        "ops.storage": "the workspace, atomic writes, reads that survive damage, a full disk said plainly",
+        "ops.runs": "the run folder: every run file's name, reading and writing; the OS locks of a run",
+        "ops.words": "runs in words for a person: progress line, durations, validation protocol, a row per run",
+        "ops.jobs": "the local job queue: one worker process per run, device slots, claiming a run",
+        "ops.executors": "where runs execute: the local queue or a Ray cluster (the Executor seam)",
+        "ops.spaces": "who owns which run and dataset on a classroom server",
+    }),
+    ("kinds", {
+        "kinds": "the task-kind registry: what a kind declares (data, fit, plan, evaluate, predict, export)",
+    }),
+    ("data", {
+        "data.datasets": "a dataset package's public names",
+        "data.datasets.images": "opening one image safely (bounded decoding)",
+        "data.datasets.store": "the Dataset record; loading and listing datasets",
+        "data.datasets.ingest": "folders, zips and uploads into a new dataset, every refusal said",
+        "data.datasets.labels_table": "a CSV of labels per task beside the images",
+        "data.datasets.unlabelled": "target images, any layout, the same checks",
+        "data.datasets.audit": "counts, imbalance, duplicates, tiny images, in words",
+        "data.datasets.splits": "seeded stratified splits and k folds",
+        "data.datasets.pixels": "the decoded-image cache (resized once per size)",
+        "data.datasets.versions": "relabel, move, drop or add images as a new dataset version",
+        "data.augment": "augmentation presets on decoded images",
+        "data.sample_data": "the bundled sample, and Fashion-MNIST for tests and benchmarks",
+    }),
+    ("models", {
+        "models.devices": "the device and precision, named for a person",
+        "models.backbones": "the catalogue, weight sources, create_model, preprocessing",
+        "models.layers": "layer groups (timm's group_matcher), the freeze plan, BatchNorm policies",
+        "models.multilayer": "a head on every stage's pooled outputs (Head2Toe)",
+        "models.frozen_prefix": "a model cut into a frozen prefix, run once, and a trainable rest",
+    }),
+    ("fit", {
+        "fit.strategy": "the Strategy seam: device, precision, backward, step; sharding and agreement",
+        "fit.tasks": "the Task seam: what one training step computes (classification)",
+        "fit.batches": "where a batch comes from: pixels, cached prefix activations, cached features",
+        "fit.callbacks": "the closed event list and the loop's listeners; Emitter for a kind's own fit",
+        "fit.optim": "layer-wise learning rates and the schedule",
+        "fit.probe": "logistic-regression heads on frozen features (L-BFGS), folded into a Linear",
+        "fit.prototypes": "prototype heads for few-shot sets",
+        "fit.run_data": "the images of a run and how they validate: held out, separate, k folds",
+        "fit.imbalance": "whether a run weights its classes, and the sentence that says so",
+        "fit.metrics": "a classifier's metrics: accuracy, per class, confusion matrix",
+        "fit.outputs": "what a finished fit writes: kept weights, predictions, metrics",
+        "fit.loop": "the fit loop (Fit): probe, then fine-tune, announcing the events",
+    }),
+    ("methods", {
+        "adapt": "domain adaptation to target images: shift meter, AdaBN, alignment, DANN",
+        "multitask": "several tasks from a labels table: the heads side by side, the joint loss, per-task metrics",
+        "multitask.fit": "the Fit of a multi-task run",
+        "multitask.outputs": "what a multi-task run writes",
+        "plan.plan_cost": "what a plan costs here, timed on one warm batch",
+        "plan.auto_plan": "the Auto plan: candidate plans measured as small runs, the simplest kept",
+        "plan.ranking": "which backbone suits the images: a cross-validated probe on each one's features",
+        "classify": "the classify kind: the loop with the Auto plan and adaptation (registered in kinds)",
+        "multitask.kind": "the multitask kind (registered in kinds)",
+    }),
+    ("use", {
+        "use.predict": "a finished run as a classifier; evaluation on labelled images",
+        "use.explain": "Grad-CAM heat maps",
+        "use.export": "verified ONNX / TorchScript / safetensors bundles",
+        "use.model_card": "the bundle's MODEL_CARD.md",
+        "use.bundle": "an exported bundle's file names",
+        "use.bundle.predict_example": "the standalone program shipped in every bundle",
+        "use.compare": "the from-scratch baseline and the transfer verdict; a model per task (sharing verdict)",
+        "use.grow": "a finished model grown with new images or classes; its old classes' recall",
+        "use.advice": "what to try next, in words, from what a run measured",
+        "plots": "plotly figures from events and metrics",
+    }),
+    ("quality", {
+        "quality.label_errors": "likely label errors (cleanlab), fixed as a new dataset version",
+        "quality.active": "which unlabelled images to label next",
+    }),
+    ("worker", {
+        "worker": "one run's life, whoever starts it: claim, status, the kind's plan and fit, checks, the last word",
+        "distributed": "torchrun: the Strategy of one process among several (DDP through Lightning Fabric)",
+    }),
+    ("entry", {
+        "__main__": "the command line",
+    }),
+)
 
 # The public API, by module; imported on first use so `import tl_core` stays cheap.
 _API = {

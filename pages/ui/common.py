@@ -11,7 +11,7 @@ import streamlit as st
 
 from tl_core.plan import auto_plan
 from tl_core.models import backbones, devices
-from tl_core.ops import executors, runs, spaces
+from tl_core.ops import executors, runs, spaces, words
 from tl_core import plots
 from tl_core.fit import prototypes
 from tl_core.config import ConfigError, defaults, recommended_lr
@@ -253,7 +253,7 @@ def weights_label(weights: str) -> str:
 
 def run_label(run_dir) -> str:
     """Plain text (wrap it in literal() inside markdown): name, id, state and accuracy of a run."""
-    row = runs.summarize(Path(run_dir))
+    row = words.summarize(Path(run_dir))
     accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
     name = f"{row['name']} · " if row.get("name") else ""
     owner = runs.read_owner(Path(run_dir)) if gate.space().teacher else None

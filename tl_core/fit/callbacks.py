@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 
-from ..ops.runs import RunFolder, validation_kind
+from ..ops.runs import RunFolder, open_event_log, validation_kind
 
 EVENTS = ("fit_start", "phase_start", "after_loss", "before_step", "batch_end", "epoch_end", "checkpoint", "notice",
           "before_save", "fit_end", "cancelled", "error")
@@ -35,6 +35,26 @@ class PhaseDiverged(Exception):
         self.epoch, self.loss = epoch, loss
 
 
+class Emitter:
+    """`emit(event, **info)`: what a task kind's fit is handed to announce the closed event list (EVENTS) to
+    the worker's listeners (the event log, STOP, a distributed run's agreement, the caller's own).
+
+    A kind whose loop is tl_core.fit.loop.Fit takes the same listeners as loop callbacks instead:
+    `callbacks(*its_own)` puts them in order, the worker's first and the caller's last."""
+
+    def __init__(self, first: list, last: list | None = None):
+        self.first, self.last = list(first), list(last or [])
+
+    def __call__(self, event: str, **info) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}: the loop announces only {', '.join(EVENTS)}")
+        for listener in [*self.first, *self.last]:
+            listener(event, info, None)
+
+    def callbacks(self, *loop_callbacks) -> list:
+        return [*self.first, *loop_callbacks, *self.last]
+
+
 class Callback:
     def __call__(self, event: str, info: dict, fit) -> None:
         handler = getattr(self, f"on_{event}", None)
@@ -45,8 +65,13 @@ class Callback:
 class EventLog(Callback):
     """Appends one JSON line per event to events.jsonl, flushed at once so a reader sees it live."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
+    def __init__(self, path: Path | None = None, file=None):
+        self.file = file if file is not None else open(path, "a", encoding="utf-8")
+
+    @classmethod
+    def for_run(cls, run_dir: Path) -> "EventLog":
+        """The event log of a run folder (its events.jsonl, through the run folder)."""
+        return cls(file=open_event_log(run_dir))
 
     def __call__(self, event: str, info: dict, fit) -> None:
         if event not in LOGGED_EVENTS:

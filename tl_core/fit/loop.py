@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..models import backbones, layers, multilayer
 from . import batches, optim
 from ..data.augment import make_augment
-from .callbacks import EVENTS, PhaseDiverged, TrainingDiverged, _changeable_state
+from .callbacks import (EVENTS, BestCheckpoint, CancelFit, DivergenceGuard, EarlyStopping, NanGuard, PhaseDiverged,
+                        TrainingDiverged, _changeable_state)
 from ..config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 from ..data.datasets import decode_images
 from ..models.devices import describe
@@ -44,6 +45,12 @@ PIXELS_ON_GPU_LIMIT = 2 << 30  # bytes of uint8 images kept on the GPU for the w
 # probe's training loss) has lost what the probe knew: the phase restarts from the probe's weights once, at
 # RESTART_LR_FACTOR × the learning rate.
 DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, RESTART_LR_FACTOR = 2.0, 4.0, 0.1
+
+
+def standard_callbacks(config: RunConfig) -> list:
+    """The loop's own listeners, in order: divergence and NaN guards, the best checkpoint, early stopping."""
+    return [DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE), NanGuard(), BestCheckpoint(),
+            EarlyStopping(config.early_stopping)]
 
 
 class Fit:
@@ -153,6 +160,17 @@ class Fit:
         self.emit("fit_end", val_acc=metrics["val_acc"], val_loss=metrics["val_loss"],
                   best_epoch=metrics["best_epoch"], wall_s=metrics["wall_s"])
         return metrics
+
+    def run_until_stopped(self) -> dict:
+        """run(); when cancelled, say so and save the best weights so far, then let CancelFit go on (marked
+        `announced`, so the worker does not say it twice)."""
+        try:
+            return self.run()
+        except CancelFit as stop:
+            self.emit("cancelled", reason=str(stop))
+            self.save()
+            stop.announced = True
+            raise
 
     def save(self) -> dict:
         """Restore the best weights (BestCheckpoint listens to "before_save") and write the run's outputs."""

@@ -3,29 +3,20 @@ preprocessing, the validation predictions (and every class's probability) and me
 weights were kept and why."""
 from __future__ import annotations
 
-import csv
-import io
-import os
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..models import backbones
 from ..models.devices import describe
 from .metrics import classification_metrics
-from ..ops.runs import RunFolder
-from ..ops.storage import atomic_file, atomic_write_bytes, atomic_write_json
+from ..ops.runs import write_metrics, write_model, write_predictions, write_val_probs
 
 
 def save_outputs(fit) -> dict:
     """Write the model as it is now (BestCheckpoint restored the best epoch on "before_save") and the metrics."""
-    folder = RunFolder(fit.run_dir)
-    _save_weights(fit.model, folder.weights)
-    atomic_write_json(folder.labels, {"classes": fit.classes})
-    atomic_write_json(folder.preprocess, {
+    write_model(fit.run_dir, fit.model, {"classes": fit.classes}, {
         "backbone": backbones.architecture(fit.model), "num_classes": len(fit.classes), **fit.preprocess,
         "features": fit.feature_kind})
     probs = fit.val_probs_at.get(fit.best["epoch"])
@@ -33,10 +24,11 @@ def save_outputs(fit) -> dict:
         probs = fit.predict_probs(fit.val_idx)
     y_val = fit.labels[fit.val_idx].cpu()
     confidence, predicted = probs.max(1)
-    _write_predictions(folder.predictions, [fit.paths[i] for i in fit.val_idx],
-                       [fit.classes[k] for k in y_val], [fit.classes[k] for k in predicted], confidence.tolist())
-    with atomic_file(folder.val_probs) as f:  # every class's probability: what tl_core.quality.label_errors judges
-        np.save(f, probs.float().cpu().numpy())
+    write_predictions(fit.run_dir, ["path", "label", "predicted", "confidence"],
+                      [[str(fit.paths[i]), fit.classes[y], fit.classes[k], f"{p:.6f}"]
+                       for i, y, k, p in zip(fit.val_idx, y_val.tolist(), predicted.tolist(), confidence.tolist())])
+    # every class's probability: what tl_core.quality.label_errors judges
+    write_val_probs(fit.run_dir, probs.float().cpu().numpy())
     wall = time.time() - fit.t0
     val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), y_val).item()
     metrics = classification_metrics(y_val.tolist(), predicted.tolist(), fit.classes)
@@ -51,7 +43,7 @@ def save_outputs(fit) -> dict:
                **fit.extra_metrics}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)
-    atomic_write_json(folder.metrics, metrics)
+    write_metrics(fit.run_dir, metrics)
     return metrics
 
 
@@ -80,20 +72,4 @@ def kept_weights(fit) -> dict:
                               "only the head learnt")
     return kept
 
-
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_predictions(path: Path, paths, labels, predicted, confidence) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "predicted", "confidence"])
-    for row in zip(paths, labels, predicted, confidence):
-        writer.writerow([str(row[0]), row[1], row[2], f"{row[3]:.6f}"])
-    atomic_write_bytes(path, buffer.getvalue().encode())
 

@@ -2,9 +2,9 @@
 
 A strategy owns the device, mixed precision, backward and the optimiser step, and the questions
 a distributed run adds: which images this process sees (`shard`), whether it is the main process
-(the one that writes files), all-reduce and barrier. `SingleDevice` is today's; a distributed one
-(torchrun/DDP through Lightning Fabric or accelerate) implements the same methods, so the loop does
-not change.
+(the one that writes files), all-reduce, broadcast and barrier, and the listeners that make processes
+agree (`callbacks`). `SingleDevice` is one process; tl_core.distributed.FabricDDP (torchrun/DDP through
+Lightning Fabric) implements the same methods, so neither the loop nor the worker changes.
 """
 from __future__ import annotations
 
@@ -50,6 +50,18 @@ class SingleDevice:
 
     def barrier(self) -> None:
         pass
+
+    def broadcast(self, obj):
+        """The main process's `obj`, on every process: here, itself."""
+        return obj
+
+    def callbacks(self, stop_path) -> list:
+        """Listeners this strategy puts first (a distributed one makes the processes agree); none here."""
+        return []
+
+    def facts(self) -> dict:
+        """What the run folder's facts.json records of the strategy (a distributed one: world size, backend)."""
+        return {}
 
     def batch_size_that_fits(self, batch_size: int, forward_backward, on_smaller) -> int:
         """On CUDA, halve the batch size until `forward_backward(batch_size)` fits in memory; `on_smaller(message)`

@@ -253,7 +253,7 @@ def load_task_data(config, layout: TaskLayout | None = None) -> tuple[RunData, T
         raise ValueError(f"{dataset.name}: not a dataset with a labels table")
     if config.val_dataset_dir:
         raise ValueError("a multi-task run validates on its own images: leave the separate validation set out")
-    only = config.extra.get("only_task")  # one task of the table: a separate model, to compare with sharing
+    only = config.only_task  # one task of the table: a separate model, to compare with sharing
     tasks = [t for t in dataset.tasks if t["name"] == only] if only else dataset.tasks
     if not tasks:
         raise ValueError(f"{dataset.name}: no task named {only!r}")

@@ -18,7 +18,7 @@ class MultiTaskFit(Fit):
         self.layout: TaskLayout | None = None
         self.targets = None
         self.thresholds: dict[str, list[float]] = {}
-        self.weights = dict(config.extra.get("task_weights", {}))
+        self.weights = dict(config.task_weights)
 
     def _load_data(self) -> RunData:
         data, self.layout, self.targets = load_task_data(self.config)

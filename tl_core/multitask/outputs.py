@@ -3,8 +3,6 @@ preprocessing, predictions, metrics), with the task layout in labels.json, one p
 task, and metrics per task; the headline val_acc is the mean of the tasks' scores."""
 from __future__ import annotations
 
-import csv
-import io
 import time
 
 import torch
@@ -12,24 +10,21 @@ import torch
 from ..models import backbones
 from ..models.devices import describe
 from . import MISSING, task_metrics
-from ..fit.outputs import _save_weights, kept_weights
-from ..ops.runs import RunFolder
-from ..ops.storage import atomic_write_bytes, atomic_write_json
+from ..fit.outputs import kept_weights
+from ..ops.runs import write_metrics, write_model, write_predictions
 
 
 def save_multitask_outputs(fit) -> dict:
-    folder = RunFolder(fit.run_dir)
     layout = fit.layout
-    _save_weights(fit.model, folder.weights)
-    atomic_write_json(folder.labels, {"classes": layout.output_names(), "tasks": layout.to_list(fit.thresholds)})
-    atomic_write_json(folder.preprocess, {
+    write_model(fit.run_dir, fit.model, {"classes": layout.output_names(), "tasks": layout.to_list(fit.thresholds)}, {
         "backbone": backbones.architecture(fit.model), "num_classes": layout.width, **fit.preprocess,
         "features": fit.feature_kind})
     probs = fit.val_probs_at.get(fit.best["epoch"])
     if probs is None:
         probs = fit.predict_probs(fit.val_idx)
     y = fit.targets.cpu()[fit.val_idx]
-    _write_predictions(folder.predictions, [fit.paths[i] for i in fit.val_idx], probs, y, layout, fit.thresholds)
+    write_predictions(fit.run_dir, ["path", "label", "predicted", "confidence", "task"],
+                      _prediction_rows([fit.paths[i] for i in fit.val_idx], probs, y, layout, fit.thresholds))
     per_task = task_metrics(probs, y, layout, fit.thresholds)
     summary = fit.task_summary(probs, y)
     wall = time.time() - fit.t0
@@ -44,15 +39,12 @@ def save_multitask_outputs(fit) -> dict:
                "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit), **fit.extra_metrics}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)
-    atomic_write_json(folder.metrics, metrics)
+    write_metrics(fit.run_dir, metrics)
     return metrics
 
 
-def _write_predictions(path, paths, probs, y, layout, thresholds) -> None:
-    """path, task, label, predicted, confidence: one row per image and task (tags joined by ';')."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "predicted", "confidence", "task"])
+def _prediction_rows(paths, probs, y, layout, thresholds):
+    """path, label, predicted, confidence, task: one row per image and task (tags joined by ';')."""
     for i, image in enumerate(paths):
         for head in layout:
             part, target = probs[i, head.outputs], y[i, head.outputs]
@@ -66,5 +58,4 @@ def _write_predictions(path, paths, probs, y, layout, thresholds) -> None:
                 label = "" if target[0] == MISSING else head.classes[int(target.argmax())]
                 confidence, k = part.max(0)
                 predicted, confidence = head.classes[int(k)], float(confidence)
-            writer.writerow([str(image), label, predicted, f"{confidence:.6f}", head.name])
-    atomic_write_bytes(path, buffer.getvalue().encode())
+            yield [str(image), label, predicted, f"{confidence:.6f}", head.name]

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from ..config import RunConfig
 from . import jobs
-from .runs import FINAL_STATES, create_run, list_runs, read_status, request_stop, write_status
+from .runs import FINAL_STATES, create_run, list_runs, open_worker_log, read_status, request_stop, write_status
 from .storage import workspace_root
 
 RAY_ADDRESS_ENV = "TL_STUDIO_RAY_ADDRESS"
@@ -63,7 +63,7 @@ def _train_in_a_worker(run_dir: str, workspace: str) -> int:
                PYTHONPATH=os.pathsep.join([project_root, os.environ.get("PYTHONPATH", "")]),
                # Ray counts the GPUs; the workspace's slot locks must not queue runs a second time
                TL_STUDIO_SLOTS="4096")
-    with open(Path(run_dir) / "worker.log", "ab") as log:
+    with open_worker_log(Path(run_dir)) as log:
         return subprocess.call([sys.executable, "-m", "tl_core", "train", run_dir], stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=project_root)
 

@@ -26,17 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import RunConfig
-from .runs import (FINAL_STATES, LOCK_FILE, RunFolder, create_run, list_runs, lock_held, read_metrics, read_owner,
-                   read_status, request_stop, stop_requested, try_lock, unlock, write_status)
+from .runs import (FINAL_STATES, LOCK_FILE, RunBusy, claim_lock, create_run, list_runs, lock_held,
+                   open_worker_log, read_metrics, read_owner, read_status, request_stop, stop_requested, try_lock,
+                   unlock, worker_log_tail, write_status)
 from .storage import workspace_root
+
+__all__ = ["RunBusy", "claim_run", "JobManager", "BUSY_EXIT"]  # RunBusy: claiming's refusal, raised by runs.claim_lock
 
 BUSY_EXIT = 75  # a worker's exit code when another worker already holds its run (EX_TEMPFAIL)
 _RUN_FD_ENV, _SLOT_FD_ENV = "TL_STUDIO_RUN_LOCK_FD", "TL_STUDIO_SLOT_LOCK_FD"
-_CLAIM_RETRY_S = 0.5  # a lock probe of the scheduler holds a lock for microseconds; retrying this long rides it out
-
-
-class RunBusy(RuntimeError):
-    """Another worker holds the run: nothing to do here."""
 
 
 def default_slots() -> int:
@@ -131,7 +129,7 @@ def claim_run(run_dir: str | Path, *, slots: int | None = None, on_wait: Callabl
     if key in _held:
         yield _held[key]
         return
-    claim = _inherited_claim(run_dir) or _claim_lock(run_dir)
+    claim = _inherited_claim(run_dir) or Claim(run_dir, claim_lock(run_dir))
     _held[key] = claim
     try:
         if claim.slot_fd is None:
@@ -157,23 +155,6 @@ def _inherited_claim(run_dir: Path) -> Claim | None:
     for fd in (run_fd, slot_fd):
         os.set_inheritable(fd, False)  # the worker's own children must not keep its locks alive
     return Claim(run_dir, run_fd, slot_fd, slot=int(os.environ.pop("TL_STUDIO_SLOT", "-1")))
-
-
-def _claim_lock(run_dir: Path) -> Claim:
-    if not RunFolder(run_dir).config.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json); prepare the run first")
-    deadline = time.monotonic() + _CLAIM_RETRY_S
-    while (fd := try_lock(run_dir / LOCK_FILE)) is None:
-        if time.monotonic() > deadline:
-            pid = read_status(run_dir).get("pid")
-            raise RunBusy(f"{run_dir.name}: another worker{f' (pid {pid})' if pid else ''} is already "
-                          "training this run; nothing to do")
-        time.sleep(0.05)
-    state = read_status(run_dir).get("state")
-    if state in FINAL_STATES:
-        unlock(fd)
-        raise ValueError(f"{run_dir}: this run already ended ({state}); start a new run to train again")
-    return Claim(run_dir, fd)
 
 
 def _wait_for_slot(claim: Claim, workspace: Path, slots: int, on_wait, poll_s: float) -> None:
@@ -343,7 +324,7 @@ class JobManager:
                 self._mark_failed(run_dir, f"the run could not start: {error}")
                 return "skipped"
             try:
-                log = open(run_dir / "worker.log", "ab")
+                log = open_worker_log(run_dir)
                 env = dict(os.environ, TL_STUDIO_HOME=str(self.workspace), PYTHONUNBUFFERED="1",
                            **{_RUN_FD_ENV: str(run_fd), _SLOT_FD_ENV: str(slot_fd), "TL_STUDIO_SLOT": str(index)})
                 if (gpu := worker_gpu(index, self.gpus)) is not None:
@@ -427,16 +408,8 @@ def _death_reason(run_dir: Path, code: int) -> str:
             why += " (often: out of memory)"
     else:
         why = f"the worker process exited with code {code} before finishing"
-    tail = _log_tail(Path(run_dir) / "worker.log")
+    tail = worker_log_tail(run_dir)
     return f"{why}; last output: {tail}" if tail else why
-
-
-def _log_tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
 
 
 def _project_root() -> str:

@@ -2,14 +2,18 @@
 
 <workspace>/runs/<run_id>/ holds config.json, status.json, events.jsonl, metrics.json,
 predictions.csv (and val_probs.npy, every class's probability), model.safetensors, labels.json,
-preprocess.json, worker.lock and, to cancel, STOP.
+preprocess.json, worker.lock, worker.log and, to cancel, STOP. This module names them all, and reads
+and writes them (a fit's outputs, the Auto plan, the event log, the worker's log) and the OS locks
+that say who trains a run; nothing else names a run file (the exported bundle's program excepted).
 Every whole-file write is atomic, so a reader never sees half a file; every reader survives a file
 that was damaged anyway (an empty, cut or garbage file is reported, never raised).
 A run is being trained exactly while a process holds the OS lock on its worker.lock.
 """
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import numbers
 import os
 import platform
@@ -19,7 +23,8 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
-from .storage import DamagedFile, atomic_write_json, parse_json, read_json, workspace_root
+from .storage import (DamagedFile, atomic_file, atomic_write_bytes, atomic_write_json, parse_json, read_json,
+                      workspace_root)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -49,6 +54,7 @@ class RunFolder:
     plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
     candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
     owner = property(lambda self: self.path / "owner.json", doc="who started the run, on a classroom server")
+    log = property(lambda self: self.path / "worker.log", doc="the worker process's own output (stdout, stderr)")
 
 
 LOCK_FILE = RunFolder(".").lock.name
@@ -299,45 +305,6 @@ def damage(run_dir: Path) -> list[str]:
     return problems
 
 
-def summarize(run_dir: Path) -> dict:
-    """One row for a table of runs: id, state, key settings and scores; `damaged` names broken files."""
-    record = read_config_record(run_dir)
-    config = record.get("config", {}) if isinstance(record.get("config"), dict) else {}
-    status = read_status(run_dir)
-    metrics = read_metrics(run_dir) or {}
-    problems = damage(run_dir)
-    return {
-        "run_id": Path(run_dir).name,
-        "run_dir": str(run_dir),
-        "name": str(config.get("name", "")),
-        "state": status.get("state", "unknown"),
-        "backbone": config.get("backbone"),
-        "weights": config.get("weights"),
-        "freeze": config.get("freeze"),
-        "epochs": config.get("epochs"),
-        "augment": config.get("augment"),
-        "dataset": Path(str(config.get("dataset_dir", ""))).name,
-        "device": record.get("device"),
-        "val_acc": metrics.get("val_acc"),
-        "val_loss": metrics.get("val_loss"),
-        "validation": validation_protocol(metrics),
-        **target_summary(metrics),
-        "wall_s": metrics.get("wall_s"),
-        "queued": status.get("queued"),
-        "error": status.get("error"),
-        "damaged": "; ".join(problems) or None,
-    }
-
-
-def target_summary(metrics: dict) -> dict:
-    """A run's accuracy on labelled target images (adapted when it adapted) and the method; None without them."""
-    target = metrics.get("target") if isinstance(metrics.get("target"), dict) else {}
-    measured = target.get("adapted") or target.get("source_only") or {}
-    accuracy = measured.get("target_acc") if isinstance(measured, dict) else None
-    return {"target_acc": accuracy if isinstance(accuracy, numbers.Real) else None,
-            "adapt": target.get("method") if target else None}
-
-
 def list_runs(workspace: Path | None = None) -> list[Path]:
     """Run folders, newest first."""
     root = runs_root(workspace)
@@ -396,6 +363,34 @@ def lock_held(path: Path) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- claiming a run
+
+class RunBusy(RuntimeError):
+    """Another worker holds the run: nothing to do here."""
+
+
+_CLAIM_RETRY_S = 0.5  # a lock probe of the scheduler holds a lock for microseconds; retrying this long rides it out
+
+
+def claim_lock(run_dir: Path) -> int:
+    """An open descriptor holding the run's lock, for a run that has not ended: RunBusy when another worker
+    holds it, ValueError when the run already ended, FileNotFoundError when it is not a run folder."""
+    if not RunFolder(run_dir).config.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json); prepare the run first")
+    deadline = time.monotonic() + _CLAIM_RETRY_S
+    while (fd := try_lock(run_dir / LOCK_FILE)) is None:
+        if time.monotonic() > deadline:
+            pid = read_status(run_dir).get("pid")
+            raise RunBusy(f"{run_dir.name}: another worker{f' (pid {pid})' if pid else ''} is already "
+                          "training this run; nothing to do")
+        time.sleep(0.05)
+    state = read_status(run_dir).get("state")
+    if state in FINAL_STATES:
+        unlock(fd)
+        raise ValueError(f"{run_dir}: this run already ended ({state}); start a new run to train again")
+    return fd
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether a process with this id exists (for messages only: a pid may belong to another program by now)."""
     if not pid or not isinstance(pid, int):
@@ -412,7 +407,7 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-# ---------------------------------------------------------------- progress, for a live view
+# ---------------------------------------------------------------- how a run validated
 def validation_kind(record: dict) -> str:
     """"cv", "holdout", "separate" or "none" (one image a class): how a run validated, from its metrics or
     fit_start event. (Runs made before validation_method existed said it only in words.)"""
@@ -423,84 +418,68 @@ def validation_kind(record: dict) -> str:
     return "cv" if "cross-validation" in words else "separate" if "separate" in words else "holdout"
 
 
-def validation_protocol(metrics: dict) -> str | None:
-    """How a finished run's scores were measured, in a few words; None before it finished."""
-    if not metrics or metrics.get("val_acc") is None:
+# ---------------------------------------------------------------- what a fit writes
+
+def write_model(run_dir: Path, model, labels: dict, preprocess: dict) -> None:
+    """The kept weights (safetensors), labels.json and preprocess.json: everything a predictor needs."""
+    from safetensors.torch import save_model
+
+    folder = RunFolder(run_dir)
+    tmp = folder.weights.with_name(f".{folder.weights.name}.tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, folder.weights)
+    atomic_write_json(folder.labels, labels)
+    atomic_write_json(folder.preprocess, preprocess)
+
+
+def write_predictions(run_dir: Path, header: list[str], rows) -> None:
+    """predictions.csv: the header, then one row per validation image (and task)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_bytes(RunFolder(run_dir).predictions, buffer.getvalue().encode())
+
+
+def write_val_probs(run_dir: Path, probs) -> None:
+    """val_probs.npy: every class's probability of each predictions.csv row (a numpy array)."""
+    import numpy as np
+
+    with atomic_file(RunFolder(run_dir).val_probs) as f:
+        np.save(f, probs)
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    atomic_write_json(RunFolder(run_dir).metrics, metrics)
+
+
+def write_plan(run_dir: Path, measured: dict) -> None:
+    """plan.json: the Auto plan's measurement and the plan kept."""
+    atomic_write_json(RunFolder(run_dir).plan, measured)
+
+
+def read_plan(run_dir: Path) -> dict | None:
+    """plan.json; None when the run has none (not an Auto run) or it cannot be read."""
+    try:
+        return read_json(RunFolder(run_dir).plan)
+    except (OSError, ValueError):
         return None
-    method = metrics.get("validation_method") if isinstance(metrics.get("validation_method"), dict) else {}
-    kind = validation_kind(metrics)
-    if kind == "cv":
-        return "leave-one-out" if method.get("leave_one_out") else f"{method.get('folds', '?')}-fold cross-validation"
-    if kind == "holdout":
-        fraction = method.get("fraction")
-        return f"{fraction:.0%} held out" if isinstance(fraction, (int, float)) else "held out"
-    return {"separate": "a separate set", "none": "not validated"}.get(kind, str(metrics.get("validation")))
 
 
-def format_seconds(seconds: float | None, short: bool = False) -> str:
-    """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min; `short` (for a metric
-    tile, which cuts long values): 42 s, 3.1 min, 1.0 h."""
-    if seconds is None:
-        return "–"
-    if short and seconds >= 60:
-        return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+def open_event_log(run_dir: Path):
+    """events.jsonl opened to append (a text file; the writer flushes each line)."""
+    return open(RunFolder(run_dir).events, "a", encoding="utf-8")
 
 
+def open_worker_log(run_dir: Path):
+    """worker.log opened to append (binary): a worker process's stdout and stderr go there."""
+    return open(RunFolder(run_dir).log, "ab")
 
-def _number(value, default=None):
-    """`value` when it is a number (an event line may come from a damaged file), else `default`."""
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
-
-def progress(events: list[dict], status: dict) -> tuple[float, str]:
-    """(fraction done, text with epoch, ETA and speed) of a run, from its events so far.
-
-    The epochs counted are every epoch the run will train: when layers learn, the head's probe epochs on
-    frozen features come before the epochs the user set, and the text says so. Before the first epoch of a
-    phase, the one-off pass through the frozen layers is named as such, not shown as "epoch 0".
-    """
-    fit_start = next((e for e in reversed(events) if e["event"] == "fit_start"), None)
-    if fit_start is None:
-        planning = [e for e in events if e["event"] == "notice" and e.get("phase") == "plan"]
-        if planning and status.get("state") == "running":  # the Auto plan measures its candidates first
-            return 0.0, str(planning[-1].get("message", ""))
-        return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
-    total = max(_number(fit_start.get("epochs"), 1), 1)
-    probe_epochs = _number(fit_start.get("probe_epochs"))
-    epoch_ends = [e for e in events if e["event"] == "epoch_end" and _number(e.get("epoch")) is not None]
-    done = epoch_ends[-1]["epoch"] if epoch_ends else 0
-    last = events[-1]
-    if last["event"] == "batch_end" and last.get("phase") == "features":
-        shown, of = _number(last.get("done"), 0), _number(last.get("total"), 1)
-        return (min(shown / max(of, 1), 1.0),
-                f"Passing every image through the frozen backbone once: {shown} of {of}")
-    phase_start = next((e for e in reversed(events) if e["event"] == "phase_start"), None)
-    since_phase = events[events.index(phase_start) + 1:] if phase_start is not None else []
-    if phase_start is not None and not any(e["event"] in ("epoch_end", "batch_end") for e in since_phase):
-        if phase_start.get("phase") == "probe":
-            return 0.0, "Computing features: every image goes through the frozen backbone once…"
-        if phase_start.get("phase") == "finetune":
-            return (done / total, f"Epoch {done} of {total}: running the frozen layers once over every image "
-                                  f"before fine-tuning…")
-    fraction = done / total
-    if last["event"] == "batch_end" and _number(last.get("batches")) and _number(last.get("epoch")) is not None \
-            and _number(last.get("batch")) is not None:
-        fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
-    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
-                  and _number(e.get("seconds")) is not None] if epoch_ends else []
-    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
-    eta = f" · about {format_seconds((total - done) * mean_epoch_s)} left" if mean_epoch_s is not None else ""
-    speed = _number(last.get("images_per_s")) or (_number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
-    speed_text = f" · {speed:,.0f} images/s" if speed else ""
-    of_what = ""
-    if probe_epochs and 0 < probe_epochs < total:  # a fine-tune follows the probe: say what the total holds
-        of_what = f" (the {total - probe_epochs} you set, after {probe_epochs} fitting the head)"
-    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total}{of_what}{eta}{speed_text}"
+def worker_log_tail(run_dir: Path, lines: int = 3) -> str:
+    """The last lines of worker.log, joined by " | " ("" when there is none)."""
+    try:
+        text = RunFolder(run_dir).log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])

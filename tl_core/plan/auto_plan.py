@@ -19,11 +19,10 @@ import math
 import time
 from pathlib import Path
 
-from ..fit.callbacks import (NOISE_SE, BestCheckpoint, Callback, DivergenceGuard, EarlyStopping, EventLog, NanGuard,
-                             StopFile)
 from ..config import RunConfig, recommended_lr
-from ..ops.runs import RunFolder, create_run, read_config_record
-from ..ops.storage import atomic_write_json
+from ..fit.callbacks import NOISE_SE, Callback, EventLog, StopFile
+from ..fit.loop import Fit, standard_callbacks
+from ..ops.runs import RunFolder, create_run, read_config_record, read_plan, write_plan
 
 FINETUNE_TOPS = (1, 2, 4)  # then "all"
 FINETUNE_EPOCHS = 5
@@ -71,7 +70,7 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     chosen, words = _choose(rows)
     measured = {"rows": rows, "chosen": chosen, "words": words, "budget_s": budget_s,
                 "seconds": time.time() - t0, "last_layer_acc": head["last_acc"]}
-    atomic_write_json(RunFolder(run_dir).plan, measured)
+    write_plan(run_dir, measured)
     notice(f"Auto plan: {words}")
     lr = config.lr if config.lr != recommended_lr("auto") else recommended_lr(chosen["plan"])
     # Feature extraction keeps features="auto": its choice is repeated in a second on the cached features.
@@ -93,13 +92,10 @@ class Deadline(Callback):
 
 def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: float = math.inf) -> dict:
     """Train one candidate in its own folder; its scores relative to the last-layer probe."""
-    from ..fit.loop import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
-
     start, stop = time.time(), Deadline(deadline)
     create_run(config.replace(name=f"auto plan candidate {config.freeze}"), run_dir=candidate_dir)
-    fit = Fit(config, candidate_dir, [EventLog(RunFolder(candidate_dir).events), StopFile(run_dir),
-                                      DivergenceGuard(DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE), NanGuard(),
-                                      BestCheckpoint(), EarlyStopping(config.early_stopping), stop])
+    fit = Fit(config, candidate_dir, [EventLog.for_run(candidate_dir), StopFile(run_dir),
+                                      *standard_callbacks(config), stop])
     metrics = fit.run()
     facts = read_config_record(candidate_dir)
     row = {"plan": config.freeze, "groups": len(fit.trainable) - 1, "seconds": time.time() - start,
@@ -151,12 +147,7 @@ def _choose(rows: list[dict]) -> tuple[dict, str]:
 
 def read_measurement(run_dir: Path) -> dict | None:
     """A run's plan.json; None when it has none (not an Auto run) or it cannot be read."""
-    from ..ops.storage import read_json
-
-    try:
-        return read_json(RunFolder(run_dir).plan)
-    except (OSError, ValueError):
-        return None
+    return read_plan(run_dir)
 
 
 def latest_measurement(dataset_dir: str, backbone: str, workspace: Path | None = None) -> dict | None:

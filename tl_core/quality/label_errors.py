@@ -135,7 +135,7 @@ def retrain_config(run_dir: str | Path, dataset_dir: str | Path | None = None,
     config = read_config(run_dir)
     return config.replace(dataset_dir=str(dataset_dir or config.dataset_dir),
                           val_dataset_dir=str(val_dataset_dir) if val_dataset_dir else config.val_dataset_dir,
-                          parent_run=None, extra={"retrained_from": run_dir.name},
+                          parent_run=None, retrained_from=run_dir.name,
                           name=name if name is not None else f"{config.name or run_dir.name} on the new version")
 
 

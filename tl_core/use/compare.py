@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
-from ..ops.runs import RunFolder, read_config, read_config_record, read_events, read_metrics, validation_protocol
+from ..ops.runs import RunFolder, read_config, read_config_record, read_events, read_metrics
+from ..ops.words import validation_protocol
 
 # Settings a person compares; the rest (paths, seeds) only clutters the table.
 COMPARED_SETTINGS = ("backbone", "weights", "freeze", "epochs", "lr", "batch_size", "augment", "image_size",
@@ -138,7 +139,7 @@ def _difference_se(a: dict, b: dict) -> float:
 def separate_model_configs(config: RunConfig, of_run: str, tasks: list[str]) -> list[RunConfig]:
     """One run per task on the same images, backbone, plan and budget: what the tasks would reach alone."""
     return [config.replace(name=f"{config.name or config.backbone}: {task} alone", parent_run=of_run,
-                           extra={**config.extra, "only_task": task, "separate_of": of_run})
+                           only_task=task, separate_of=of_run)
             for task in tasks]
 
 
@@ -156,9 +157,10 @@ def find_separate_models(run_dir: Path, workspace: Path | None = None) -> dict[s
 
     found = {}
     for candidate in list_runs(workspace):
-        extra = read_config_record(candidate).get("config", {}).get("extra", {})
-        if extra.get("separate_of") == Path(run_dir).name and extra.get("only_task") not in found:
-            found[extra["only_task"]] = candidate
+        config = read_config_record(candidate).get("config", {})
+        lineage = {**(config.get("extra") or {}), **config}  # configs written before the fields kept them in "extra"
+        if lineage.get("separate_of") == Path(run_dir).name and lineage.get("only_task") not in found:
+            found[lineage["only_task"]] = candidate
     return found
 
 

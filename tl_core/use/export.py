@@ -19,17 +19,13 @@ from pathlib import Path
 
 import torch
 
+from .bundle import BUNDLE_FILES, FORMATS, MODEL_FILES
 from .model_card import model_card
 from ..ops.runs import RunFolder
 from ..ops.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SHARED_MODE = 0o644  # exported files are for taking away and sharing, unlike the workspace's own (0600)
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-_RUN_FILES = RunFolder(".")  # a bundle keeps the names the run folder gives its weights, labels and preprocessing
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": _RUN_FILES.weights.name}
-BUNDLE_FILES = (_RUN_FILES.labels.name, _RUN_FILES.preprocess.name, "MODEL_CARD.md", "verification.json",
-                "predict_example.py")
 PREDICT_EXAMPLE = Path(__file__).with_name("bundle") / "predict_example.py"
 ONNX_OPSET = 18
 PROB_TOLERANCE = 1e-3  # fp32 exports differ from PyTorch by ~1e-5; a real fault differs by far more
@@ -280,8 +276,8 @@ def _mismatch_message(name: str, report: dict) -> str:
 # ---------------------------------------------------------------- the bundle
 
 def _write_bundle(run_dir: Path, predictor, out_dir: Path, fmt: str, report: dict) -> None:
-    atomic_write_json(out_dir / _RUN_FILES.labels.name, predictor.labels_record)  # a multi-task model's heads too
-    atomic_write_json(out_dir / _RUN_FILES.preprocess.name, predictor.preprocess)
+    atomic_write_json(out_dir / RunFolder(".").labels.name, predictor.labels_record)  # a multi-task model's heads too
+    atomic_write_json(out_dir / RunFolder(".").preprocess.name, predictor.preprocess)
     atomic_write_json(out_dir / "verification.json", {"model_file": MODEL_FILES[fmt], **report})
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(run_dir, fmt, report))
     # A real program of the package, tested there; it finds the bundle's model file itself.

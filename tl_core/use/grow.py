@@ -43,7 +43,13 @@ def grown_config(parent_dir: str | Path, added, name: str | None = None, workspa
     return parent.replace(dataset_dir=str(merged.root), parent_run=parent_dir.name, freeze="head",
                           features=features, augment="none", lr=None, val_dataset_dir=None,
                           name=name or f"{parent.name or parent_dir.name} grown",
-                          extra={**parent.extra, "grown": True})
+                          grown=True)
+
+
+def after_fit(config: RunConfig, run_dir: Path) -> None:
+    """The check of a finished run (tl_core.kinds' after_fit hook): a grown model, has it kept what it knew?"""
+    if config.grown and config.parent_run:
+        old_class_recall(Path(run_dir).parent / config.parent_run, run_dir)
 
 
 def old_class_recall(parent_dir: Path, child_dir: Path) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..ops.runs import RunFolder
 from ..ops.storage import read_json
+from .bundle import MODEL_FILES
 
 def _kept_lines(kept: dict | None) -> list[str]:
     """Which weights the bundle holds: the run's plan names what could train, this what did."""
@@ -20,7 +21,6 @@ def _kept_lines(kept: dict | None) -> list[str]:
 
 def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str:
     """MODEL_CARD.md: what the model is, what it was trained on, how well it did, and what it is not for."""
-    from .export import MODEL_FILES  # here: export imports this module
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     record = read_json(folder.config, {})

@@ -106,6 +106,12 @@ class Predictor:
         return results
 
 
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, labels: str | Path | None = None) -> dict:
+    """A classifier's metrics on labelled images it never saw: class folders, or images named by a labels
+    table (`labels`) for a multi-task run (the evaluate hook of tl_core.kinds' classify and multitask)."""
+    return evaluate_table(run_dir, data_dir, labels) if labels else evaluate_folder(run_dir, data_dir)
+
+
 def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a folder of class folders.
 
