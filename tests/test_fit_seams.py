@@ -1,4 +1,4 @@
-"""The fit loop's seams: a Task adds a trainable head without editing train.py; callbacks change the
+"""The fit loop's seams: a Task adds a trainable head without editing the loop (fit/loop.py); callbacks change the
 loss or skip a step through the loop's events; unknown events are refused."""
 import pytest
 import torch

@@ -60,7 +60,10 @@ LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
         "fit.imbalance": "whether a run weights its classes, and the sentence that says so",
         "fit.metrics": "a classifier's metrics: accuracy, per class, confusion matrix",
         "fit.outputs": "what a finished fit writes: kept weights, predictions, metrics",
-        "fit.loop": "the fit loop (Fit): probe, then fine-tune, announcing the events",
+        "fit.state": "the fit's state: the Net (model and groups), the batch Sources, the Progress",
+        "fit.probe_phase": "the first phase: the head on the frozen features",
+        "fit.finetune": "the second phase: chosen groups trained on images, restarted lower if it diverges",
+        "fit.loop": "the fit loop (Fit): prepare, the two phases, save; announcing the events",
     }),
     ("methods", {
         "adapt": "domain adaptation to target images: shift meter, AdaBN, alignment, DANN",

@@ -239,7 +239,7 @@ class DomainAdversarial(Classification, Callback):
         self.domain_head.to(fit.device)
         pixels = self.adaptation.target.pixels
         self.target = PixelSource(fit.model, pixels, torch.zeros(len(pixels), dtype=torch.long),
-                                  fit.pixels.to_device, fit.pixels.augment)
+                                  fit.sources.pixels.to_device, fit.sources.pixels.augment)
 
     def on_phase_start(self, info, fit):
         if info.get("phase") == "finetune":
@@ -277,7 +277,7 @@ class DomainAdversarial(Classification, Callback):
         epoch, state = self.last
         fit.model.load_state_dict(state, strict=False)
         fit.best = {**fit.best, "epoch": epoch, "phase": "finetune"}
-        fit.val_probs_at.pop(epoch, None)
+        fit.progress.val_probs_at.pop(epoch, None)
         fit.extra_metrics.setdefault("target", {})["dann"] = {
             "kept_epoch": epoch, "reversal_weight": round(self.weight, 4),
             "domain_loss": round(float(self.domain_loss), 4) if self.domain_loss is not None else None}
@@ -329,11 +329,11 @@ class Adaptation(Callback):
         self.dann: DomainAdversarial | None = None
 
     def on_fit_start(self, info, fit):
-        self.target = load_target(self.config, fit.classes, fit.size, fit.preprocess)
-        to_device = fit.pixels.to_device
+        self.target = load_target(self.config, fit.classes, fit.net.size, fit.net.preprocess)
+        to_device = fit.sources.pixels.to_device
         src_idx = [fit.train_idx[i] for i in _sample(len(fit.train_idx), SHIFT_IMAGES_PER_SIDE, self.config.seed)]
         tgt_idx = _sample(len(self.target.pixels), SHIFT_IMAGES_PER_SIDE, self.config.seed)
-        source = pooled_features(fit.model, to_device, fit.pixels.pixels[src_idx], self.config.batch_size)
+        source = pooled_features(fit.model, to_device, fit.sources.pixels.pixels[src_idx], self.config.batch_size)
         target = pooled_features(fit.model, to_device, self.target.pixels[tgt_idx], self.config.batch_size)
         shift = shift_meter(source, target, fit.labels[src_idx].tolist(), fit.classes, self.config.seed)
         shift["typical_source"] = [str(fit.paths[src_idx[i]]) for i in shift["typical_source"]]
@@ -381,11 +381,11 @@ class Adaptation(Callback):
 
     def _apply(self, fit, model: nn.Module, method: str) -> None:
         if method == "adabn":
-            source = _normalised_sample(fit, fit.pixels.pixels[fit.train_idx])
+            source = _normalised_sample(fit, fit.sources.pixels.pixels[fit.train_idx])
             target = _normalised_sample(fit, self.target.pixels)
             self.record["adabn_layers"] = adapt_batchnorm(model, source, target)
         else:
-            target = pooled_features(model, fit.pixels.to_device, self.target.pixels, self.config.batch_size)
+            target = pooled_features(model, fit.sources.pixels.to_device, self.target.pixels, self.config.batch_size)
             self.record["alignment"] = fold_alignment(model.get_classifier(), _source_features(fit), target)
 
     def _quick_check(self, fit, before: dict) -> str:
@@ -441,7 +441,7 @@ def _probs(fit, pixels: torch.Tensor, model: nn.Module | None = None) -> torch.T
     out = []
     with torch.no_grad():
         for start in range(0, len(pixels), fit.config.batch_size):
-            out.append(model(fit.pixels.to_device(pixels[start:start + fit.config.batch_size])).float().softmax(1).cpu())
+            out.append(model(fit.sources.pixels.to_device(pixels[start:start + fit.config.batch_size])).float().softmax(1).cpu())
     return torch.cat(out)
 
 
@@ -450,14 +450,14 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _normalised_sample(fit, pixels: torch.Tensor) -> torch.Tensor:
-    return fit.pixels.to_device(pixels[_sample(len(pixels), ADABN_IMAGES, fit.config.seed)])
+    return fit.sources.pixels.to_device(pixels[_sample(len(pixels), ADABN_IMAGES, fit.config.seed)])
 
 
 def _source_features(fit) -> torch.Tensor:
     """The training images' pooled features as the kept model sees them (the probe's cache while the body is frozen)."""
-    if fit.features is not None and not fit.trains_on_images:
-        return fit.features.features_all[fit.train_idx].float().cpu()
-    return pooled_features(fit.model, fit.pixels.to_device, fit.pixels.pixels[fit.train_idx], fit.config.batch_size)
+    if fit.sources.features is not None and not fit.trains_on_images:
+        return fit.sources.features.features_all[fit.train_idx].float().cpu()
+    return pooled_features(fit.model, fit.sources.pixels.to_device, fit.sources.pixels.pixels[fit.train_idx], fit.config.batch_size)
 
 
 @dataclass

@@ -6,17 +6,17 @@ import json
 import re
 from dataclasses import dataclass, field
 
-AUGMENTATIONS = ("none", "light", "crop", "strong")  # what each does: tl_core/augment.py PRESETS
+AUGMENTATIONS = ("none", "light", "crop", "strong")  # what each does: tl_core/data/augment.py PRESETS
 SCHEDULES = ("cosine", "onecycle")
-BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
+BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/models/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
 # When layers train, the head is first fitted on frozen features for this many epochs (milliseconds each),
-# before the epochs the user set: a fine-tune then starts from a good head (tl_core/train.py).
+# before the epochs the user set: a fine-tune then starts from a good head (tl_core/fit/loop.py).
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
-FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
+FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/models/multilayer.py
 HEADS = ("logistic", "prototype")
-CLASS_WEIGHTS = ("auto", "on", "off")  # weighting of the loss by 1/class count: tl_core/imbalance.py  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
+CLASS_WEIGHTS = ("auto", "on", "off")  # weighting of the loss by 1/class count: tl_core/fit/imbalance.py  # how the probe fits the head: tl_core/fit/probe.py, tl_core/fit/prototypes.py
 # Domain adaptation to a run's target images (tl_core/adapt.py); one sentence each on when it helps.
 ADAPT_HELP = {
     "none": "train as usual; target images, when given, are only measured",
@@ -68,7 +68,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """One run. `freeze` says which layer groups train:
 
-    - "auto": the plan is measured on the images first (tl_core/auto_plan.py), then trained;
+    - "auto": the plan is measured on the images first (tl_core/plan/auto_plan.py), then trained;
     - "head": feature extraction, only the new classifier trains;
     - "top-N": the head and the N layer groups below it train;
     - "all": full fine-tune, every group trains;

@@ -17,9 +17,9 @@ from ..ops.runs import write_metrics, write_model, write_predictions, write_val_
 def save_outputs(fit) -> dict:
     """Write the model as it is now (BestCheckpoint restored the best epoch on "before_save") and the metrics."""
     write_model(fit.run_dir, fit.model, {"classes": fit.classes}, {
-        "backbone": backbones.architecture(fit.model), "num_classes": len(fit.classes), **fit.preprocess,
-        "features": fit.feature_kind})
-    probs = fit.val_probs_at.get(fit.best["epoch"])
+        "backbone": backbones.architecture(fit.model), "num_classes": len(fit.classes), **fit.net.preprocess,
+        "features": fit.net.feature_kind})
+    probs = fit.progress.val_probs_at.get(fit.best["epoch"])
     if probs is None:
         probs = fit.predict_probs(fit.val_idx)
     y_val = fit.labels[fit.val_idx].cpu()
@@ -29,17 +29,17 @@ def save_outputs(fit) -> dict:
                        for i, y, k, p in zip(fit.val_idx, y_val.tolist(), predicted.tolist(), confidence.tolist())])
     # every class's probability: what tl_core.quality.label_errors judges
     write_val_probs(fit.run_dir, probs.float().cpu().numpy())
-    wall = time.time() - fit.t0
+    wall = time.time() - fit.progress.t0
     val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), y_val).item()
     metrics = classification_metrics(y_val.tolist(), predicted.tolist(), fit.classes)
     metrics = {"val_acc": metrics.pop("accuracy"), "val_balanced_acc": metrics.pop("balanced_accuracy"),
                "val_loss": val_loss, **metrics,
-               "best_epoch": fit.best["epoch"], "epochs_run": fit.epoch, "wall_s": round(wall, 2),
-               "images_per_s": round(len(fit.train_idx) * fit.epoch / wall, 1),
+               "best_epoch": fit.best["epoch"], "epochs_run": fit.progress.epoch, "wall_s": round(wall, 2),
+               "images_per_s": round(len(fit.train_idx) * fit.progress.epoch / wall, 1),
                "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), "validation": fit.validation,
-               "validation_method": fit.validation_method, "features": fit.feature_kind,
-               "head": fit.head_kind, "class_weights": fit.class_weighting,
-               "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit),
+               "validation_method": fit.validation_method, "features": fit.net.feature_kind,
+               "head": fit.net.head_kind, "class_weights": fit.class_weighting,
+               "device": describe(fit.device), **fit.net.counts, "kept": kept_weights(fit),
                **fit.extra_metrics}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)
@@ -50,13 +50,13 @@ def save_outputs(fit) -> dict:
 def kept_weights(fit) -> dict:
     """Which weights the saved model holds, in facts and in words: the probe's when fine-tuning
     never beat it on validation, whatever the run's plan was."""
-    head = next(g for g in fit.groups if g.name == fit.head_name)
+    head = next(g for g in fit.net.groups if g.name == fit.net.head_name)
     best = fit.best
     from_probe = best["phase"] == "probe"
     kept = {"phase": best["phase"], "epoch": best["epoch"], "plan": "head" if from_probe else fit.config.freeze,
-            "trainable_params": head.num_params if from_probe else fit.counts["trainable_params"], "reason": ""}
+            "trainable_params": head.num_params if from_probe else fit.net.counts["trainable_params"], "reason": ""}
     tuned = best["by_phase"].get("finetune")
-    if from_probe and fit.trainable != {fit.head_name}:
+    if from_probe and fit.net.trainable != {fit.net.head_name}:
         if tuned:
             probe = best["by_phase"]["probe"]
             if tuned["val_acc"] > probe["val_acc"]:

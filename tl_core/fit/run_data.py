@@ -75,7 +75,7 @@ def with_cross_validation(data: RunData, seed: int) -> RunData:
 def planned_validation(labels: list[int], freeze: str, augment: str, val_fraction: float, separate: bool) -> str:
     """How a run with these settings will validate, in words, before it runs (the Train page says so).
 
-    The same rules as the run itself (tl_core/train.py): a separate set when one is given; a head-only run
+    The same rules as the run itself (tl_core/fit/loop.py): a separate set when one is given; a head-only run
     without augmentation fits its head on cached features and so validates by cross-validation; every other
     run holds out `val_fraction` of each class. The Auto plan decides the plan, hence the validation, while
     it runs.

@@ -321,18 +321,18 @@ def probe_tasks(fit, feats: torch.Tensor, train_masks: torch.Tensor, val_sets: l
                     rows, sub_val = subset
                     val_probs[rows, head.outputs] = fits.validation_log_probs(sub_val).exp()
                     train_probs[rows, head.outputs] = fits.logits()[-1].softmax(-1).cpu()
-        fit.epoch += 1
-        fit.step += PROBE_ITERS_PER_EPOCH
+        fit.progress.epoch += 1
+        fit.progress.step += PROBE_ITERS_PER_EPOCH
         kept_train = train_masks[-1]
         train = fit.task_summary(train_probs[kept_train], y[kept_train])
         val = fit.task_summary(val_probs[fit.val_idx], y[fit.val_idx])
-        fit.val_probs_at[fit.epoch] = val_probs[fit.val_idx]
-        fit.emit("epoch_end", phase="probe", epoch=fit.epoch, step=fit.step, l2=l2_at(k),
+        fit.progress.val_probs_at[fit.progress.epoch] = val_probs[fit.val_idx]
+        fit.emit("epoch_end", phase="probe", epoch=fit.progress.epoch, step=fit.progress.step, l2=l2_at(k),
                  train_loss=train["loss"], train_acc=train["score"], val_loss=val["loss"], val_acc=val["score"],
                  tasks={name: {"train_loss": train["tasks"][name]["loss"], "train_score": train["tasks"][name]["score"],
                                "val_loss": val["tasks"][name]["loss"], "val_score": val["tasks"][name]["score"]}
                         for name in val["tasks"]},
-                 seconds=time.time() - t_epoch, elapsed=time.time() - fit.t0,
+                 seconds=time.time() - t_epoch, elapsed=time.time() - fit.progress.t0,
                  images_per_s=len(fit.train_idx) / max(time.time() - t_epoch, 1e-9))
         if fit.stop_phase:
             break

@@ -6,6 +6,7 @@ import torch
 
 from . import MultiTaskObjective, TaskLayout, has_label, load_task_data, probe_tasks, summary_from_probs
 from .outputs import save_multitask_outputs
+from ..fit import probe_phase
 from ..fit.probe import choose_features, l2_at, one_thread
 from ..fit.run_data import RunData
 from ..ops.runs import record_facts
@@ -47,13 +48,13 @@ class MultiTaskFit(Fit):
 
     def probe(self, epochs: int) -> None:
         """Every head fitted on the frozen features, one L2 step an epoch (multitask.probe_tasks)."""
-        self._start_phase("probe", epochs, message="fitting a head per task on the backbone's frozen features")
-        self.features = self._frozen_features()
-        feats = self.features.features_all.float().cpu()
-        train_masks, val_sets = self._probe_fits()
+        self.start_phase("probe", epochs, message="fitting a head per task on the backbone's frozen features")
+        self.sources.features = probe_phase.frozen_features(self)
+        feats = self.sources.features.features_all.float().cpu()
+        train_masks, val_sets = probe_phase.fits_and_validation(self)
         record_facts(self.run_dir, head="logistic")
         with one_thread():
-            if self.config.features == "auto" and self.feature_kind == "multi-layer":
+            if self.config.features == "auto" and self.net.feature_kind == "multi-layer":
                 feats = self._choose_task_features(feats, train_masks, val_sets, epochs)
             probe_tasks(self, feats, train_masks, val_sets, epochs, l2_at, self.config.label_smoothing)
 
@@ -75,13 +76,11 @@ class MultiTaskFit(Fit):
         record_facts(self.run_dir, features=choice["features"], features_choice=choice)
         self.emit("notice", phase="probe", kind="features", message=choice["words"])
         if choice["features"] == "last":
-            self._use_last_layer()
-            self.model.reset_classifier(self.layout.width)
-            self.model.to(self.device)
+            self.use_last_layer(self.layout.width)
             feats = feats[:, -self.model.num_features:]
         return feats
 
-    def _evaluate(self, idx: list[int]) -> tuple[float, float]:
+    def evaluate(self, idx: list[int]) -> tuple[float, float]:
         summary = self.task_summary(self.predict_probs(idx), self.targets[idx])
         self._last_validation = summary
         return summary["loss"], summary["score"]
@@ -91,15 +90,16 @@ class MultiTaskFit(Fit):
         return {"tasks": {name: {"val_loss": t["loss"], "val_score": t["score"]} for name, t in
                           summary["tasks"].items()}} if summary else {}
 
-    def _reference_loss(self) -> float | None:
-        if self.features is None:
+    def reference_loss(self) -> float | None:
+        features = self.sources.features
+        if features is None:
             return None
         with torch.no_grad():
-            probs = self._probabilities(self.model.get_classifier()(self.features.features_all[self.train_idx].float()))
+            probs = self._probabilities(self.net.head()(features.features_all[self.train_idx].float()))
             return self.task_summary(probs, self.targets[self.train_idx])["loss"]
 
     def save(self) -> dict:
-        if self.model is None or self.groups is None:
+        if self.net is None:
             return {}
         self.emit("before_save")
         if self.best is None:
@@ -111,7 +111,7 @@ class MultiTaskFit(Fit):
         """Per tag, the threshold with the best F1 on the kept epoch's validation (out-of-fold) predictions."""
         from . import best_thresholds
 
-        probs = self.val_probs_at.get(epoch)
+        probs = self.progress.val_probs_at.get(epoch)
         if probs is None:
             probs = self.predict_probs(self.val_idx)
         y = self.targets.cpu()[self.val_idx]

@@ -17,9 +17,9 @@ from ..ops.runs import write_metrics, write_model, write_predictions
 def save_multitask_outputs(fit) -> dict:
     layout = fit.layout
     write_model(fit.run_dir, fit.model, {"classes": layout.output_names(), "tasks": layout.to_list(fit.thresholds)}, {
-        "backbone": backbones.architecture(fit.model), "num_classes": layout.width, **fit.preprocess,
-        "features": fit.feature_kind})
-    probs = fit.val_probs_at.get(fit.best["epoch"])
+        "backbone": backbones.architecture(fit.model), "num_classes": layout.width, **fit.net.preprocess,
+        "features": fit.net.feature_kind})
+    probs = fit.progress.val_probs_at.get(fit.best["epoch"])
     if probs is None:
         probs = fit.predict_probs(fit.val_idx)
     y = fit.targets.cpu()[fit.val_idx]
@@ -27,16 +27,16 @@ def save_multitask_outputs(fit) -> dict:
                       _prediction_rows([fit.paths[i] for i in fit.val_idx], probs, y, layout, fit.thresholds))
     per_task = task_metrics(probs, y, layout, fit.thresholds)
     summary = fit.task_summary(probs, y)
-    wall = time.time() - fit.t0
+    wall = time.time() - fit.progress.t0
     metrics = {"val_acc": summary["score"], "val_loss": summary["loss"],
                "headline": "mean of the tasks' scores (accuracy for single-label tasks, mAP for multi-label)",
                "macro_f1": sum(t["macro_f1"] for t in per_task.values()) / len(per_task),
                "tasks": per_task, "task_weights": fit.task.weights,
-               "best_epoch": fit.best["epoch"], "epochs_run": fit.epoch, "wall_s": round(wall, 2),
-               "images_per_s": round(len(fit.train_idx) * fit.epoch / wall, 1),
+               "best_epoch": fit.best["epoch"], "epochs_run": fit.progress.epoch, "wall_s": round(wall, 2),
+               "images_per_s": round(len(fit.train_idx) * fit.progress.epoch / wall, 1),
                "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), "validation": fit.validation,
-               "validation_method": fit.validation_method, "features": fit.feature_kind, "head": "logistic",
-               "device": describe(fit.device), **fit.counts, "kept": kept_weights(fit), **fit.extra_metrics}
+               "validation_method": fit.validation_method, "features": fit.net.feature_kind, "head": "logistic",
+               "device": describe(fit.device), **fit.net.counts, "kept": kept_weights(fit), **fit.extra_metrics}
     if fit.device.type == "cuda":
         metrics["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(fit.device) / 2**20, 1)
     write_metrics(fit.run_dir, metrics)

@@ -98,9 +98,9 @@ def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: fl
                                       *standard_callbacks(config), stop])
     metrics = fit.run()
     facts = read_config_record(candidate_dir)
-    row = {"plan": config.freeze, "groups": len(fit.trainable) - 1, "seconds": time.time() - start,
+    row = {"plan": config.freeze, "groups": len(fit.net.trainable) - 1, "seconds": time.time() - start,
            "n_images": len(fit.paths), "n_val": len(fit.val_idx),
-           "smallest_class": min(fit.labels.bincount(minlength=len(fit.classes)).tolist()), "image_size": fit.size, "classes": fit.classes,
+           "smallest_class": min(fit.labels.bincount(minlength=len(fit.classes)).tolist()), "image_size": fit.net.size, "classes": fit.classes,
            "val_acc": metrics["val_acc"], "validation": metrics["validation"], "cut_by_budget": stop.cut}
     if config.freeze == "head":
         choice = facts.get("features_choice")

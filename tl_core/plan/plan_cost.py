@@ -1,9 +1,9 @@
 """What a freeze plan costs on this computer, measured on one small batch: the one-off pass through the
 frozen layers before the first epoch, and the seconds of an epoch after it.
 
-The estimate follows what a run does (tl_core/train.py): a head-only run passes every image through the
+The estimate follows what a run does (tl_core/fit/loop.py): a head-only run passes every image through the
 backbone once and then fits the head in milliseconds; a run that trains layers first computes the frozen
-features for the probe, runs a stage-shaped frozen prefix once (tl_core/frozen_prefix.py), and then each
+features for the probe, runs a stage-shaped frozen prefix once (tl_core/models/frozen_prefix.py), and then each
 epoch trains only the rest and validates. Every timed call is warmed up first: a first call allocates and
 was measured ~10× slower than the steady state (bench/plan_cost.py, bench/RESULTS.md).
 """
