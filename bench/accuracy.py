@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from compare import run_plain_loop, test_accuracy  # noqa: E402
-from tl_core import train  # noqa: E402
+from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import ingest_folder  # noqa: E402
-from tl_core.runs import create_run, read_config_record  # noqa: E402
-from tl_core.sample_data import read_fashion_mnist  # noqa: E402
+from tl_core.data.datasets import ingest_folder  # noqa: E402
+from tl_core.ops.runs import create_run, read_config_record  # noqa: E402
+from tl_core.data.sample_data import read_fashion_mnist  # noqa: E402
 
 RECIPES = {
     "auto": dict(),  # the default: the Auto plan (freeze="auto", features="auto")
@@ -103,7 +103,7 @@ def run_fastai(train_dir: Path, test_dir: Path, draw: int) -> dict:
     from fastai.vision.all import (CrossEntropyLossFlat, ImageDataLoaders, Learner, Normalize, Resize, accuracy,
                                    aug_transforms, get_image_files, params, set_seed)
 
-    from tl_core import backbones
+    from tl_core.models import backbones
 
     set_seed(draw)
     start = time.perf_counter()
@@ -136,7 +136,7 @@ def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int) -> dict:
     os.environ["TL_STUDIO_HOME"] = tempfile.mkdtemp(prefix=f"tl_acc_{recipe}_")
     dataset = ingest_folder(train_dir)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), seed=draw, **RECIPES[recipe]))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     wall = time.perf_counter() - start
     facts = read_config_record(run_dir)
     return {"test_acc": test_accuracy(run_dir, test_dir, "cpu"), "wall_s": wall, "val_acc": metrics["val_acc"],

@@ -3,7 +3,7 @@
 For each shift of bench/shifts.py and each draw (seed): 20 labelled source images a class (Fashion-MNIST
 train split), 30 unlabelled target images a class (train split, disjoint, shifted, class folders dropped),
 500 labelled target test images (test split, seed 99, shifted; used only to measure). Four real runs
-through tl_core.train, the numbers read from each run's metrics.json "target":
+through tl_core.worker, the numbers read from each run's metrics.json "target":
 - head + adapt=adabn: the probe's source-only target accuracy, and after AdaBN;
 - head + adapt=align: after feature alignment;
 - head + adapt=auto: what the shift meter and the quick check (lowest target entropy, no labels) chose;
@@ -26,12 +26,12 @@ sys.path.insert(0, str(HERE.parent))
 
 from shifts import SHIFTS, shifted_copy  # noqa: E402
 
-from tl_core import train  # noqa: E402
+from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import ingest_folder  # noqa: E402
-from tl_core.datasets.unlabelled import ingest_unlabelled_folder  # noqa: E402
-from tl_core.runs import create_run  # noqa: E402
-from tl_core.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
+from tl_core.data.datasets import ingest_folder  # noqa: E402
+from tl_core.data.datasets.unlabelled import ingest_unlabelled_folder  # noqa: E402
+from tl_core.ops.runs import create_run  # noqa: E402
+from tl_core.data.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
 
 COLUMNS = ("source_only", "adabn", "align", "auto", "finetune_source_only", "dann")
 METHODS = ("adabn", "align", "auto", "finetune", "dann")
@@ -56,7 +56,7 @@ def folders(root: Path, shift: str, draw: int) -> tuple[Path, Path, Path]:
 def one_run(source, target, test, draw: int, size: int, **changes) -> dict:
     config = RunConfig(dataset_dir=str(source.root), target_dir=str(target.root), target_test_dir=str(test.root),
                        image_size=size, seed=draw, device="cpu", **changes)
-    metrics = train.run(create_run(config))
+    metrics = worker.run(create_run(config))
     return {"val_acc": metrics["val_acc"], **metrics["target"]}
 
 

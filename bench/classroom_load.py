@@ -77,8 +77,8 @@ def main() -> None:
     os.environ.update(TL_STUDIO_HOME=str(workspace), TL_STUDIO_ACCESS_CODE=CODE, TL_STUDIO_SLOTS="1")
     from streamlit.testing.v1 import AppTest
 
-    from tl_core import jobs, runs
-    from tl_core.sample_data import SAMPLE_DIR
+    from tl_core.ops import jobs, runs
+    from tl_core.data.sample_data import SAMPLE_DIR
 
     slots = jobs.default_slots()
     most_workers, sampling = [0], threading.Event()

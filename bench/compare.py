@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from data import bench_folders  # noqa: E402
-from tl_core import backbones, train  # noqa: E402
+from tl_core.models import backbones
+from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import decode_images, ingest_folder  # noqa: E402
-from tl_core.devices import describe  # noqa: E402
-from tl_core.predict import Predictor  # noqa: E402
-from tl_core.runs import create_run  # noqa: E402
+from tl_core.data.datasets import decode_images, ingest_folder  # noqa: E402
+from tl_core.models.devices import describe  # noqa: E402
+from tl_core.use.predict import Predictor  # noqa: E402
+from tl_core.ops.runs import create_run  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 RECIPES = {  # name: (RunConfig changes, what it is)
@@ -50,7 +51,7 @@ def run_recipe(name: str, train_dir: Path, test_dir: Path, device: str) -> dict:
     start = time.perf_counter()
     dataset = ingest_folder(train_dir)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), backbone=BACKBONE, device=device, **changes))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     wall = time.perf_counter() - start
     return {"wall_s": wall, "train_images": len(dataset.items), "epochs": metrics["epochs_run"],
             "images_per_s": len(dataset.items) * metrics["epochs_run"] / wall,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tl_core.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
+from tl_core.data.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
 
 
 def bench_folders(root: Path | None = None, train_per_class: int = 20, test_per_class: int = 50) -> tuple[Path, Path]:

@@ -6,13 +6,13 @@ Each draw (seed = draw number) makes its own training images from Fashion-MNIST'
 set is bench/data.py's fixed 500 test images (50 a class).
 
 - noise: 30 images a class (300); 10 % of them (30) moved to a random other class. A run on the noisy set,
-  its suspects (tl_core.label_errors): precision and recall of the top 30 (as many as were injected) and of
+  its suspects (tl_core.quality.label_errors): precision and recall of the top 30 (as many as were injected) and of
   cleanlab's flagged set; test accuracy of the clean set's run, the noisy one's, and the ones trained after
   dropping the flagged images, or relabelling them to the suggested class (new dataset versions).
 - imbalance: 60 images a class for 5 random classes, 6 for the other 5 (10:1). Test balanced accuracy and the
   small classes' mean recall, class weights off against on.
 - active: 10 images a class labelled (100), a pool of 500 other training images, unlabelled. 20 of them
-  labelled (their true labels: a perfect annotator) as suggested by tl_core.active (uncertainty-weighted
+  labelled (their true labels: a perfect annotator) as suggested by tl_core.quality.active (uncertainty-weighted
   k-center), as the 20 least sure (uncertainty alone), or at random; test accuracy of each run.
 
     python bench/dataq.py [--draws 3] [--parts noise,imbalance,active]
@@ -37,14 +37,15 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 from data import bench_folders, write_fashion_mnist_folder  # noqa: E402
-from tl_core import active, label_errors, train  # noqa: E402
+from tl_core.quality import active, label_errors
+from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import decode_images, ingest_folder, load_dataset  # noqa: E402
-from tl_core.datasets.unlabelled import ingest_unlabelled_folder  # noqa: E402
-from tl_core.evaluate import classification_metrics  # noqa: E402
-from tl_core.predict import Predictor  # noqa: E402
-from tl_core.runs import create_run  # noqa: E402
-from tl_core.sample_data import FASHION_CLASSES  # noqa: E402
+from tl_core.data.datasets import decode_images, ingest_folder, load_dataset  # noqa: E402
+from tl_core.data.datasets.unlabelled import ingest_unlabelled_folder  # noqa: E402
+from tl_core.fit.metrics import classification_metrics  # noqa: E402
+from tl_core.use.predict import Predictor  # noqa: E402
+from tl_core.ops.runs import create_run  # noqa: E402
+from tl_core.data.sample_data import FASHION_CLASSES  # noqa: E402
 
 NOISE, NOISE_PER_CLASS = 0.10, 30
 BIG, SMALL = 60, 6
@@ -56,7 +57,7 @@ _TEST_FEATURES: dict = {}
 
 def fit(dataset_dir: Path | str, seed: int, **settings) -> Path:
     run_dir = create_run(RunConfig(dataset_dir=str(dataset_dir), freeze="head", seed=seed, **settings))
-    train.run(run_dir)
+    worker.run(run_dir)
     return run_dir
 
 

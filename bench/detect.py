@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _run_tl_core(data: Path, test_root: Path, freeze: str, epochs: int, size: int, seed: int, **extra) -> dict:
-    from tl_core import kinds, train
+    from tl_core import kinds
+    from tl_core import worker as train
     from tl_core.config import RunConfig
-    from tl_core.runs import create_run
+    from tl_core.ops.runs import create_run
 
     root = kinds.get("detect").call("ingest", data)
     settings = dict(epochs=epochs, image_size=size, batch_size=8, early_stopping=0, seed=seed)
@@ -85,8 +86,8 @@ def _run_plain(data: Path, test_root: Path, epochs: int, size: int, seed: int) -
     with tempfile.TemporaryDirectory() as scratch:
         from tl_core.detect.evaluate import box_metrics
         from tl_core.detect.predict import DetectPredictor
-        from tl_core.runs import RunFolder
-        from tl_core.storage import atomic_write_bytes, atomic_write_json
+        from tl_core.ops.runs import RunFolder
+        from tl_core.ops.storage import atomic_write_bytes, atomic_write_json
         import safetensors.torch
 
         folder = RunFolder(scratch)
@@ -126,7 +127,7 @@ def main() -> int:
     import torch
 
     from tl_core.detect.sample import write_set
-    from tl_core.devices import describe
+    from tl_core.models.devices import describe
 
     torch.set_num_threads(args.threads)
 

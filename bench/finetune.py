@@ -25,13 +25,13 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
-from tl_core import train  # noqa: E402
-from tl_core.callbacks import Callback, _changeable_state  # noqa: E402
+from tl_core import worker  # noqa: E402
+from tl_core.fit.callbacks import Callback, _changeable_state  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import decode_images, ingest_folder  # noqa: E402
-from tl_core.predict import Predictor  # noqa: E402
-from tl_core.runs import create_run  # noqa: E402
-from tl_core.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
+from tl_core.data.datasets import decode_images, ingest_folder  # noqa: E402
+from tl_core.use.predict import Predictor  # noqa: E402
+from tl_core.ops.runs import create_run  # noqa: E402
+from tl_core.data.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
 
 RECIPES = {  # name: RunConfig changes
     "all": dict(freeze="all", epochs=5),
@@ -83,7 +83,7 @@ def run_recipe(changes: dict, train_dir: Path, test_dir: Path) -> dict:
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), device="cpu", **changes))
     phases = _PhaseWeights()
     start = time.perf_counter()
-    metrics = train.run(run_dir, extra_callbacks=[phases])
+    metrics = worker.run(run_dir, extra_callbacks=[phases])
     wall = time.perf_counter() - start
     predictor = Predictor(run_dir)
     pixels, labels = _test_set(test_dir, predictor)

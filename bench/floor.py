@@ -26,13 +26,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data import bench_folders  # noqa: E402
-from tl_core import backbones, train  # noqa: E402
-from tl_core.augment import normalize  # noqa: E402
-from tl_core.callbacks import EventLog  # noqa: E402
+from tl_core.models import backbones
+from tl_core import worker  # noqa: E402
+from tl_core.data.augment import normalize  # noqa: E402
+from tl_core.fit.callbacks import EventLog  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import decode_images, ingest_folder  # noqa: E402
-from tl_core.devices import autocast_dtype, describe  # noqa: E402
-from tl_core.runs import create_run, read_events  # noqa: E402
+from tl_core.data.datasets import decode_images, ingest_folder  # noqa: E402
+from tl_core.models.devices import autocast_dtype, describe  # noqa: E402
+from tl_core.ops.runs import create_run, read_events  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 BATCH = 32
@@ -98,7 +99,7 @@ def recipe(train_dir: Path, device: str, **changes) -> tuple[dict, list[dict], f
     start = time.perf_counter()
     dataset = ingest_folder(train_dir)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), backbone=BACKBONE, device=device, **changes))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     return metrics, read_events(run_dir), time.perf_counter() - start
 
 

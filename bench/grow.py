@@ -25,12 +25,12 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 from accuracy import write_draw  # noqa: E402
-from tl_core import train  # noqa: E402
+from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import decode_images, ingest_folder  # noqa: E402
-from tl_core.grow import grow  # noqa: E402
-from tl_core.predict import Predictor  # noqa: E402
-from tl_core.runs import create_run  # noqa: E402
+from tl_core.data.datasets import decode_images, ingest_folder  # noqa: E402
+from tl_core.use.grow import grow  # noqa: E402
+from tl_core.use.predict import Predictor  # noqa: E402
+from tl_core.ops.runs import create_run  # noqa: E402
 
 NEW_CLASS = "Ankle-boot"
 
@@ -59,10 +59,10 @@ def main() -> None:
         shutil.move(str(old / NEW_CLASS), new / NEW_CLASS)
         old_classes = sorted(p.name for p in old.iterdir())
         parent = create_run(RunConfig(dataset_dir=str(ingest_folder(old).root), freeze="head", seed=draw))
-        train.run(parent)
+        worker.run(parent)
         start = time.perf_counter()
         child = grow(parent, new)
-        train.run(child)
+        worker.run(child)
         wall = time.perf_counter() - start
         row = {"before": accuracy_on(parent, test_dir, old_classes), "after": accuracy_on(child, test_dir, old_classes),
                "new_class_recall": accuracy_on(child, test_dir, [NEW_CLASS]), "grow_wall_s": wall}

@@ -1,7 +1,7 @@
 """One multi-task model against one model per task, on the same images, backbone, plan and budget.
 
 Fashion-MNIST (Debian's dataset-fashion-mnist), 20 training images a class (200) and 50 test images a class
-(500), every image labelled three ways (tl_core.sample_data): its category (10 classes), a coarser group
+(500), every image labelled three ways (tl_core.data.sample_data): its category (10 classes), a coarser group
 (top/dress/bottom/footwear/bag) and tags (multi-label: upper-body, long-sleeves, warm, feet, ...). For each
 draw of training images and each plan, one run trains a head per task on one backbone; three runs train one
 task each; all are scored on the same test images (accuracy, or mAP for tags). Walls are each arm's whole
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tl_core.sample_data import write_fashion_mnist_folder, write_fashion_task_table  # noqa: E402
+from tl_core.data.sample_data import write_fashion_mnist_folder, write_fashion_task_table  # noqa: E402
 
 TASKS = ("category", "group", "tags")
 
@@ -33,15 +33,15 @@ def one_arm(workspace: Path, train: Path, test: Path, plan: str, epochs: int, on
             device: str = "auto") -> tuple[dict, float]:
     """({task: test score}, training seconds) of one run (all tasks, or `only` one)."""
     os.environ["TL_STUDIO_HOME"] = str(workspace)
-    from tl_core import runs
+    from tl_core.ops import runs
     from tl_core.config import RunConfig
-    from tl_core.datasets.labels_table import ingest_labelled_or_reuse_folder
-    from tl_core.predict import evaluate_table
-    from tl_core.train import run
+    from tl_core.data.datasets.labels_table import ingest_labelled_or_reuse_folder
+    from tl_core.use.predict import evaluate_table
+    from tl_core.worker import run
 
     dataset = ingest_labelled_or_reuse_folder(train, "labels.csv")
     config = RunConfig(dataset_dir=str(dataset.root), freeze=plan, epochs=epochs, device=device,
-                       extra={"only_task": only} if only else {})
+                       only_task=only)
     run_dir = runs.create_run(config)
     t0 = time.time()
     run(run_dir)

@@ -1,4 +1,4 @@
-"""Is the Layers page's time estimate right? Real CPU runs against tl_core.plan_cost's estimate.
+"""Is the Layers page's time estimate right? Real CPU runs against tl_core.plan.plan_cost's estimate.
 
 For each draw of Fashion-MNIST (20 images a class, 200 in all, a different seed each) it trains, in a
 fresh workspace (no cached features), feature extraction, the top 2 layer groups, and every group, and
@@ -24,11 +24,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tl_core import backbones, layers, plan_cost, train  # noqa: E402
+from tl_core.models import backbones, layers
+from tl_core.plan import plan_cost
+from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
-from tl_core.datasets import ingest_folder  # noqa: E402
-from tl_core.runs import create_run, read_events, read_metrics  # noqa: E402
-from tl_core.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
+from tl_core.data.datasets import ingest_folder  # noqa: E402
+from tl_core.ops.runs import create_run, read_events, read_metrics  # noqa: E402
+from tl_core.data.sample_data import fashion_mnist_available, write_fashion_mnist_folder  # noqa: E402
 
 RESULTS = HERE / "results" / "plan_cost-cpu.json"
 PER_CLASS = 20
@@ -44,7 +46,7 @@ def measure(plan: str, draw: int, root: Path) -> dict:
     guess = estimate({"plan": plan, "n_images": len(dataset.items), "image_size": 224})
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze=plan, features="last",
                                    epochs=EPOCHS[plan], early_stopping=0, seed=draw))
-    train.run(run_dir)
+    worker.run(run_dir)
     metrics, events = read_metrics(run_dir), read_events(run_dir)
     tuned = [e["seconds"] for e in events if e.get("event") == "epoch_end" and e.get("phase") == "finetune"]
     return {"plan": plan, "draw": draw, "wall_s": metrics["wall_s"], "n_images": len(dataset.items),

@@ -6,7 +6,8 @@ import streamlit as st
 
 from pages.ui import labels, nav, session, weights, widgets
 from pages.ui.text import literal
-from tl_core import backbones, ranking
+from tl_core.models import backbones
+from tl_core.plan import ranking
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own

@@ -5,7 +5,7 @@ gate.enter_page()  # also when Streamlit runs this file without app.py (see page
 import streamlit as st
 
 from pages.ui import data_audit, data_sources, kinds, nav, session, target_domain
-from tl_core import datasets
+from tl_core.data import datasets
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own

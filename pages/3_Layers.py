@@ -5,7 +5,9 @@ import streamlit as st
 
 from pages.ui import kinds, labels, layer_cost, models, nav, session, widgets
 from pages.ui.text import literal
-from tl_core import auto_plan, layers, plots
+from tl_core import plots
+from tl_core.plan import auto_plan
+from tl_core.models import layers
 
 PRESETS = {
     "auto": "Auto: measured on your images, within a time budget (recommended)",

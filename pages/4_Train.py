@@ -7,7 +7,8 @@ import streamlit as st
 
 from pages.ui import jobs, kinds, labels, live_run, models, nav, session, train_settings, widgets
 from pages.ui.text import code, literal
-from tl_core import run_data, runs
+from tl_core.fit import run_data
+from tl_core.ops import runs
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own

@@ -9,7 +9,8 @@ import streamlit as st
 from pages.ui import (data_quality, grow_model, jobs, kinds, labels, nav, results_headline, results_images, session,
                       sidebar, transfer, widgets)
 from pages.ui.text import literal
-from tl_core import plots, runs
+from tl_core import plots
+from tl_core.ops import runs
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own

@@ -5,7 +5,7 @@ import streamlit as st
 
 from pages.ui import kinds, models, session, widgets
 from pages.ui.text import literal
-from tl_core.datasets import ImageRefused, open_image
+from tl_core.data.datasets import ImageRefused, open_image
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own

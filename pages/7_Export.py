@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages.ui import kinds, session, widgets
 from pages.ui.text import literal
-from tl_core.export import FORMATS, ExportMismatch, export_run
+from tl_core.use.export import FORMATS, ExportMismatch, export_run
 
 FORMAT_USES = {
     "onnx": "ONNX: runs without PyTorch, with ONNX Runtime on servers, phones, browsers, C#, Java or C++.",

@@ -8,7 +8,9 @@ import streamlit as st
 
 from pages.ui import gate, jobs, labels, nav, run_compare, session
 from pages.ui.text import code, literal
-from tl_core import compare, runs
+from tl_core.use import compare
+from tl_core.ops import runs
+from tl_core.ops import words
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own
@@ -41,11 +43,11 @@ def delete_run(run_dir: str) -> None:
 
 def runs_table() -> list[dict]:
     """Every run in one table; returns their summaries."""
-    summaries = [runs.summarize(Path(path)) for path in all_runs]
+    summaries = [words.summarize(Path(path)) for path in all_runs]
     table_rows = [{**row, "weights": labels.weights_label(row["weights"]) if row["weights"] else None}
                   for row in summaries]
     styled = pd.DataFrame(table_rows).style.format(  # what a run has not measured (yet) reads "–", not "None"
-        {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": runs.format_seconds},
+        {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": words.format_seconds},
         na_rep="–")
     st.dataframe(
         styled, hide_index=True, key="runs_table",

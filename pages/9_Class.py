@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui import gate, jobs, nav, session
-from tl_core import runs
+from tl_core.ops import runs
+from tl_core.ops import words
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own
@@ -21,11 +22,11 @@ gate.teacher_actions()  # sign a student out, give a fresh sign-in link
 queue = jobs.queue()
 rows = []
 for run_dir in jobs.visible_runs():
-    row = runs.summarize(Path(run_dir))
+    row = words.summarize(Path(run_dir))
     position = queue.queue_position(Path(run_dir)) if row["state"] == "queued" else None
     wait_s = queue.expected_wait(Path(run_dir)) if position else None
     rows.append({"owner": runs.read_owner(Path(run_dir)) or "–", "run_id": row["run_id"], "state": row["state"],
-                 "position": position, "starts in": runs.format_seconds(wait_s) if wait_s else None,
+                 "position": position, "starts in": words.format_seconds(wait_s) if wait_s else None,
                  "val_acc": row["val_acc"], "dataset": row["dataset"], "backbone": row["backbone"],
                  "run_dir": run_dir})
 running = sum(row["state"] == "running" for row in rows)

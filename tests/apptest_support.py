@@ -8,7 +8,7 @@ from pathlib import Path
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
-from tl_core import runs
+from tl_core.ops import runs
 from tl_core.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_core.sample_data import SAMPLE_DIR, fashion_mnist_available, write_fashion_mnist_folder
+from tl_core.data.sample_data import SAMPLE_DIR, fashion_mnist_available, write_fashion_mnist_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ def navigation_pages(monkeypatch):
 def fake_jobs(monkeypatch):
     """The app's job manager records submissions and starts no worker; returns its instances."""
     from apptest_support import FakeJobManager
-    from tl_core import jobs
+    from tl_core.ops import jobs
 
     FakeJobManager.instances.clear()
     monkeypatch.setattr(jobs, "JobManager", FakeJobManager)

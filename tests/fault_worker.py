@@ -1,6 +1,6 @@
 """A stand-in for `python -m tl_core train RUN_DIR` that trains nothing, for the fault-injection tests.
 
-It claims its run exactly as the real worker does (tl_core.jobs.claim_run: the inherited locks, or its
+It claims its run exactly as the real worker does (tl_core.ops.jobs.claim_run: the inherited locks, or its
 own), writes the statuses the real worker writes, and records in $FAULT_LEDGER (outside the workspace)
 when it was spawned, when it started "training" and when it ended. It "trains" for the seconds in the
 run folder's `fault_seconds` file (default 0.5), checking for a STOP file as the real loop does.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tl_core.jobs import BUSY_EXIT, RunBusy, claim_run  # noqa: E402
-from tl_core.runs import stop_requested, write_status  # noqa: E402
+from tl_core.ops.jobs import BUSY_EXIT, RunBusy, claim_run  # noqa: E402
+from tl_core.ops.runs import stop_requested, write_status  # noqa: E402
 
 
 def record(**fields) -> None:
@@ -26,13 +26,13 @@ def record(**fields) -> None:
 def main(run_dir: Path) -> int:
     record(event="spawn", run=run_dir.name)
     if run_dir.name in os.environ.get("FAULT_FULL_DISK_RUNS", "").split(","):  # the patched writer
-        import tl_core.runs
-        from tl_core.storage import StorageFull
+        import tl_core.ops.runs
+        from tl_core.ops.storage import StorageFull
 
         def full(path, obj):
             raise StorageFull(path, len(json.dumps(obj)))
 
-        tl_core.runs.atomic_write_json = full
+        tl_core.ops.runs.atomic_write_json = full
     try:
         with claim_run(run_dir, poll_s=0.05) as claim:
             if claim.cancelled:

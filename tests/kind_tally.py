@@ -11,7 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import kinds, runs
+from tl_core import kinds
+from tl_core.ops import runs
 
 NAME = "tally"
 

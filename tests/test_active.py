@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from apptest_support import open_page
-from tl_core.active import add_labelled, suggest, weighted_k_center
-from tl_core.datasets import load_dataset
-from tl_core.datasets.unlabelled import ingest_unlabelled_folder
-from tl_core.runs import read_config, read_metrics
+from tl_core.quality.active import add_labelled, suggest, weighted_k_center
+from tl_core.data.datasets import load_dataset
+from tl_core.data.datasets.unlabelled import ingest_unlabelled_folder
+from tl_core.ops.runs import read_config, read_metrics
 
 
 @pytest.fixture

@@ -11,15 +11,17 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from tl_core import adapt, backbones, train
-from tl_core.batches import normalizer
+from tl_core import adapt
+from tl_core.models import backbones
+from tl_core import worker
+from tl_core.fit.batches import normalizer
 from tl_core.config import ConfigError, RunConfig
-from tl_core.datasets import decode_images, ingest_files, ingest_folder, ingest_zip
-from tl_core.datasets.unlabelled import (UNLABELLED, ingest_unlabelled_files, ingest_unlabelled_folder,
-                                         ingest_unlabelled_zip)
-from tl_core.predict import evaluate_folder
-from tl_core.runs import RunFolder, create_run, read_events, read_metrics, read_status
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data.datasets import decode_images, ingest_files, ingest_folder, ingest_zip
+from tl_core.data.datasets.unlabelled import (UNLABELLED, ingest_unlabelled_files, ingest_unlabelled_folder,
+                                              ingest_unlabelled_zip)
+from tl_core.use.predict import evaluate_folder
+from tl_core.ops.runs import RunFolder, create_run, read_events, read_metrics, read_status
+from tl_core.data.sample_data import SAMPLE_DIR
 
 CLASSES = ("Trouser", "Bag", "Sneaker", "Dress")
 
@@ -150,7 +152,7 @@ def test_a_dann_run_writes_the_whole_run_folder_contract(small_sample, inverted_
                        target_test_dir=str(ingest_folder(test).root), adapt="dann", freeze="top-1", epochs=2,
                        image_size=64, batch_size=8, early_stopping=0)
     run_dir = create_run(config)
-    metrics = train.run(run_dir)  # the worker's own path: the task and callbacks come from config.json
+    metrics = worker.run(run_dir)  # the worker's own path: the task and callbacks come from config.json
     folder = RunFolder(run_dir)
     for path in (folder.config, folder.facts, folder.status, folder.events, folder.metrics, folder.predictions,
                  folder.weights, folder.labels, folder.preprocess):
@@ -245,7 +247,7 @@ def test_hostile_target_zips_get_the_same_verdicts_as_training_data(tmp_path):
 
 
 def test_an_exported_adapted_model_reproduces_tl_cores_predictions_on_target_images(adabn_run, tmp_path):
-    from tl_core.export import export_run
+    from tl_core.use.export import export_run
 
     run_dir, test = adabn_run
     images = sorted(test.glob("*/*.png"))
@@ -259,7 +261,7 @@ def test_auto_picks_the_surest_candidate_on_the_target_without_its_labels(small_
     config = RunConfig(dataset_dir=str(ingest_folder(small_sample).root),
                        target_dir=str(ingest_unlabelled_folder(unlabelled).root),
                        target_test_dir=str(ingest_folder(test).root), adapt="auto", epochs=2, image_size=64)
-    target = train.run(create_run(config))["target"]
+    target = worker.run(create_run(config))["target"]
     entropies = target["quick_check"]["entropy"]
     assert set(entropies) == {"none", "adabn", "align"} and target["asked"] == "auto"
     assert target["method"] == min(entropies, key=entropies.get)

@@ -1,7 +1,8 @@
 """What to try next: each rule speaks when its measurement says so, and stays quiet otherwise."""
 import json
 
-from tl_core import advice, runs
+from tl_core.use import advice
+from tl_core.ops import runs
 
 CLASSES = ["cat", "dog", "fox", "owl"]
 

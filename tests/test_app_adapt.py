@@ -7,9 +7,10 @@ from PIL import Image, ImageOps
 
 from apptest_support import open_page, plain
 from test_app import fake_run, finish_run, metric_values, small_dataset
-from tl_core import datasets, runs
-from tl_core.sample_data import SAMPLE_DIR
-from tl_core.storage import atomic_write_json
+from tl_core.data import datasets
+from tl_core.ops import runs
+from tl_core.data.sample_data import SAMPLE_DIR
+from tl_core.ops.storage import atomic_write_json
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 

@@ -3,11 +3,12 @@ import json
 
 import pytest
 
-from tl_core import auto_plan
+from tl_core.plan import auto_plan
 from tl_core.config import RunConfig
-from tl_core.datasets import ingest_folder
-from tl_core.runs import RunFolder, create_run, read_metrics
-from tl_core import plots, train
+from tl_core.data.datasets import ingest_folder
+from tl_core.ops.runs import RunFolder, create_run, read_metrics
+from tl_core import plots
+from tl_core import worker
 
 
 def _head(gain=0.0, features="last"):
@@ -50,7 +51,7 @@ def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir
                        epochs=3, auto_budget=100)  # a budget that lets every candidate run on the tiny model
     assert config.freeze == "auto"
     run_dir = create_run(config)
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     plan = json.loads(RunFolder(run_dir).plan.read_text())
     plans = [row["plan"] for row in plan["rows"]]
     assert plans[0] == "head" and "top-1" in plans and plans[-1] == "all"
@@ -73,7 +74,7 @@ def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir
 
 
 def test_progress_says_what_the_auto_plan_measures():
-    from tl_core.runs import progress
+    from tl_core.ops.words import progress
 
     events = [{"event": "notice", "phase": "plan", "message": "Auto plan: measuring fine-tuning with top-1"}]
     assert progress(events, {"state": "running"}) == (0.0, "Auto plan: measuring fine-tuning with top-1")
@@ -84,7 +85,7 @@ def test_too_few_images_to_validate_a_fine_tune_measure_only_feature_extraction(
     dataset = ingest_folder(small_sample)  # 32 images: 6 would be held out
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none",
                                    image_size=64, epochs=2, auto_budget=100))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     plan = json.loads(RunFolder(run_dir).plan.read_text())
     assert [r["plan"] for r in plan["rows"] if not r.get("skipped")] == ["head"]
     assert "too few images to measure a fine-tune: 6 would be held out" in plan["words"]

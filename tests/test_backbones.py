@@ -10,13 +10,11 @@ import timm
 import torch
 from PIL import Image
 
-from tl_core import backbones
-from tl_core.backbones import (
-    CATALOGUE, EMBEDDED_MODEL, WeightsUnavailable, catalogue_rows, create_model, data_config, search_models,
-    weights_available_offline,
-)
-from tl_core.augment import make_augment, normalize
-from tl_core.datasets import prepare_image
+from tl_core.models import backbones
+from tl_core.models.backbones import (CATALOGUE, EMBEDDED_MODEL, WeightsUnavailable, catalogue_rows, create_model,
+                                      data_config, search_models, weights_available_offline)
+from tl_core.data.augment import make_augment, normalize
+from tl_core.data.datasets import prepare_image
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 TINY_MODELS = ["test_efficientnet", "test_resnet", "test_convnext", "test_vit", "test_byobnet"]
@@ -77,7 +75,7 @@ def test_embedded_weights_only_exist_for_the_embedded_model():
 
 
 def test_the_name_users_know_builds_the_architecture_the_embedded_weights_need():
-    from tl_core.backbones import architecture
+    from tl_core.models.backbones import architecture
 
     model = create_model("efficientnet_lite0", num_classes=3, weights="embedded")
     assert architecture(model) == EMBEDDED_MODEL  # TF "same" padding, eps 1e-3, mean/std 0.5

@@ -9,9 +9,14 @@ import pytest
 
 from apptest_support import open_page, plain
 from pages.ui import gate, nav
-from tl_core import backbones, datasets, identities, jobs, runs, spaces
+from tl_core.models import backbones
+from tl_core.data import datasets
+from tl_core.ops import identities
+from tl_core.ops import jobs
+from tl_core.ops import runs
+from tl_core.ops import spaces
 from tl_core.config import RunConfig
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data.sample_data import SAMPLE_DIR
 
 CODE, TEACHER_CODE = "tulip-42", "oak-7"
 
@@ -156,7 +161,7 @@ def test_the_job_manager_starts_runs_in_the_fair_order(classroom):
 
 
 def test_the_expected_start_counts_rounds_of_the_slots_at_a_typical_run_length(classroom):
-    from tl_core.storage import atomic_write_json
+    from tl_core.ops.storage import atomic_write_json
 
     alice, bob, _ = classroom
     data = dataset_of(alice)

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page
-from tl_core import compare, runs, train
+from tl_core.use import compare
+from tl_core.ops import runs
+from tl_core import worker
 from tl_core.__main__ import main as cli
 from tl_core.config import RunConfig
-from tl_core.runs import read_config
+from tl_core.ops.runs import read_config
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
@@ -26,7 +28,7 @@ def pair(small_sample, tmp_path_factory) -> tuple[Path, Path]:
                     "--image-size", "64", "--run-dir", str(pretrained)]) == 0
         config = compare.scratch_config(read_config(pretrained), of_run=pretrained.name)
         baseline = runs.create_run(config, run_dir=workspace / "runs" / "20260101-000100-scratch")
-        train.run(baseline)
+        worker.run(baseline)
     return pretrained, baseline
 
 

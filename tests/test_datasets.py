@@ -1,4 +1,4 @@
-"""tl_core.datasets on real small data: Fashion-MNIST PNGs, plus bad files made here."""
+"""tl_core.data.datasets on real small data: Fashion-MNIST PNGs, plus bad files made here."""
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl_core import datasets
-from tl_core.datasets import (Dataset, DatasetError, ImageRefused, audit, decode_images, ingest_files,
-                              ingest_folder, ingest_or_reuse_folder, ingest_zip, list_datasets, load_dataset,
-                              open_image, prepare_image, stratified_split)
-from tl_core.sample_data import fashion_mnist_available, write_fashion_mnist_folder
+from tl_core.data import datasets
+from tl_core.data.datasets import (Dataset, DatasetError, ImageRefused, audit, decode_images, ingest_files,
+                                   ingest_folder, ingest_or_reuse_folder, ingest_zip, list_datasets, load_dataset,
+                                   open_image, prepare_image, stratified_split)
+from tl_core.data.sample_data import fashion_mnist_available, write_fashion_mnist_folder
 
 
 # ---------------------------------------------------------------- helpers
@@ -502,7 +502,7 @@ def test_the_widest_accepted_image_decodes_within_a_small_memory_budget(tmp_path
     """Resized by its shorter side, a 20:1 image at 1024 px would be 23 400 px long: only its crop is made."""
     path = tmp_path / "panorama.png"
     _gradient(4000, 200).save(path)
-    code = ("import resource, sys; from tl_core.datasets import decode_images;"
+    code = ("import resource, sys; from tl_core.data.datasets import decode_images;"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             f"out = decode_images([{str(path)!r}], 1024);"
             "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before;"
@@ -555,7 +555,7 @@ def test_big_images_are_reduced_right_after_decoding_when_a_size_is_given():
 def test_a_full_disk_during_ingest_names_the_file_and_the_size(fashion_dir, ws, monkeypatch):
     import errno
 
-    from tl_core import storage
+    from tl_core.ops import storage
 
     real = Path.write_bytes
 

@@ -10,7 +10,7 @@ import pytest
 
 from tl_core.__main__ import main as cli
 from tl_core.detect.sample import write_set
-from tl_core.runs import RunFolder, read_events, read_metrics, read_status
+from tl_core.ops.runs import RunFolder, read_events, read_metrics, read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--image-size", "128", "--batch-size", "8", "--early-stopping", "0"]
@@ -127,8 +127,8 @@ def test_augmentation_moves_boxes_with_the_picture_and_keeps_them_valid():
 
 @pytest.mark.parametrize("backbone", ["test_efficientnet", "test_resnet"])
 def test_layer_groups_are_the_classifiers_and_freeze_plans_apply(backbone):
-    from tl_core import layers
-    from tl_core.backbones import create_model
+    from tl_core.models import layers
+    from tl_core.models.backbones import create_model
     from tl_core.detect.model import build, layer_groups
 
     model = build(backbone, 2, "none", 96)
@@ -149,7 +149,7 @@ def test_layer_groups_are_the_classifiers_and_freeze_plans_apply(backbone):
 def _yolo_run(tmp_path, **settings):
     from tl_core import kinds
     from tl_core.config import RunConfig
-    from tl_core.runs import create_run
+    from tl_core.ops.runs import create_run
 
     data = write_set(tmp_path / "yolo", 10, "yolo", seed=5, size=96)
     root = kinds.get("detect").call("ingest", data)
@@ -159,7 +159,7 @@ def _yolo_run(tmp_path, **settings):
 
 
 def test_auto_plan_measures_and_keeps_a_plan(tmp_path):
-    from tl_core import train
+    from tl_core import worker as train
 
     run_dir = _yolo_run(tmp_path, freeze="auto")
     train.run(run_dir)
@@ -172,7 +172,7 @@ def test_auto_plan_measures_and_keeps_a_plan(tmp_path):
 
 
 def test_stop_file_cancels(tmp_path):
-    from tl_core import train
+    from tl_core import worker as train
 
     run_dir = _yolo_run(tmp_path, freeze="head")
     RunFolder(run_dir).stop.touch()
@@ -181,7 +181,7 @@ def test_stop_file_cancels(tmp_path):
 
 
 def test_divergence_restarts_once_at_a_lower_rate_then_fails(tmp_path, monkeypatch):
-    from tl_core import train
+    from tl_core import worker as train
     from tl_core.detect import fit
 
     monkeypatch.setattr(fit, "DIVERGED_OVER_START", 1e-6)  # every second batch counts as a blow-up
@@ -193,10 +193,10 @@ def test_divergence_restarts_once_at_a_lower_rate_then_fails(tmp_path, monkeypat
 
 
 def test_a_set_without_boxes_fails_with_what_to_do(tmp_path):
-    from tl_core import train
+    from tl_core import worker as train
     from tl_core.config import RunConfig
     from tl_core.detect.editing import new_boxset
-    from tl_core.runs import create_run
+    from tl_core.ops.runs import create_run
 
     pictures = sorted((write_set(tmp_path / "scenes", 4, "coco", seed=1, size=96) / "images").glob("*.jpg"))
     root = new_boxset([(p.name, p.read_bytes()) for p in pictures], ["cup"])
@@ -210,7 +210,7 @@ def test_a_set_without_boxes_fails_with_what_to_do(tmp_path):
 def test_a_frozen_body_computed_once_gives_the_same_losses_and_boxes():
     import torch
 
-    from tl_core import layers
+    from tl_core.models import layers
     from tl_core.detect.model import build, frozen_body_outputs, given_stages, layer_groups
 
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def test_a_frozen_body_computed_once_gives_the_same_losses_and_boxes():
 
 @pytest.mark.parametrize("augment, cached", [("none", True), ("light", False)])
 def test_the_body_is_cached_only_when_frozen_and_unaugmented(tmp_path, augment, cached):
-    from tl_core import train
+    from tl_core import worker as train
 
     run_dir = _yolo_run(tmp_path, freeze="head", augment=augment)
     train.run(run_dir)

@@ -14,9 +14,10 @@ def finished(tmp_path_factory):
     """A small finished detection run (timm's tiny test model, 2 epochs at 96 px) in its own workspace."""
     import os
 
-    from tl_core import kinds, train
+    from tl_core import kinds
+    from tl_core import worker as train
     from tl_core.config import RunConfig
-    from tl_core.runs import create_run
+    from tl_core.ops.runs import create_run
 
     home = tmp_path_factory.mktemp("detect_app_home")
     data = write_set(tmp_path_factory.mktemp("yolo") / "set", 14, "yolo", seed=2, size=96)
@@ -85,7 +86,7 @@ def test_train_section_shows_loss_terms_and_map(home):
 def test_train_section_of_a_running_run_shows_progress_and_stops_it(home, tmp_path):
     import shutil
 
-    from tl_core.runs import RunFolder, write_status
+    from tl_core.ops.runs import RunFolder, write_status
 
     running = shutil.copytree(home["run_dir"], tmp_path / "running")
     write_status(running, state="running")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tl_core import datasets, runs
+from tl_core.data import datasets
+from tl_core.ops import runs
 from tl_core.config import RunConfig
 
 pytest.importorskip("lightning_fabric")
@@ -106,3 +107,64 @@ def test_a_stop_ends_every_rank_at_the_same_batch(tiny_run, _workspace):
     assert runs.read_status(run_dir)["state"] == "cancelled"
     done = reports(output)
     assert set(done) == {0, 1} and done[0] == done[1], output[-2000:]
+
+
+def _prepare(cli_args: list[str], run_dir: Path) -> Path:
+    """The README's first step: `python -m tl_core train --data DIR --prepare-only` (a tiny timm model, small images)."""
+    from tl_core.__main__ import main as cli
+
+    assert cli(["train", *cli_args, "--backbone", "test_efficientnet", "--weights", "none", "--image-size", "64",
+                "--run-dir", str(run_dir), "--prepare-only"]) == 0
+    return run_dir
+
+
+def _recipe(run_dir: Path, workspace: Path) -> tuple[list[dict], dict]:
+    """The README's second step, torchrun with 2 processes; the run's events and metrics once both agree."""
+    proc = torchrun(run_dir, workspace)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert runs.read_status(run_dir)["state"] == "done", runs.read_status(run_dir)
+    done = reports(output)
+    assert set(done) == {0, 1} and done[0] == done[1], output[-2000:]  # the same kept epoch and weights
+    events = runs.read_events(run_dir)
+    assert [e["event"] for e in events].count("fit_start") == 1
+    return events, runs.read_metrics(run_dir)
+
+
+def test_the_readme_recipe_trains_with_every_default(small_sample, _workspace):
+    """freeze auto (the default): rank 0 measures the Auto plan, then both ranks train the plan it kept."""
+    run_dir = _prepare(["--data", str(small_sample)], _workspace / "runs" / "defaults")
+    assert runs.read_config(run_dir).freeze == "auto"
+    events, metrics = _recipe(run_dir, _workspace)
+    assert runs.RunFolder(run_dir).plan.exists()
+    assert any(e["event"] == "notice" and e.get("phase") == "plan" for e in events)
+    assert 0.0 <= metrics["val_acc"] <= 1.0
+
+
+def test_the_readme_recipe_trains_a_labels_table(small_sample, _workspace, tmp_path):
+    """--labels: a multi-task run, a head per task, trained by both processes."""
+    import shutil
+
+    from tl_core.data.sample_data import write_fashion_task_table
+
+    data = tmp_path / "data"
+    shutil.copytree(small_sample, data)
+    write_fashion_task_table(data)
+    run_dir = _prepare(["--data", str(data), "--labels", str(data / "labels.csv")], _workspace / "runs" / "tasks")
+    assert runs.read_config(run_dir).task == "multitask"
+    _, metrics = _recipe(run_dir, _workspace)
+    assert set(metrics["tasks"]) == {"category", "group", "tags"}
+
+
+def test_the_readme_recipe_adapts_to_target_images(small_sample, _workspace, tmp_path):
+    """--adapt dann with --target-data: the domain head behind gradient reversal trains in both processes."""
+    from PIL import Image, ImageOps
+
+    target = tmp_path / "target"
+    target.mkdir()
+    for path in sorted(small_sample.rglob("*.png"))[::2]:
+        ImageOps.invert(Image.open(path).convert("L")).save(target / f"{path.parent.name}_{path.name}")
+    run_dir = _prepare(["--data", str(small_sample), "--target-data", str(target), "--adapt", "dann",
+                        "--freeze", "top-1", "--epochs", "2"], _workspace / "runs" / "adapt")
+    _, metrics = _recipe(run_dir, _workspace)
+    assert metrics["target"]["method"] == "dann" and metrics["target"]["n_target"] == 16

@@ -7,9 +7,9 @@ import timm
 import torch
 from PIL import Image
 
-from tl_core.datasets import open_image, prepare_image
-from tl_core.explain import _uncrop, explain_image, gradcam, heatmap_overlay, target_layer
-from tl_core.predict import Predictor
+from tl_core.data.datasets import open_image, prepare_image
+from tl_core.use.explain import _uncrop, explain_image, gradcam, heatmap_overlay, target_layer
+from tl_core.use.predict import Predictor
 
 
 @pytest.fixture(scope="module")

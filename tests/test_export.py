@@ -12,11 +12,12 @@ import timm
 import torch
 from safetensors.torch import load_file, save_model
 
-from tl_core import backbones, export
+from tl_core.models import backbones
+from tl_core.use import export
 from tl_core.__main__ import main as cli
-from tl_core.datasets import open_image
-from tl_core.export import ExportMismatch, export_run
-from tl_core.predict import Predictor
+from tl_core.data.datasets import open_image
+from tl_core.use.export import ExportMismatch, export_run
+from tl_core.use.predict import Predictor
 
 BUNDLE = ["labels.json", "preprocess.json", "MODEL_CARD.md", "verification.json", "predict_example.py"]
 
@@ -98,7 +99,7 @@ def _example_probs(bundle: Path, images: list[str]) -> np.ndarray:
 
 
 def test_the_bundle_example_is_a_real_file_that_agrees_with_tl_core(run_dir, onnx_report, tmp_path):
-    """The example shipped in every bundle is tl_core/bundle/predict_example.py itself, and on images of
+    """The example shipped in every bundle is tl_core/use/bundle/predict_example.py itself, and on images of
     several classes it gives tl_core's own probabilities, with the ONNX and the TorchScript model."""
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
     images = list({row["label"]: row["path"] for row in rows}.values())[:3]  # one image of each of 3 classes
@@ -178,7 +179,7 @@ def test_unknown_format_is_refused(run_dir):
 
 
 def _fake_run(root: Path, backbone: str, classes: list[str], images: list[Path]) -> Path:
-    """A finished run folder around a randomly initialised timm model, as train.py would write it."""
+    """A finished run folder around a randomly initialised timm model, as the fit loop would write it."""
     torch.manual_seed(0)
     model = backbones.create_model(backbone, len(classes), weights="none").eval()
     root.mkdir(parents=True)

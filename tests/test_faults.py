@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from apptest_support import open_page, plain
-from tl_core import jobs, runs, storage
+from tl_core.ops import jobs, runs, storage, words
 from tl_core.config import RunConfig
-from tl_core.jobs import JobManager
-from tl_core.runs import create_run, read_status, request_stop, write_status
-from tl_core.storage import atomic_write_json
+from tl_core.ops.jobs import JobManager
+from tl_core.ops.runs import create_run, read_status, request_stop, write_status
+from tl_core.ops.storage import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fault_worker.py"))]
@@ -119,7 +119,7 @@ def test_a_killed_worker_fails_its_run_and_the_next_one_starts(_workspace, ledge
 def test_a_restarted_server_sees_the_surviving_worker_and_waits_for_it(_workspace, ledger, tmp_path):
     first, second = queued(_workspace, 3.0), queued(_workspace, 0.3)
     server = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); from tl_core.jobs import JobManager;"
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); from tl_core.ops.jobs import JobManager;"
          "JobManager(sys.argv[2], slots=1, poll_s=0.05, worker_command=sys.argv[3:]); time.sleep(600)",
          str(ROOT), str(_workspace), *FAKE_WORKER], cwd=ROOT)
     try:
@@ -295,8 +295,8 @@ def test_a_full_disk_starts_no_worker_fails_the_run_and_names_the_file(small_dis
 @pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 def test_the_train_page_says_the_disk_is_full_instead_of_a_traceback(small_disk, monkeypatch):
     monkeypatch.setenv("TL_STUDIO_HOME", str(small_disk))
-    from tl_core.sample_data import SAMPLE_DIR
-    from tl_core import datasets
+    from tl_core.data.sample_data import SAMPLE_DIR
+    from tl_core.data import datasets
 
     files = [(p.name, p.read_bytes(), label) for label in ("Bag", "Trouser")
              for p in sorted((SAMPLE_DIR / label).glob("*.png"))[:3]]
@@ -348,13 +348,13 @@ def test_damaged_run_files_are_a_state_never_a_crash(_workspace, ledger):
     manager = JobManager(_workspace, background=False, worker_command=FAKE_WORKER)
     tick_until(manager, lambda: read_status(waiting)["state"] == "done")  # the queue is not stalled
     for run_dir, (file, kind) in damaged.items():
-        row = runs.summarize(run_dir)  # never raises
+        row = words.summarize(run_dir)  # never raises
         if file in ("status.json", "config.json", "metrics.json"):
             assert row["damaged"] and row["damaged"].startswith(file), (file, kind, row)
         if file == "status.json":
             assert row["state"] == "damaged"
     assert [e["epoch"] for e in runs.read_events(middle) if e["event"] == "epoch_end"] == [1, 2]
-    assert "events.jsonl: line 2 skipped" in runs.summarize(middle)["damaged"]
+    assert "events.jsonl: line 2 skipped" in words.summarize(middle)["damaged"]
 
     at = open_page("pages/8_Runs.py")
     texts = [plain(m.value) for m in at.markdown]

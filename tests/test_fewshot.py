@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tl_core.__main__ import main as cli
-from tl_core.prototypes import PrototypeFits, head_for
-from tl_core.predict import Predictor
-from tl_core.run_data import RunData, with_cross_validation
+from tl_core.fit.prototypes import PrototypeFits, head_for
+from tl_core.use.predict import Predictor
+from tl_core.fit.run_data import RunData, with_cross_validation
 
 
 def _features(seed=0, per_class=(3, 4, 2), dim=16):
@@ -105,8 +105,8 @@ def test_two_images_a_class_validate_by_leave_one_out(sample_dir, tmp_path, monk
 
 
 def test_the_ranking_puts_random_weights_below_the_pretrained_ones(sample_dir, tmp_path, monkeypatch):
-    from tl_core.datasets import ingest_folder
-    from tl_core.ranking import rank
+    from tl_core.data.datasets import ingest_folder
+    from tl_core.plan.ranking import rank
 
     monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
     dataset = ingest_folder(sample_dir)  # 300 real images: random weights' features are weak, not useless
@@ -126,8 +126,8 @@ def test_with_one_backbone_the_ranking_compares_image_sizes(small_sample, tmp_pa
 
 
 def test_the_live_loop_learns_each_picture_at_once(sample_dir):
-    from tl_core.datasets import open_image
-    from tl_core.prototypes import LiveClassifier
+    from tl_core.data.datasets import open_image
+    from tl_core.fit.prototypes import LiveClassifier
 
     live = LiveClassifier()
     assert live.predict(open_image((sample_dir / "Bag").glob("*.png").__next__().read_bytes())) == []

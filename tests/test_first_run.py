@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from apptest_support import open_page, plain
-from tl_core import advice, augment, backbones, compare, datasets, layers, plan_cost, runs
-from tl_core.callbacks import ConsoleProgress, EarlyStopping
+from tl_core.use import advice, compare
+from tl_core.data import augment, datasets
+from tl_core.models import backbones, layers
+from tl_core.plan import plan_cost
+from tl_core.ops import runs, words
+from tl_core.fit.callbacks import ConsoleProgress, EarlyStopping
 from tl_core.config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
-from tl_core.run_data import planned_validation
-from tl_core.sample_data import SAMPLE_DIR
-from tl_core.storage import atomic_write_json
+from tl_core.fit.run_data import planned_validation
+from tl_core.data.sample_data import SAMPLE_DIR
+from tl_core.ops.storage import atomic_write_json
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
@@ -84,16 +88,16 @@ def test_train_page_says_cross_validation_for_a_head_only_run_and_counts_the_pro
 def test_progress_names_the_feature_pass_and_the_probe_epochs_added_to_the_users():
     start = [{"event": "fit_start", "epochs": 15, "probe_epochs": 5},
              {"event": "phase_start", "phase": "probe", "epochs": 5, "epoch": 0}]
-    fraction, text = runs.progress(start, {"state": "running"})
+    fraction, text = words.progress(start, {"state": "running"})
     assert (fraction, text) == (0.0, "Computing features: every image goes through the frozen backbone once…")
     events = start + [epoch(k, "probe", 0.8, 0.7) for k in range(1, 6)]
     events += [{"event": "phase_start", "phase": "finetune", "epochs": 10, "epoch": 5}]
-    assert "running the frozen layers once" in runs.progress(events, {"state": "running"})[1]
+    assert "running the frozen layers once" in words.progress(events, {"state": "running"})[1]
     events += [epoch(6, "finetune", 0.9, 0.8)]
-    text = runs.progress(events, {"state": "running"})[1]
+    text = words.progress(events, {"state": "running"})[1]
     assert text.startswith("Epoch 6 of 15 (the 10 you set, after 5 fitting the head) · about ")
     head_only = [{"event": "fit_start", "epochs": 10, "probe_epochs": 10}, epoch(1, "probe", 0.8, 0.7)]
-    assert runs.progress(head_only, {"state": "running"})[1].startswith("Epoch 1 of 10 · about")
+    assert words.progress(head_only, {"state": "running"})[1].startswith("Epoch 1 of 10 · about")
 
 
 # ---------------------------------------------------------------- the sidebar
@@ -319,7 +323,7 @@ def test_cli_and_app_default_backbone_have_one_name():
 
 
 def test_exported_zip_and_its_files_are_readable_by_others(head_run, tmp_path):
-    from tl_core.export import export_run
+    from tl_core.use.export import export_run
 
     report = export_run(head_run, "safetensors", out_dir=tmp_path / "bundle")
     zip_path = Path(report["zip"])

@@ -1,16 +1,17 @@
-"""The fit loop's seams: a Task adds a trainable head without editing train.py; callbacks change the
+"""The fit loop's seams: a Task adds a trainable head without editing the loop (fit/loop.py); callbacks change the
 loss or skip a step through the loop's events; unknown events are refused."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_core import train
-from tl_core.callbacks import Callback
+from tl_core import worker
+from tl_core.fit import loop
+from tl_core.fit.callbacks import Callback
 from tl_core.config import RunConfig
-from tl_core.datasets import ingest_folder
-from tl_core.runs import create_run, read_events
-from tl_core.tasks import Classification
+from tl_core.data.datasets import ingest_folder
+from tl_core.ops.runs import create_run, read_events
+from tl_core.fit.tasks import Classification
 
 
 class CoarseLabelTask(Classification):
@@ -43,7 +44,7 @@ def _config(small_sample, **changes):
 def test_a_task_with_an_extra_head_trains_it_through_the_loop(small_sample):
     run_dir = create_run(_config(small_sample))
     task = CoarseLabelTask(num_features=1280)  # EfficientNet-Lite0's pooled features
-    metrics = train.run(run_dir, task=task)
+    metrics = worker.run(run_dir, task=task)
     steps = [e for e in read_events(run_dir) if e["event"] == "batch_end" and e.get("phase") == "finetune"]
     assert task.steps == len(steps) == 2 * 3  # 2 epochs × ceil(24 training images / 8)
     assert not torch.equal(task.coarse_head.weight.detach(), task.initial)  # the extra head learnt
@@ -66,7 +67,7 @@ def test_callbacks_change_the_loss_and_skip_steps(small_sample):
     """With every step skipped, the fine-tuned weights stay the probe's: fine-tune epochs score as the probe did."""
     run_dir = create_run(_config(small_sample, freeze="all"))
     skipper = _SkipEveryStep()
-    train.run(run_dir, extra_callbacks=[skipper])
+    worker.run(run_dir, extra_callbacks=[skipper])
     assert skipper.losses_seen == 2 * 3
     events = read_events(run_dir)
     probe_last = [e for e in events if e["event"] == "epoch_end" and e["phase"] == "probe"][-1]
@@ -76,7 +77,7 @@ def test_callbacks_change_the_loss_and_skip_steps(small_sample):
 
 
 def test_the_loop_refuses_unknown_events(small_sample):
-    fit = train.Fit(_config(small_sample), create_run(_config(small_sample)), callbacks=[])
+    fit = loop.Fit(_config(small_sample), create_run(_config(small_sample)), callbacks=[])
     with pytest.raises(ValueError, match="unknown event"):
         fit.emit("after_everything")
 
@@ -84,7 +85,7 @@ def test_the_loop_refuses_unknown_events(small_sample):
 def test_a_later_phase_must_beat_the_kept_weights_by_more_than_the_noise():
     import types
 
-    from tl_core.callbacks import BestCheckpoint
+    from tl_core.fit.callbacks import BestCheckpoint
 
     model = torch.nn.Linear(3, 2)
     fit = types.SimpleNamespace(model=model, val_idx=list(range(100)), best=None, emit=lambda *a, **k: None)

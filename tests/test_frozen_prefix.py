@@ -3,11 +3,12 @@ import pytest
 import timm
 import torch
 
-from tl_core import layers, train
+from tl_core.models import layers
+from tl_core import worker
 from tl_core.config import RunConfig
-from tl_core.datasets import ingest_folder
-from tl_core.runs import create_run, read_events
-from tl_core.frozen_prefix import PrefixSplit, stage_split_point
+from tl_core.data.datasets import ingest_folder
+from tl_core.ops.runs import create_run, read_events
+from tl_core.models.frozen_prefix import PrefixSplit, stage_split_point
 
 
 @pytest.mark.parametrize("name", ["test_efficientnet", "mobilenetv3_small_050", "test_convnext"])
@@ -41,7 +42,7 @@ def test_partial_fine_tune_runs_the_frozen_prefix_once(small_sample):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-2", epochs=2, image_size=64,
                                    early_stopping=0))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     notices = [e["message"] for e in read_events(run_dir) if e["event"] == "notice"]
     assert any("frozen layers run once" in m for m in notices)
     assert metrics["val_acc"] >= 0.5  # 4 well-separated classes, chance is 25 %

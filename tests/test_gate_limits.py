@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tl_core import attempts, identities, jobs, runs, spaces
+from tl_core.ops import attempts
+from tl_core.ops import identities
+from tl_core.ops import jobs
+from tl_core.ops import runs
+from tl_core.ops import spaces
 from tl_core.config import RunConfig
-from tl_core.sample_data import SAMPLE_DIR
-from tl_core import datasets
+from tl_core.data.sample_data import SAMPLE_DIR
+from tl_core.data import datasets
 
 
 def _submit_in_a_process(workspace: str, dataset_dir: str, barrier, results) -> None:

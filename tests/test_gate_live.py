@@ -15,8 +15,11 @@ import pytest
 from streamlit.util import calc_hash
 
 from live_server import PAGES, Client, Server, click, sign_in
-from tl_core import datasets, identities, jobs, runs
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data import datasets
+from tl_core.ops import identities
+from tl_core.ops import jobs
+from tl_core.ops import runs
+from tl_core.data.sample_data import SAMPLE_DIR
 
 CODE, TEACHER_CODE = "tulip-42", "oak-7"
 COOKIE = "tl_studio_browser"

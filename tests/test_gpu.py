@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from tl_core import train
+from tl_core import worker
 from tl_core.config import RunConfig
-from tl_core.datasets import ingest_folder
-from tl_core.runs import create_run, read_config_record, read_events
+from tl_core.data.datasets import ingest_folder
+from tl_core.ops.runs import create_run, read_config_record, read_events
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -15,7 +15,7 @@ def test_cuda_fine_tune_runs_in_mixed_precision(small_sample):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-2", augment="light", epochs=3,
                                    device="cuda", early_stopping=0))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     record = read_config_record(run_dir)
     assert "CUDA" in record["device"]
     expected = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -30,7 +30,7 @@ def test_cuda_and_cpu_agree_on_head_only_training(small_sample):
     accuracy = {}
     for device in ("cpu", "cuda"):
         run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="head", epochs=4, device=device))
-        accuracy[device] = train.run(run_dir)["val_acc"]
+        accuracy[device] = worker.run(run_dir)["val_acc"]
     # bf16 features differ slightly from fp32 ones; out of 32 cross-validated images, at most 2 may flip.
     assert abs(accuracy["cpu"] - accuracy["cuda"]) <= 2 / 32 + 1e-6
 
@@ -39,7 +39,7 @@ def test_out_of_memory_backs_off_and_says_so(small_sample, monkeypatch):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="all", probe_first=False, epochs=1,
                                    batch_size=16, image_size=64, device="cuda", early_stopping=0))
-    from tl_core.batches import PixelSource
+    from tl_core.fit.batches import PixelSource
 
     features = PixelSource.features
 
@@ -49,7 +49,7 @@ def test_out_of_memory_backs_off_and_says_so(small_sample, monkeypatch):
         return features(self, inputs)
 
     monkeypatch.setattr(PixelSource, "features", features_that_fit_only_4)
-    train.run(run_dir)
+    worker.run(run_dir)
     notices = [e["message"] for e in read_events(run_dir) if e["event"] == "notice"]
     assert any("batch size 16 does not fit" in m for m in notices)
     assert any("batch size 8 does not fit" in m for m in notices)
@@ -58,11 +58,11 @@ def test_out_of_memory_backs_off_and_says_so(small_sample, monkeypatch):
 
 
 def test_long_cuda_runs_use_channels_last(small_sample, monkeypatch):
-    from tl_core import strategy
+    from tl_core.fit import strategy
 
     monkeypatch.setattr(strategy, "CUDA_CHANNELS_LAST_MIN_PASSES", 32)
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-1", epochs=1, image_size=64,
                                    device="cuda", early_stopping=0))
-    train.run(run_dir)
+    worker.run(run_dir)
     assert read_config_record(run_dir)["channels_last"] is True

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tl_core.__main__ import main as cli
-from tl_core.datasets import load_dataset
-from tl_core.predict import Predictor
-from tl_core.runs import read_config, read_config_record, read_metrics
+from tl_core.data.datasets import load_dataset
+from tl_core.use.predict import Predictor
+from tl_core.ops.runs import read_config, read_config_record, read_metrics
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_grown_model_knows_the_new_class_and_keeps_the_old_ones(parent_and_new
 
 
 def test_a_single_new_class_is_enough_to_grow(parent_and_new, tmp_path):
-    from tl_core.grow import grow
+    from tl_core.use.grow import grow
 
     parent, new = parent_and_new
     shutil.rmtree(new / "Dress")  # only the new class: a folder of one class is what growing takes most
@@ -63,7 +63,7 @@ def test_a_single_new_class_is_enough_to_grow(parent_and_new, tmp_path):
 
 
 def test_the_old_images_features_are_reused_not_recomputed(parent_and_new, tmp_path, monkeypatch):
-    from tl_core import grow as grow_module
+    from tl_core.use import grow as grow_module
 
     parent, new = parent_and_new
     computed = []

@@ -20,10 +20,12 @@ from streamlit.testing.v1 import AppTest
 from apptest_support import open_page, plain
 from pages.ui import labels
 from pages.ui.text import literal
-from tl_core import backbones, datasets, runs
+from tl_core.models import backbones
+from tl_core.data import datasets
+from tl_core.ops import runs
 from tl_core.config import RunConfig
-from tl_core.sample_data import SAMPLE_DIR
-from tl_core.storage import atomic_write_json
+from tl_core.data.sample_data import SAMPLE_DIR
+from tl_core.ops.storage import atomic_write_json
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 

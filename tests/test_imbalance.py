@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from tl_core.config import ConfigError, RunConfig
-from tl_core.evaluate import classification_metrics
-from tl_core.imbalance import AUTO_FROM_RATIO, class_weighting
-from tl_core.probe import HeadFits
-from tl_core.runs import read_config_record, read_events, read_metrics
-from tl_core.tasks import Batch, Classification
+from tl_core.fit.metrics import classification_metrics
+from tl_core.fit.imbalance import AUTO_FROM_RATIO, class_weighting
+from tl_core.fit.probe import HeadFits
+from tl_core.ops.runs import read_config_record, read_events, read_metrics
+from tl_core.fit.tasks import Batch, Classification
 
 
 def test_weighting_is_off_when_classes_are_balanced_and_on_from_the_ratio():
@@ -95,16 +95,16 @@ def imbalanced(small_sample, tmp_path) -> Path:
 
 
 def test_a_run_on_imbalanced_images_weights_both_phases_and_says_so(imbalanced, tmp_path):
-    from tl_core import train
-    from tl_core.datasets import ingest_folder
-    from tl_core.runs import create_run
+    from tl_core import worker
+    from tl_core.data.datasets import ingest_folder
+    from tl_core.ops.runs import create_run
 
     dataset = ingest_folder(imbalanced)
     config = RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none", freeze="top-1",
                        epochs=1, image_size=64, val_fraction=0.25)
     task = Classification(config.label_smoothing)
     run_dir = create_run(config, run_dir=tmp_path / "run")
-    metrics = train.run(run_dir, task=task)
+    metrics = worker.run(run_dir, task=task)
     notices = [e["message"] for e in read_events(run_dir) if e["event"] == "notice" and e.get("kind") == "class_weights"]
     assert notices == ["classes weighted by 1/count: the largest class has 6× the smallest's images"]
     facts = read_config_record(run_dir)["class_weights"]
@@ -119,7 +119,7 @@ def test_a_run_on_imbalanced_images_weights_both_phases_and_says_so(imbalanced, 
     assert saved["val_balanced_acc"] == pytest.approx(sum(recalls) / len(recalls))
     assert metrics["val_balanced_acc"] == saved["val_balanced_acc"]
     off = create_run(config.replace(class_weights="off"), run_dir=tmp_path / "off")
-    train.run(off)
+    worker.run(off)
     assert not read_config_record(off)["class_weights"]["on"]
     assert "lean toward the bigger classes" in json.dumps(read_events(off))
 

@@ -15,9 +15,12 @@ import pytest
 import kind_tally
 from apptest_support import open_page, plain
 from pages.ui import kinds as app_kinds
-from tl_core import backbones, kinds, runs, spaces
+from tl_core import kinds
+from tl_core.models import backbones
+from tl_core.ops import runs
+from tl_core.ops import spaces
 from tl_core.config import RunConfig
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data.sample_data import SAMPLE_DIR
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs", "tally")
 
@@ -136,13 +139,13 @@ def multitask_kind(monkeypatch):
     if "multitask" not in {kind.name for kind in kinds.all_kinds()}:
         kinds.register(kinds.TaskKind(
             name="multitask", title="Several labels per image", summary="A labels table: a head per task.",
-            layout="images with a CSV labels table", fit="tl_core.train:run", ingest="tl_core.train:run",
-            evaluate="tl_core.train:run", predictor="tl_core.predict:Predictor", export="tl_core.export:export_run"))
+            layout="images with a CSV labels table", fit="tl_core.worker:run", ingest="tl_core.worker:run",
+            evaluate="tl_core.worker:run", predictor="tl_core.use.predict:Predictor", export="tl_core.use.export:export_run"))
 
 
 def test_the_multitask_kind_brings_its_labels_table_data_page(multitask_kind, small_sample, tmp_path, fake_jobs):
-    from tl_core.datasets.labels_table import ingest_labelled_folder
-    from tl_core.sample_data import write_fashion_task_table
+    from tl_core.data.datasets.labels_table import ingest_labelled_folder
+    from tl_core.data.sample_data import write_fashion_task_table
 
     at = open_page("pages/2_Data.py", task="multitask")
     assert "table_zip_upload" in [uploader.key for uploader in at.get("file_uploader")]

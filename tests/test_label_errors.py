@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from apptest_support import open_page, plain
-from tl_core import label_errors
-from tl_core.datasets import DatasetError, describe_changes, ingest_folder, load_dataset, new_version
-from tl_core.runs import RunFolder, read_config, read_metrics
+from tl_core.quality import label_errors
+from tl_core.data.datasets import DatasetError, describe_changes, ingest_folder, load_dataset, new_version
+from tl_core.ops.runs import RunFolder, read_config, read_metrics
 
 FLIPPED = "flipped_trouser.png"
 
@@ -151,8 +151,8 @@ def test_results_page_relabels_a_suspect_into_a_new_version_and_queues_a_run_on_
 def test_suspects_with_hostile_class_names_are_shown_as_text(_workspace):
     from test_hostile_names import HOSTILE, MARKDOWN_LINK, assert_no_link_from_names, hostile_run
 
-    from tl_core.datasets import ingest_files
-    from tl_core.sample_data import SAMPLE_DIR
+    from tl_core.data.datasets import ingest_files
+    from tl_core.data.sample_data import SAMPLE_DIR
 
     pngs = sorted((SAMPLE_DIR / "Bag").glob("*.png"))
     dataset = ingest_files([(f"{HOSTILE[k]}{i}.png", pngs[k * 4 + i].read_bytes(), HOSTILE[k])

@@ -4,9 +4,7 @@ import timm
 import torch
 from torch import nn
 
-from tl_core.layers import (
-    _MODE_SENSITIVE, apply_freeze, layer_groups, parse_freeze, set_train_mode,
-)
+from tl_core.models.layers import _MODE_SENSITIVE, apply_freeze, layer_groups, parse_freeze, set_train_mode
 
 MODELS = ["test_efficientnet", "test_resnet", "test_convnext", "test_vit", "test_byobnet"]
 

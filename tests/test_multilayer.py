@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tl_core import backbones, layers
-from tl_core.datasets import decode_images
-from tl_core.export import export_run
-from tl_core.multilayer import GRID, GRID_FROM, MultiLayerModel, build
-from tl_core.predict import Predictor
-from tl_core.probe import choose_features
+from tl_core.models import backbones, layers
+from tl_core.data.datasets import decode_images
+from tl_core.use.export import export_run
+from tl_core.models.multilayer import GRID, GRID_FROM, MultiLayerModel, build
+from tl_core.use.predict import Predictor
+from tl_core.fit.probe import choose_features
 
 
 def _sample_pixels(sample_dir, size=96, n=4):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tl_core import runs
+from tl_core.ops import runs
 from tl_core.config import RunConfig
-from tl_core.datasets import DatasetError, load_dataset
-from tl_core.datasets.labels_table import ingest_labelled_folder, ingest_labelled_zip
-from tl_core.sample_data import FASHION_GROUPS, FASHION_TAGS, write_fashion_task_table
+from tl_core.data.datasets import DatasetError, load_dataset
+from tl_core.data.datasets.labels_table import ingest_labelled_folder, ingest_labelled_zip
+from tl_core.data.sample_data import FASHION_GROUPS, FASHION_TAGS, write_fashion_task_table
 
 
 @pytest.fixture
@@ -122,8 +122,8 @@ def test_a_multitask_run_writes_the_whole_run_folder_contract(multitask_run):
 
 
 def test_thresholds_are_saved_and_used_by_predict_and_the_exported_bundle(multitask_run, labelled):
-    from tl_core.export import export_run
-    from tl_core.predict import Predictor
+    from tl_core.use.export import export_run
+    from tl_core.use.predict import Predictor
 
     labels = json.loads(runs.RunFolder(multitask_run).labels.read_text())
     tags = next(t for t in labels["tasks"] if t["name"] == "tags")
@@ -159,13 +159,13 @@ def test_evaluate_with_a_table_prints_per_task_metrics(multitask_run, labelled, 
 
 
 def test_fine_tuning_trains_every_head_and_the_shared_layers_jointly(labelled, _workspace):
-    from tl_core.datasets.labels_table import ingest_labelled_folder
-    from tl_core.train import run
+    from tl_core.data.datasets.labels_table import ingest_labelled_folder
+    from tl_core.worker import run
 
     dataset = ingest_labelled_folder(labelled, labelled / "labels.csv")
     run_dir = runs.create_run(RunConfig(dataset_dir=str(dataset.root), backbone="test_efficientnet", weights="none",
                                         freeze="all", epochs=2, batch_size=8, image_size=64, features="last",
-                                        extra={"task_weights": {"tags": 0.5}}))
+                                        task_weights={"tags": 0.5}))
     metrics = run(run_dir)
     events = runs.read_events(run_dir)
     tuned = [e for e in events if e["event"] == "epoch_end" and e["phase"] == "finetune"]

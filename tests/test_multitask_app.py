@@ -5,11 +5,11 @@ import shutil
 import pytest
 
 from apptest_support import open_page, plain
-from tl_core import runs
+from tl_core.ops import runs
 from tl_core.config import RunConfig
-from tl_core.datasets.labels_table import ingest_labelled_folder
-from tl_core.sample_data import write_fashion_task_table
-from tl_core.train import run
+from tl_core.data.datasets.labels_table import ingest_labelled_folder
+from tl_core.data.sample_data import write_fashion_task_table
+from tl_core.worker import run
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 

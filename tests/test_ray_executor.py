@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tl_core import datasets, executors, runs
+from tl_core.data import datasets
+from tl_core.ops import executors, runs
 from tl_core.config import RunConfig
 
 ray = pytest.importorskip("ray")

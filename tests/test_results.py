@@ -10,8 +10,9 @@ import pytest
 
 from apptest_support import open_page, plain
 from pages.ui import models, widgets
-from tl_core import evaluate, runs
-from tl_core.storage import atomic_write_json
+from tl_core.fit import metrics as evaluate
+from tl_core.ops import runs
+from tl_core.ops.storage import atomic_write_json
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 

@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from tl_core.callbacks import NanGuard, TrainingDiverged
+from tl_core.fit.callbacks import NanGuard, TrainingDiverged
 from tl_core.config import ConfigError, RunConfig
-from tl_core import runs, storage
-from tl_core.runs import EventReader, create_run, list_runs, read_status, request_stop, summarize
+from tl_core.ops import runs, storage
+from tl_core.ops.runs import EventReader, create_run, list_runs, read_status, request_stop
+from tl_core.ops.words import summarize
 
 
 def test_config_round_trips_and_rejects_bad_values_by_name():
@@ -159,7 +160,7 @@ def test_the_cli_the_app_and_runconfig_agree_on_every_setting():
 
 
 def test_progress_of_a_run_from_its_events():
-    from tl_core.runs import format_seconds, progress
+    from tl_core.ops.words import format_seconds, progress
 
     assert progress([], {"state": "running"})[0] == 0.0
     events = [{"event": "fit_start", "epochs": 10}]
@@ -179,12 +180,12 @@ def test_progress_of_a_run_from_its_events():
 
 def test_validation_is_recorded_as_data(small_sample):
     """How a run validated is data in metrics.json, not prose to parse; older runs' words still read."""
-    from tl_core import train
-    from tl_core.datasets import ingest_folder
-    from tl_core.runs import read_metrics, validation_kind
+    from tl_core import worker
+    from tl_core.data.datasets import ingest_folder
+    from tl_core.ops.runs import read_metrics, validation_kind
 
     run_dir = create_run(RunConfig(dataset_dir=str(ingest_folder(small_sample).root), epochs=1, image_size=64))
-    train.run(run_dir)
+    worker.run(run_dir)
     metrics = read_metrics(run_dir)
     assert metrics["validation_method"] == {"kind": "cv", "folds": 5, "seed": 0}
     assert validation_kind(metrics) == "cv"

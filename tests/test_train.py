@@ -12,11 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tl_core import runs, train
+from tl_core.ops import runs
+from tl_core import worker
+from tl_core.fit import loop
 from tl_core.config import RunConfig
-from tl_core.datasets import ingest_folder
-from tl_core.jobs import JobManager
-from tl_core.runs import create_run, read_events, read_status
+from tl_core.data.datasets import ingest_folder
+from tl_core.ops.jobs import JobManager
+from tl_core.ops.runs import create_run, read_events, read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ["config.json", "status.json", "events.jsonl", "metrics.json", "predictions.csv",
@@ -73,21 +75,21 @@ def test_finetune_trains_only_the_chosen_groups(small_sample):
     config = RunConfig(dataset_dir=str(dataset.root), freeze="top-1", augment="light", epochs=2,
                        image_size=96, batch_size=16, early_stopping=0)
     run_dir = create_run(config)
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     events = read_events(run_dir)
     phases = [e["phase"] for e in events if e["event"] == "epoch_end"]
-    assert phases == ["probe"] * train.PROBE_EPOCHS_BEFORE_FINETUNE + ["finetune"] * 2
+    assert phases == ["probe"] * loop.PROBE_EPOCHS_BEFORE_FINETUNE + ["finetune"] * 2
     assert any(e["event"] == "batch_end" and e.get("phase") == "finetune" for e in events)
     assert metrics["trainable_groups"][-1] == "head" and len(metrics["trainable_groups"]) == 2
 
-    from tl_core import backbones, layers
+    from tl_core.models import backbones, layers
 
     pretrained = backbones.create_model("efficientnet_lite0", 4, weights="embedded").state_dict()
     trained = load_file(run_dir / "model.safetensors")
     groups = layers.layer_groups(backbones.create_model("efficientnet_lite0", 4, weights="none"))
     frozen = [n for g in groups if g.name not in metrics["trainable_groups"] for n in g.param_names]
     assert frozen and all(torch.equal(trained[n], pretrained[n]) for n in frozen)
-    if metrics["best_epoch"] > train.PROBE_EPOCHS_BEFORE_FINETUNE:  # the best weights come from fine-tuning
+    if metrics["best_epoch"] > loop.PROBE_EPOCHS_BEFORE_FINETUNE:  # the best weights come from fine-tuning
         below_head = [n for n in groups[-2].param_names if n.endswith("weight")]
         assert any(not torch.equal(trained[n], pretrained[n]) for n in below_head)
 
@@ -151,7 +153,7 @@ def test_an_orphaned_running_run_is_marked_failed(small_sample, _workspace):
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root)))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from tl_core.runs import write_status
+    from tl_core.ops.runs import write_status
 
     write_status(run_dir, state="running", pid=dead.pid)
     JobManager(_workspace, background=False).tick()  # a new server finds the run
@@ -163,14 +165,14 @@ def test_a_bad_config_fails_with_a_clear_status(small_sample):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="no_such_group"))
     with pytest.raises(ValueError):
-        train.run(run_dir)
+        worker.run(run_dir)
     status = read_status(run_dir)
     assert status["state"] == "failed" and "no_such_group" in status["error"]
     assert read_events(run_dir)[-1]["event"] == "error"
 
 
 def test_tl_core_never_imports_streamlit():
-    code = ("import sys, tl_core.train, tl_core.jobs, tl_core.predict, tl_core.plots, tl_core.__main__;"
+    code = ("import sys, tl_core.worker, tl_core.ops.jobs, tl_core.use.predict, tl_core.plots, tl_core.__main__;"
             "print('streamlit' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -190,7 +192,7 @@ def test_finetune_starts_where_the_probe_ended(small_sample):
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="top-2", epochs=2, image_size=96,
                                    batch_size=8, early_stopping=0))
-    train.run(run_dir)
+    worker.run(run_dir)
     events = read_events(run_dir)
     probe_last = _epoch_ends(events, "probe")[-1]["train_loss"]
     first_batch = next(e for e in events if e["event"] == "batch_end" and e.get("phase") == "finetune")
@@ -206,7 +208,7 @@ def test_full_finetune_learns_on_real_images(sample_dir):
     dataset = ingest_folder(sample_dir)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="all", epochs=4, image_size=96,
                                    early_stopping=0))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     events = read_events(run_dir)
     probe, tuned = _epoch_ends(events, "probe"), _epoch_ends(events, "finetune")
     assert len(tuned) == 4
@@ -225,7 +227,7 @@ def test_a_diverging_finetune_restarts_lower_and_says_which_model_is_kept(small_
     dataset = ingest_folder(small_sample)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), freeze="all", lr=1.0, epochs=2,
                                    image_size=64, batch_size=8, early_stopping=0, warmup_epochs=0))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     assert read_status(run_dir)["state"] == "done"
     events = read_events(run_dir)
     diverged = [e for e in events if e["event"] == "notice" and e.get("kind") == "diverged"]
@@ -238,7 +240,7 @@ def test_a_diverging_finetune_restarts_lower_and_says_which_model_is_kept(small_
         assert kept["trainable_params"] < metrics["trainable_params"]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["kept"] == kept
-    from tl_core.model_card import model_card
+    from tl_core.use.model_card import model_card
 
     card = model_card(run_dir, "onnx")
     assert f"Weights kept: epoch {kept['epoch']} ({kept['phase']} phase), plan `{kept['plan']}`" in card
@@ -249,7 +251,7 @@ def test_a_diverging_finetune_restarts_lower_and_says_which_model_is_kept(small_
 def test_the_divergence_guard_limits(small_sample):
     from types import SimpleNamespace
 
-    from tl_core.callbacks import DivergenceGuard, PhaseDiverged
+    from tl_core.fit.callbacks import DivergenceGuard, PhaseDiverged
 
     guard = DivergenceGuard(over_chance=2.0, over_probe=4.0)
     fit = SimpleNamespace(classes=["a", "b", "c", "d"])
@@ -272,7 +274,7 @@ def test_a_class_of_one_image_trains_head_only(small_sample, tmp_path):
         extra.unlink()
     dataset = ingest_folder(data)
     run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), epochs=2, image_size=64))
-    metrics = train.run(run_dir)
+    metrics = worker.run(run_dir)
     # A few-shot set validates by leave-one-out; the lone Bag image cannot be scored, and that is said.
     assert metrics["validation"].startswith("leave-one-out") and "1 image alone" in metrics["validation"]
     assert metrics["n_train"] == 25 and metrics["n_val"] == 24 and metrics["val_acc"] > 0.5

@@ -92,28 +92,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _suspects(args) -> int:
-    from .label_errors import judge, suspects
+    from .quality.label_errors import judge, suspects
 
     print(json.dumps(judge(args.run_dir) if args.all else suspects(args.run_dir), indent=1))
     return 0
 
 
 def _suggest(args) -> int:
-    from .active import suggest
+    from .quality.active import suggest
 
     print(json.dumps(suggest(args.run_dir, args.pool, k=args.k, by=args.by, choice=args.choice), indent=1))
     return 0
 
 
 def _grow(args) -> int:
-    from . import train
-    from .callbacks import ConsoleProgress
-    from .grow import grow
-    from .runs import read_config_record
+    from . import worker
+    from .fit.callbacks import ConsoleProgress
+    from .use.grow import grow
+    from .ops.runs import read_config_record
 
     run_dir = grow(args.run_dir, args.data, args.name)
     print(f"run folder: {run_dir}", flush=True)
-    metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
+    metrics = worker.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
     old = read_config_record(run_dir)["old_classes"]
     print(f"done: validation accuracy {metrics['val_acc']:.1%}; the old classes' mean recall "
           f"{old['before']:.1%} before, {old['after']:.1%} after")
@@ -122,8 +122,8 @@ def _grow(args) -> int:
 
 
 def _rank(args) -> int:
-    from .datasets import ingest_folder
-    from .ranking import rank
+    from .data.datasets import ingest_folder
+    from .plan.ranking import rank
 
     candidates = None
     if args.backbones:
@@ -137,17 +137,17 @@ def _rank(args) -> int:
 
 
 def _train(args) -> int:
-    from .jobs import BUSY_EXIT, RunBusy, claim_run
-    from .runs import read_status
+    from .ops.jobs import BUSY_EXIT, RunBusy, claim_run
+    from .ops.runs import read_status
 
     if args.run_dir and not args.data:
         run_dir = Path(args.run_dir)
         try:
             # Claimed before torch is imported, so a second worker for this run exits at once.
             with claim_run(run_dir, on_wait=_say):
-                from . import train
+                from . import worker
 
-                train.run(run_dir)  # holds the claim already: no second wait
+                worker.run(run_dir)  # holds the claim already: no second wait
         except RunBusy as busy:
             print(f"error: {busy}", file=sys.stderr)
             return BUSY_EXIT
@@ -162,11 +162,11 @@ def _train(args) -> int:
     print(f"run folder: {run_dir}", flush=True)
     if args.prepare_only:
         return 0
-    from . import train
-    from .callbacks import ConsoleProgress
+    from . import worker
+    from .fit.callbacks import ConsoleProgress
 
     try:
-        metrics = train.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
+        metrics = worker.run(run_dir, extra_callbacks=[ConsoleProgress()], on_wait=_say)
     except Exception as error:
         print(f"error: {_failure(run_dir, error)}", file=sys.stderr)
         print(run_dir)
@@ -209,7 +209,7 @@ def _say(message: str) -> None:
 
 def _failure(run_dir: Path, error: BaseException) -> str:
     """Why the run failed: status.json's reason, else the error itself (a full disk may have kept it unsaved)."""
-    from .runs import read_status
+    from .ops.runs import read_status
 
     status = read_status(run_dir)
     if status.get("state") == "failed" and status.get("error"):
@@ -220,40 +220,27 @@ def _failure(run_dir: Path, error: BaseException) -> str:
 
 
 def _prepare_run(args) -> Path:
+    """The run folder of the command line's settings: the data ingested by its task kind (tl_core.kinds)."""
+    from . import kinds
     from .config import RunConfig, settings
-    from .datasets import ingest_or_reuse_folder
-    from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
-    from .runs import create_run
+    from .data.datasets import ingest_or_reuse_folder
+    from .data.datasets.unlabelled import ingest_unlabelled_or_reuse_folder
+    from .models.backbones import default_weights
+    from .ops.runs import create_run
 
-    if args.task != "classify":  # another task kind reads its own data layout (tl_core.kinds)
-        from . import kinds
-        from .backbones import default_weights
-
-        root = kinds.get(args.task).call("ingest", args.data)
-        config = RunConfig(dataset_dir=str(root), weights=args.weights or default_weights(args.backbone),
-                           **{name: getattr(args, name) for name in settings()})
-        return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
-    if args.labels:
-        from .datasets.labels_table import ingest_labelled_or_reuse_folder
-
-        train_set = ingest_labelled_or_reuse_folder(args.data, args.labels, tasks=_names(args.tasks))
-        for note in train_set.notes:
-            _say(f"note: {note}")
-        for refused in train_set.refused:
-            _say(f"refused: {refused['name']}: {refused['reason']}")
-    else:
-        train_set = ingest_or_reuse_folder(args.data)
+    # A labels table is passed on only when given: kinds that read none take no such keyword.
+    table = {"labels": args.labels, "tasks": _names(args.tasks), "report": _say} if args.labels else {}
+    root = kinds.get(args.task).call("ingest", args.data, **table)
     val_set = ingest_or_reuse_folder(args.val_data) if args.val_data else None
     target_set = ingest_unlabelled_or_reuse_folder(args.target_data) if args.target_data else None
     target_test = ingest_or_reuse_folder(args.target_test) if args.target_test else None
-    from .backbones import default_weights
-
-    weights = args.weights or default_weights(args.backbone)
-    config = RunConfig(dataset_dir=str(train_set.root), val_dataset_dir=str(val_set.root) if val_set else None,
-                       weights=weights, target_dir=str(target_set.root) if target_set else None,
+    config = RunConfig(dataset_dir=str(root), val_dataset_dir=str(val_set.root) if val_set else None,
+                       weights=args.weights or default_weights(args.backbone),
+                       target_dir=str(target_set.root) if target_set else None,
                        target_test_dir=str(target_test.root) if target_test else None,
-                       extra={"task_weights": _task_weights(args.task_weights)} if args.task_weights else {},
+                       task_weights=_task_weights(args.task_weights) if args.task_weights else {},
                        **{name: getattr(args, name) for name in settings()})
+    config = config.replace(task=kinds.kind_of(config).name)  # a labels table makes a multi-task run
     return create_run(config, run_dir=Path(args.new_run_dir) if args.new_run_dir else None)
 
 
@@ -272,79 +259,68 @@ def _task_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def _other_kind(run_dir: str):
-    """The run's task kind when it is not a classifier (those answer through tl_core.predict below), else None."""
-    from . import kinds
-    from .runs import read_config
-
-    task = read_config(Path(run_dir)).task
-    return kinds.get(task) if task != "classify" else None
-
-
 def _evaluate(args) -> int:
-    from .predict import evaluate_folder, evaluate_table
+    from . import kinds
 
-    kind = _other_kind(args.run_dir)
-    if kind is not None:
-        print(json.dumps(kind.call("evaluate", Path(args.run_dir), Path(args.data)), indent=2))
-        return 0
-
-    report = evaluate_table(args.run_dir, args.data, args.labels) if args.labels else \
-        evaluate_folder(args.run_dir, args.data)
-    print(json.dumps(report, indent=2))
+    labels = {"labels": args.labels} if args.labels else {}  # passed on only when given (see _prepare_run)
+    print(json.dumps(kinds.run_kind(args.run_dir).call("evaluate", Path(args.run_dir), Path(args.data), **labels),
+                     indent=2))
     return 0
 
 
 def _predict(args) -> int:
-    from .predict import Predictor
+    from . import kinds
 
-    kind = _other_kind(args.run_dir)
-    if kind is not None:
-        from .datasets import open_image
-
-        predictor = kind.call("predictor", Path(args.run_dir))
-        for image in args.images:
-            try:
-                answer = predictor.predict(open_image(image))
-            except Exception as error:  # one bad image never stops the others
-                answer = {"error": str(error)}
-            print(json.dumps({"image": image, **answer}) if args.json else f"{image}: {answer}")
-        return 0
-    predictor = Predictor(args.run_dir)
-    for image, top in zip(args.images, predictor.predict_files(args.images, top_k=args.top_k)):
-        if args.json:
-            print(json.dumps({"image": image, **top}))
-        elif "error" in top:
-            print(f"{image}: {top['error']}")
-        elif "tasks" in top:  # a multi-task model: each task's answer
-            print(f"{image}: " + "; ".join(
-                f"{name}: " + (", ".join(f"{t['label']} {t['prob']:.0%}" for t in answer["tags"]) or "no tag"
-                               if answer["kind"] == "multi-label" else
-                               f"{answer['top'][0]['label']} {answer['top'][0]['prob']:.1%}")
-                for name, answer in top["tasks"].items()))
-        else:
-            print(f"{image}: " + ", ".join(f"{t['label']} {t['prob']:.1%}" for t in top["top"]))
+    predictor = kinds.run_kind(args.run_dir).call("predictor", Path(args.run_dir))
+    for image, answer in zip(args.images, _answers(predictor, args.images, args.top_k)):
+        print(json.dumps({"image": image, **answer}) if args.json else f"{image}: {_in_words(answer)}")
     return 0
 
 
-def _export(args) -> int:
-    from .export import export_run
+def _answers(predictor, images: list[str], top_k: int) -> list[dict]:
+    """One answer per image ({"error": why} for one that cannot be read: it never stops the others). A
+    predictor that reads files in batches (a classifier's top_k classes) does so; others see one image at a time."""
+    if hasattr(predictor, "predict_files"):
+        return predictor.predict_files(images, top_k=top_k)
+    from .data.datasets import open_image
 
-    kind = _other_kind(args.run_dir)
-    if kind is not None:
-        print(json.dumps(kind.call("export", Path(args.run_dir), args.format,
-                                   Path(args.out) if args.out else None), indent=2))
-        return 0
-    report = export_run(args.run_dir, args.format, out_dir=args.out)
+    answers = []
+    for image in images:
+        try:
+            answers.append(predictor.predict(open_image(image)))
+        except Exception as error:  # one bad image never stops the others
+            answers.append({"error": str(error)})
+    return answers
+
+
+def _in_words(answer: dict) -> str:
+    """An answer on one line: each task's labels (a multi-task model), the top classes, or the answer as it is."""
+    if "error" in answer:
+        return str(answer["error"])
+    if "tasks" in answer:
+        return "; ".join(
+            f"{name}: " + (", ".join(f"{t['label']} {t['prob']:.0%}" for t in task["tags"]) or "no tag"
+                           if task["kind"] == "multi-label" else f"{task['top'][0]['label']} {task['top'][0]['prob']:.1%}")
+            for name, task in answer["tasks"].items())
+    if "top" in answer:
+        return ", ".join(f"{t['label']} {t['prob']:.1%}" for t in answer["top"])
+    return str(answer)
+
+
+def _export(args) -> int:
+    from . import kinds
+
+    report = kinds.run_kind(args.run_dir).call("export", Path(args.run_dir), args.format,
+                                               Path(args.out) if args.out else None)
     print(json.dumps(report, indent=2))
     return 0
 
 
 def _shift(args) -> int:
     from .adapt import measure_shift
-    from .backbones import default_weights
-    from .datasets import ingest_or_reuse_folder
-    from .datasets.unlabelled import ingest_unlabelled_or_reuse_folder
+    from .models.backbones import default_weights
+    from .data.datasets import ingest_or_reuse_folder
+    from .data.datasets.unlabelled import ingest_unlabelled_or_reuse_folder
 
     source, target = ingest_or_reuse_folder(args.data), ingest_unlabelled_or_reuse_folder(args.target_data)
     print(json.dumps(measure_shift(source.root, target.root, args.backbone, default_weights(args.backbone)), indent=2))
@@ -352,7 +328,8 @@ def _shift(args) -> int:
 
 
 def _runs(args) -> int:
-    from .runs import list_runs, summarize
+    from .ops.runs import list_runs
+    from .ops.words import summarize
 
     rows = [summarize(p) for p in list_runs()]
     if args.json:

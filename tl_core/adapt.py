@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import Callback, _changeable_state
+from .fit.callbacks import Callback, _changeable_state
 from .config import RunConfig
-from .tasks import Batch, Classification
+from .fit.tasks import Batch, Classification
 
 SHIFT_IMAGES_PER_SIDE = 200  # images a side the shift meter uses: enough for a stable 5-fold estimate
 ADABN_IMAGES = 128  # images a side AdaBN runs in one batch: each layer's statistics see the adapted layers before
@@ -95,10 +95,10 @@ def measure_shift(dataset_dir: str | Path, target_dir: str | Path, backbone: str
                   weights: str = "embedded", image_size: int | None = 96, seed: int = 0) -> dict:
     """The shift meter between two ingested datasets (labelled source, any target), before any training,
     with the typical images of each side as paths. (Images resized to `image_size` px to stay quick.)"""
-    from . import backbones
-    from .batches import normalizer
-    from .datasets import decode_images, load_dataset
-    from .storage import workspace_root
+    from .models import backbones
+    from .fit.batches import normalizer
+    from .data.datasets import decode_images, load_dataset
+    from .ops.storage import workspace_root
 
     source, target = load_dataset(dataset_dir), load_dataset(target_dir)
     model = backbones.create_model(backbone, len(source.classes), weights=weights)
@@ -232,14 +232,14 @@ class DomainAdversarial(Classification, Callback):
         return [self.domain_head] if self.domain_head is not None else []
 
     def on_fit_start(self, info, fit):
-        from .batches import PixelSource
+        from .fit.batches import PixelSource
 
         width = fit.model.num_features
         self.domain_head = nn.Sequential(nn.Linear(width, DANN_HIDDEN), nn.ReLU(), nn.Linear(DANN_HIDDEN, 1))
         self.domain_head.to(fit.device)
         pixels = self.adaptation.target.pixels
         self.target = PixelSource(fit.model, pixels, torch.zeros(len(pixels), dtype=torch.long),
-                                  fit.pixels.to_device, fit.pixels.augment)
+                                  fit.sources.pixels.to_device, fit.sources.pixels.augment)
 
     def on_phase_start(self, info, fit):
         if info.get("phase") == "finetune":
@@ -277,7 +277,7 @@ class DomainAdversarial(Classification, Callback):
         epoch, state = self.last
         fit.model.load_state_dict(state, strict=False)
         fit.best = {**fit.best, "epoch": epoch, "phase": "finetune"}
-        fit.val_probs_at.pop(epoch, None)
+        fit.progress.val_probs_at.pop(epoch, None)
         fit.extra_metrics.setdefault("target", {})["dann"] = {
             "kept_epoch": epoch, "reversal_weight": round(self.weight, 4),
             "domain_loss": round(float(self.domain_loss), 4) if self.domain_loss is not None else None}
@@ -294,8 +294,8 @@ class TargetImages:
 
 def load_target(config: RunConfig, classes: list[str], size: int, preprocess: dict) -> TargetImages:
     """The run's target images, decoded as its training images are; the labelled ones mapped to `classes`."""
-    from .datasets import decode_images, load_dataset
-    from .storage import workspace_root
+    from .data.datasets import decode_images, load_dataset
+    from .ops.storage import workspace_root
 
     def decode(paths):
         return decode_images(paths, size, preprocess["crop_pct"], preprocess["interpolation"],
@@ -329,11 +329,11 @@ class Adaptation(Callback):
         self.dann: DomainAdversarial | None = None
 
     def on_fit_start(self, info, fit):
-        self.target = load_target(self.config, fit.classes, fit.size, fit.preprocess)
-        to_device = fit.pixels.to_device
+        self.target = load_target(self.config, fit.classes, fit.net.size, fit.net.preprocess)
+        to_device = fit.sources.pixels.to_device
         src_idx = [fit.train_idx[i] for i in _sample(len(fit.train_idx), SHIFT_IMAGES_PER_SIDE, self.config.seed)]
         tgt_idx = _sample(len(self.target.pixels), SHIFT_IMAGES_PER_SIDE, self.config.seed)
-        source = pooled_features(fit.model, to_device, fit.pixels.pixels[src_idx], self.config.batch_size)
+        source = pooled_features(fit.model, to_device, fit.sources.pixels.pixels[src_idx], self.config.batch_size)
         target = pooled_features(fit.model, to_device, self.target.pixels[tgt_idx], self.config.batch_size)
         shift = shift_meter(source, target, fit.labels[src_idx].tolist(), fit.classes, self.config.seed)
         shift["typical_source"] = [str(fit.paths[src_idx[i]]) for i in shift["typical_source"]]
@@ -381,11 +381,11 @@ class Adaptation(Callback):
 
     def _apply(self, fit, model: nn.Module, method: str) -> None:
         if method == "adabn":
-            source = _normalised_sample(fit, fit.pixels.pixels[fit.train_idx])
+            source = _normalised_sample(fit, fit.sources.pixels.pixels[fit.train_idx])
             target = _normalised_sample(fit, self.target.pixels)
             self.record["adabn_layers"] = adapt_batchnorm(model, source, target)
         else:
-            target = pooled_features(model, fit.pixels.to_device, self.target.pixels, self.config.batch_size)
+            target = pooled_features(model, fit.sources.pixels.to_device, self.target.pixels, self.config.batch_size)
             self.record["alignment"] = fold_alignment(model.get_classifier(), _source_features(fit), target)
 
     def _quick_check(self, fit, before: dict) -> str:
@@ -441,7 +441,7 @@ def _probs(fit, pixels: torch.Tensor, model: nn.Module | None = None) -> torch.T
     out = []
     with torch.no_grad():
         for start in range(0, len(pixels), fit.config.batch_size):
-            out.append(model(fit.pixels.to_device(pixels[start:start + fit.config.batch_size])).float().softmax(1).cpu())
+            out.append(model(fit.sources.pixels.to_device(pixels[start:start + fit.config.batch_size])).float().softmax(1).cpu())
     return torch.cat(out)
 
 
@@ -450,14 +450,14 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _normalised_sample(fit, pixels: torch.Tensor) -> torch.Tensor:
-    return fit.pixels.to_device(pixels[_sample(len(pixels), ADABN_IMAGES, fit.config.seed)])
+    return fit.sources.pixels.to_device(pixels[_sample(len(pixels), ADABN_IMAGES, fit.config.seed)])
 
 
 def _source_features(fit) -> torch.Tensor:
     """The training images' pooled features as the kept model sees them (the probe's cache while the body is frozen)."""
-    if fit.features is not None and not fit.trains_on_images:
-        return fit.features.features_all[fit.train_idx].float().cpu()
-    return pooled_features(fit.model, fit.pixels.to_device, fit.pixels.pixels[fit.train_idx], fit.config.batch_size)
+    if fit.sources.features is not None and not fit.trains_on_images:
+        return fit.sources.features.features_all[fit.train_idx].float().cpu()
+    return pooled_features(fit.model, fit.sources.pixels.to_device, fit.sources.pixels.pixels[fit.train_idx], fit.config.batch_size)
 
 
 @dataclass

@@ -6,17 +6,17 @@ import json
 import re
 from dataclasses import dataclass, field
 
-AUGMENTATIONS = ("none", "light", "crop", "strong")  # what each does: tl_core/augment.py PRESETS
+AUGMENTATIONS = ("none", "light", "crop", "strong")  # what each does: tl_core/data/augment.py PRESETS
 SCHEDULES = ("cosine", "onecycle")
-BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/layers.py
+BN_POLICIES = ("eval", "frozen_eval", "train")  # what each means: tl_core/models/layers.py
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_BY_PLAN = {"head": 1e-3, "partial": 3e-4, "all": 1e-4}
 # When layers train, the head is first fitted on frozen features for this many epochs (milliseconds each),
-# before the epochs the user set: a fine-tune then starts from a good head (tl_core/train.py).
+# before the epochs the user set: a fine-tune then starts from a good head (tl_core/fit/loop.py).
 PROBE_EPOCHS_BEFORE_FINETUNE = 5
-FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/multilayer.py
+FEATURES = ("last", "multi-layer")  # what the head reads: tl_core/models/multilayer.py
 HEADS = ("logistic", "prototype")
-CLASS_WEIGHTS = ("auto", "on", "off")  # weighting of the loss by 1/class count: tl_core/imbalance.py  # how the probe fits the head: tl_core/probe.py, tl_core/prototypes.py
+CLASS_WEIGHTS = ("auto", "on", "off")  # weighting of the loss by 1/class count: tl_core/fit/imbalance.py  # how the probe fits the head: tl_core/fit/probe.py, tl_core/fit/prototypes.py
 # Domain adaptation to a run's target images (tl_core/adapt.py); one sentence each on when it helps.
 ADAPT_HELP = {
     "none": "train as usual; target images, when given, are only measured",
@@ -68,7 +68,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """One run. `freeze` says which layer groups train:
 
-    - "auto": the plan is measured on the images first (tl_core/auto_plan.py), then trained;
+    - "auto": the plan is measured on the images first (tl_core/plan/auto_plan.py), then trained;
     - "head": feature extraction, only the new classifier trains;
     - "top-N": the head and the N layer groups below it train;
     - "all": full fine-tune, every group trains;
@@ -76,8 +76,9 @@ class RunConfig:
     """
 
     dataset_dir: str
-    task: str = _setting("classify", str, "what the model learns: classify (a label per image), anomaly (spot "
-                         "what differs from good images), detect (boxes around objects); tl_core/kinds.py")
+    task: str = _setting("classify", str, "what the model learns: classify (a label per image), multitask (a "
+                         "label per task of a labels table), anomaly (spot what differs from good images), detect "
+                         "(boxes around objects); tl_core/kinds.py")
     val_dataset_dir: str | None = None
     target_dir: str | None = None  # unlabelled images of where the model will be used (an ingested dataset)
     target_test_dir: str | None = None  # labelled target images, used only to measure
@@ -119,8 +120,13 @@ class RunConfig:
     name: str = _setting("", str, "a name to find the run again")
     adapt: str = _setting("none", str, "domain adaptation to the target images (--target-data): "
                           + "; ".join(f"{k}: {v.split(':')[0]}" for k, v in ADAPT_HELP.items()), ADAPT_METHODS)
+    # Where a run comes from, and what it keeps of there (each read where it matters, named here once):
     parent_run: str | None = None  # the run this one was made from (a from-scratch baseline's pretrained twin)
-    extra: dict = field(default_factory=dict)
+    grown: bool = False  # the parent's model with new images or classes (tl_core/use/grow.py)
+    retrained_from: str | None = None  # the run whose likely label errors were fixed (tl_core/quality/label_errors.py)
+    task_weights: dict = field(default_factory=dict)  # a multi-task run's loss weight per task (default 1 each)
+    only_task: str | None = None  # one task of a labels table, trained alone (tl_core/use/compare.py)
+    separate_of: str | None = None  # the multi-task run that `only_task` run is compared with
 
     def __post_init__(self):
         if self.lr is None:
@@ -169,8 +175,26 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def extra(self) -> dict:
+        """The lineage fields that are set, by the names configs written before they were fields kept them under
+        (their "extra" table)."""
+        return {name: getattr(self, name) for name in _FORMERLY_EXTRA if getattr(self, name)}
+
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
+        """A RunConfig from to_dict's table; a config written before the lineage fields existed keeps them in
+        "extra" (a from-scratch baseline's twin as "baseline_of": its parent_run)."""
+        data = dict(data)
+        extra = dict(data.pop("extra", None) or {})
+        if "baseline_of" in extra:
+            baseline_of = extra.pop("baseline_of")
+            if data.get("parent_run") is None:
+                data["parent_run"] = baseline_of
+        unknown_extra = sorted(set(extra) - set(_FORMERLY_EXTRA))
+        if unknown_extra:
+            raise ConfigError(f"unknown setting(s) in extra: {', '.join(unknown_extra)}")
+        data = {**extra, **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -183,3 +207,6 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
         return cls.from_dict(json.loads(text))
+
+
+_FORMERLY_EXTRA = ("grown", "retrained_from", "task_weights", "only_task", "separate_of")

@@ -12,27 +12,27 @@ forward hooks would never fire: the gradients are averaged over the processes af
 
 Every rank trains on its own share of each epoch's images (`shard`), evaluates the whole validation set
 with the same weights, and sees the same numbers and the same STOP (`AgreeAcrossRanks`), so early
-stopping, the best checkpoint, the guards and a cancel decide alike everywhere. Rank 0 alone claims the
-run and writes its folder; the other ranks write their copies to a scratch folder that is thrown away.
+stopping, the best checkpoint, the guards and a cancel decide alike everywhere. The run's life is
+tl_core.worker's, as for one device: rank 0 alone claims the run, settles its plan (the Auto plan is
+measured there, on one device) and writes its folder; the other ranks train on the settled config and
+write their copies to a scratch folder that is thrown away.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import os
-import shutil
 import sys
-import tempfile
-import time
-import traceback
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 
-from .callbacks import (BestCheckpoint, Callback, CancelFit, DivergenceGuard, EarlyStopping, EventLog, NanGuard)
-from .devices import autocast_dtype
-from .runs import RunFolder, read_config, record_facts, write_status
-from .strategy import SingleDevice
+from . import worker
+from .fit.callbacks import Callback, CancelFit
+from .fit.strategy import SingleDevice
+from .models.devices import autocast_dtype
+from .ops.runs import read_config
 
 
 class FabricDDP(SingleDevice):
@@ -45,13 +45,14 @@ class FabricDDP(SingleDevice):
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         self.fabric = Fabric(accelerator="cuda" if use_cuda else "cpu", devices=local,
-                             num_nodes=max(1, world // local), strategy="ddp" if world > 1 else "auto")
+                             num_nodes=max(1, world // local), strategy=_ddp() if world > 1 else "auto")
         self.fabric.launch()
         self.device = self.fabric.device
         self.amp_dtype = autocast_dtype(self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.rank, self.world_size = self.fabric.global_rank, self.fabric.world_size
         self.is_main = self.rank == 0
+        self.agreement: AgreeAcrossRanks | None = None
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """Average the gradients over the processes (DDP's all-reduce), then the usual step."""
@@ -92,6 +93,26 @@ class FabricDDP(SingleDevice):
     def barrier(self) -> None:
         self.fabric.barrier()
 
+    def callbacks(self, stop_path: Path | None) -> list:
+        """First among the listeners: the agreement of the ranks (it also checks STOP, on rank 0's file)."""
+        self.agreement = AgreeAcrossRanks(self, stop_path)
+        return [self.agreement]
+
+    def facts(self) -> dict:
+        return {"distributed": {"world_size": self.world_size, "library": "lightning_fabric",
+                                "backend": "nccl" if self.device.type == "cuda" else "gloo"}}
+
+
+# The other ranks wait in a collective while rank 0 measures the Auto plan's candidates, which may take
+# longer than torch's default 30 minutes on a large set.
+PLAN_WAIT = timedelta(hours=24)
+
+
+def _ddp():
+    from lightning_fabric.strategies import DDPStrategy
+
+    return DDPStrategy(timeout=PLAN_WAIT)
+
 
 class AgreeAcrossRanks(Callback):
     """First among the callbacks: every rank sees the mean of the ranks' losses and accuracies and rank 0's
@@ -102,6 +123,11 @@ class AgreeAcrossRanks(Callback):
 
     def __init__(self, strategy: FabricDDP, stop_path: Path | None):
         self.strategy, self.stop_path = strategy, stop_path
+        self.fit = None  # the fit it last heard from, for the rank's report when the run ends
+
+    def __call__(self, event: str, info: dict, fit) -> None:
+        self.fit = fit if fit is not None else self.fit
+        super().__call__(event, info, fit)
 
     def on_fit_start(self, info, fit):
         self._stop()
@@ -137,72 +163,17 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def run(run_dir: str | Path) -> dict:
-    """Train the prepared run with every process torchrun started; rank 0 claims it and writes its folder."""
-    from .jobs import claim_run
-    from .train import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
-
+    """Train the prepared run with every process torchrun started: tl_core.worker's run, this strategy given
+    (the main process claims the run, settles its plan and writes its folder); each process then reports
+    the epoch it kept and a digest of its weights, which must agree."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    strategy = FabricDDP(config.device)
-    if not strategy.is_main:
-        return _follow(run_dir, config, strategy)
-    with claim_run(run_dir, on_wait=lambda message: print(message, flush=True)) as claim:
-        if not strategy.broadcast(not claim.cancelled):
-            return {}
-        log = fit = None
-        try:
-            write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
-            record_facts(run_dir, distributed={"world_size": strategy.world_size, "library": "lightning_fabric",
-                                               "backend": "nccl" if strategy.device.type == "cuda" else "gloo"})
-            log = EventLog(RunFolder(run_dir).events)
-            fit = Fit(config, run_dir, [AgreeAcrossRanks(strategy, RunFolder(run_dir).stop), log,
-                                        *_shared_callbacks(config, DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE)],
-                      strategy=strategy)
-            metrics = fit.run()
-        except CancelFit as stop:
-            fit.emit("cancelled", reason=str(stop))
-            fit.save()
-            write_status(run_dir, state="cancelled", ended=time.time())
-            _report(strategy, fit)
-            return {}
-        except Exception as error:
-            message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-            if log is not None:
-                log("error", {"message": message, "traceback": traceback.format_exc(limit=8)}, fit)
-            write_status(run_dir, state="failed", ended=time.time(), error=message)
-            raise
-        write_status(run_dir, state="done", ended=time.time())
-        _report(strategy, fit)
-        return metrics
-
-
-def _shared_callbacks(config, over_chance, over_probe) -> list:
-    return [DivergenceGuard(over_chance, over_probe), NanGuard(), BestCheckpoint(), EarlyStopping(config.early_stopping)]
-
-
-def _follow(run_dir: Path, config, strategy: FabricDDP) -> dict:
-    """A rank other than 0: the same fit, its files written to a scratch folder thrown away after."""
-    from .train import DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE, Fit
-
-    if not strategy.broadcast(None):
-        return {}
-    scratch = Path(tempfile.mkdtemp(prefix=f"tl_rank{strategy.rank}_"))
-    fit = Fit(config, scratch, [AgreeAcrossRanks(strategy, None),
-                                *_shared_callbacks(config, DIVERGED_OVER_CHANCE, DIVERGED_OVER_PROBE)], strategy=strategy)
-    try:
-        metrics = fit.run()
-    except CancelFit:
-        fit.save()
-        metrics = {}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    _report(strategy, fit)
+    strategy = FabricDDP(read_config(run_dir).device)
+    metrics = worker.run(run_dir, on_wait=lambda message: print(message, flush=True), strategy=strategy)
+    fit = strategy.agreement.fit if strategy.agreement is not None else None
+    if fit is not None and fit.model is not None:
+        best = (fit.best or {}).get("epoch")
+        print(f"rank {strategy.rank}: kept epoch {best}, weights {weights_digest(fit.model)}", flush=True)
     return metrics
-
-
-def _report(strategy: FabricDDP, fit) -> None:
-    best = (fit.best or {}).get("epoch") if fit is not None else None
-    print(f"rank {strategy.rank}: kept epoch {best}, weights {weights_digest(fit.model)}", flush=True)
 
 
 if __name__ == "__main__":

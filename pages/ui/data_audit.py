@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import datasets, plots
+from tl_core import plots
+from tl_core.data import datasets
 
 from pages.ui import labels, multitask_data, uploads, widgets
 from pages.ui.text import literal

@@ -1,6 +1,6 @@
 """Data that helps itself, on the Results page: recall per class and what was done about imbalance, the likely
-label errors to fix, and which unlabelled images to label next. Widgets only; tl_core.label_errors,
-tl_core.active and tl_core.datasets.versions do the work.
+label errors to fix, and which unlabelled images to label next. Widgets only; tl_core.quality.label_errors,
+tl_core.quality.active and tl_core.data.datasets.versions do the work.
 
 Not a page: app.py does not register it with st.navigation.
 """
@@ -12,7 +12,10 @@ import streamlit as st
 
 from pages.ui import gate, jobs, nav, widgets
 from pages.ui.text import literal
-from tl_core import active, datasets, label_errors, runs
+from tl_core.quality import active
+from tl_core.data import datasets
+from tl_core.quality import label_errors
+from tl_core.ops import runs
 
 SUSPECTS_SHOWN = 24
 COLUMNS = 4

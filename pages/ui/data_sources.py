@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import datasets
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data import datasets
+from tl_core.data.sample_data import SAMPLE_DIR
 
 from pages.ui import gate, labels, multitask_data, uploads, webcam, widgets
 from pages.ui.text import literal
@@ -87,7 +87,7 @@ def earlier_datasets() -> None:
     if use_col.button("Use this dataset", key="use_earlier"):
         uploads.use_dataset(earlier[chosen_root])
     if delete_col.button("Delete this dataset", key="delete_earlier", icon=":material/delete:"):
-        try:  # only one's own: tl_core.spaces refuses anyone else's, and one a live run needs
+        try:  # only one's own: tl_core.ops.spaces refuses anyone else's, and one a live run needs
             gate.space().delete_dataset(chosen_root)
         except widgets.USER_ERRORS + (OSError,) as error:
             widgets.show_error(error)

@@ -8,7 +8,7 @@ true at every server start, cleared only by a call to st.navigation) runs a deep
 switches the server to the router for good, so every later run of every session goes through app.py.
 
 On a laptop (no access code) everyone owns everything; on a shared server each signed-in user has their own
-space (tl_core.spaces) and a sign-in record (tl_core.identities) named by the link in the address bar and
+space (tl_core.ops.spaces) and a sign-in record (tl_core.ops.identities) named by the link in the address bar and
 bound to the browsers that gave the code (a cookie).
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ from contextlib import contextmanager
 import streamlit as st
 
 from pages.ui.text import literal
-from tl_core import attempts, identities, spaces
-from tl_core.storage import human_bytes, workspace_root
+from tl_core.ops import attempts
+from tl_core.ops import identities
+from tl_core.ops import spaces
+from tl_core.ops.storage import human_bytes, workspace_root
 
 ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
 TEACHER_CODE_ENV = "TL_STUDIO_TEACHER_CODE"

@@ -1,12 +1,14 @@
 """The Results page's "Grow this model": a zip of class folders adds classes or images to a finished
-classifier; only the head learns again (tl_core.grow)."""
+classifier; only the head learns again (tl_core.use.grow)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import streamlit as st
 
-from tl_core import datasets, grow, runs
+from tl_core.data import datasets
+from tl_core.use import grow
+from tl_core.ops import runs
 
 from pages.ui import gate, jobs, nav, widgets
 

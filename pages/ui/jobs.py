@@ -1,7 +1,7 @@
 """The queue that trains runs, as this user sees it, and the runs they may look at.
 
-One name for the pages: queue(). Underneath, tl_core.executors makes the server's one executor (the
-local worker queue, or Ray) and tl_core.spaces.UserQueue puts this user's name on what they submit.
+One name for the pages: queue(). Underneath, tl_core.ops.executors makes the server's one executor (the
+local worker queue, or Ray) and tl_core.ops.spaces.UserQueue puts this user's name on what they submit.
 """
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import devices, executors, runs, spaces
-from tl_core.storage import workspace_root
+from tl_core.models import devices
+from tl_core.ops import executors
+from tl_core.ops import runs
+from tl_core.ops import spaces
+from tl_core.ops.storage import workspace_root
 
 from pages.ui import gate
 

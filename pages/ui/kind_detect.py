@@ -13,10 +13,12 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui.text import literal
-from tl_core import kinds, runs
-from tl_core.datasets import DatasetError, ImageRefused, open_image
+from tl_core import kinds
+from tl_core.ops import runs
+from tl_core.data.datasets import DatasetError, ImageRefused, open_image
 from tl_core.detect import audit, editing, formats, plots
-from tl_core.storage import StorageFull
+from tl_core.ops.storage import StorageFull
+from tl_core.ops import words
 
 USER_ERRORS = (DatasetError, ValueError, FileNotFoundError, StorageFull, ImageRefused)
 EDITABLE = 300  # pictures listed in the box editor: it is for small sets
@@ -171,7 +173,7 @@ def _train_view(run_dir: str, live: bool = False) -> None:
         eta = ""
         if epochs:
             per_epoch = sum(e.get("seconds", 0) for e in epochs) / len(epochs)
-            eta = f", about {runs.format_seconds(per_epoch * (total - len(epochs)))} left"
+            eta = f", about {words.format_seconds(per_epoch * (total - len(epochs)))} left"
         st.progress(min(len(epochs) / total, 1.0), text=f"epoch {len(epochs)} of {total}{eta}")
         st.button("Stop", key=f"detect_stop::{run_dir}", on_click=runs.request_stop, args=(Path(run_dir),))
     else:

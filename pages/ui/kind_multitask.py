@@ -2,13 +2,13 @@
 
 Only data_section is its own: the Layers, Train, Results, Predict and Export pages are the classifier's,
 which read the tasks from the dataset and the run (pages/ui/multitask_data.py, multitask_results.py,
-tl_core.predict's task answers). Contract of this module: pages/ui/kinds.py.
+tl_core.use.predict's task answers). Contract of this module: pages/ui/kinds.py.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import datasets
+from tl_core.data import datasets
 
 from pages.ui import data_audit, multitask_data, session
 

@@ -9,7 +9,7 @@ where one is absent the step page draws its own body:
   data_section()            the Data page's body after the kind choice: ingest (the kind's own ingest, into
                             gate.space().data_workspace / "datasets", so a classroom user owns it), the audit,
                             and st.session_state["dataset_dir"] = the dataset folder (str). A reload keeps it
-                            only when the folder holds a manifest.json (tl_core.spaces.check_restored). It may
+                            only when the folder holds a manifest.json (tl_core.ops.spaces.check_restored). It may
                             set st.session_state["data_flash"] before st.rerun() to say what it did.
                             Absent: the class-folder Data page.
   layers_section()          the Layers page's body. Absent: the generic layer-group choice (the freeze plan).
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import kinds, runs
+from tl_core import kinds
+from tl_core.ops import runs
 
 CLASSIFY = "classify"
 SECTIONS = ("data", "layers", "train", "results", "predict", "export")
@@ -117,7 +118,7 @@ def of_run(run_dir) -> str:
 
 
 def class_folders(kind_name: str) -> bool:
-    """Whether the kind's datasets come from the class-folder Data page (tl_core.datasets, with classes), so the
+    """Whether the kind's datasets come from the class-folder Data page (tl_core.data.datasets, with classes), so the
     pages may show their classes, images and audit; a kind with its own data section keeps its own layout."""
     return section(kind_name, "data") is None
 

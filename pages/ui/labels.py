@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tl_core import backbones, runs
-from tl_core.datasets import Dataset
+from tl_core.models import backbones
+from tl_core.ops import runs
+from tl_core.data.datasets import Dataset
 
 from pages.ui import gate
+from tl_core.ops import words
 
 
 def dataset_label(dataset: Dataset) -> str:
@@ -27,7 +29,7 @@ def weights_label(weights: str) -> str:
 
 def run_label(run_dir) -> str:
     """Name, id, state and accuracy of a run (its owner's name first, for the teacher)."""
-    row = runs.summarize(Path(run_dir))
+    row = words.summarize(Path(run_dir))
     accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
     name = f"{row['name']} · " if row.get("name") else ""
     owner = runs.read_owner(Path(run_dir)) if gate.space().teacher else None

@@ -1,12 +1,13 @@
 """The Layers page's price of a freeze plan: trainable parameters, and the time per epoch estimated by timing one
-small batch on this computer (tl_core.plan_cost)."""
+small batch on this computer (tl_core.plan.plan_cost)."""
 from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import plan_cost, runs
+from tl_core.plan import plan_cost
 
 from pages.ui import jobs, models, nav, session
+from tl_core.ops import words
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -39,17 +40,17 @@ def cost_section(dataset, groups, trainable: set, n_classes: int) -> None:
     groups_col.metric("Groups that learn", f"{len(trainable)} of {len(groups)}", delta_arrow="off", delta_color="off",
                       delta=f"plan: {state.freeze}")
     if head_only and state.augment == "none":
-        time_col.metric("Estimated time", runs.format_seconds(cost["once_s"]), delta_arrow="off", delta_color="off",
+        time_col.metric("Estimated time", words.format_seconds(cost["once_s"]), delta_arrow="off", delta_color="off",
                         delta=f"{n_images} images at {state.image_size} px")
         st.write(f"Only the head learns, so each image goes through the frozen backbone **once** (about "
-                 f"{runs.format_seconds(cost['once_s'])}); after that an epoch takes well under a second. With "
+                 f"{words.format_seconds(cost['once_s'])}); after that an epoch takes well under a second. With "
                  "augmentation (next step) every epoch runs the images through again.")
     else:
-        time_col.metric("Estimated time per epoch", runs.format_seconds(epoch_s), delta_arrow="off",
+        time_col.metric("Estimated time per epoch", words.format_seconds(epoch_s), delta_arrow="off",
                         delta_color="off", delta=f"{n_train} + {n_val} images at {state.image_size} px")
         if cost["once_s"]:
             st.caption(f"Before the first epoch, every image goes once through the frozen layers (about "
-                       f"{runs.format_seconds(cost['once_s'])}), for the head's first fit and for the layers that "
+                       f"{words.format_seconds(cost['once_s'])}), for the head's first fit and for the layers that "
                        "never change.")
     on_gpu = "CUDA" in jobs.device_name()
     st.caption(f"An estimate, from timing one batch of {plan_cost.TIMING_BATCH} images on this computer's CPU"

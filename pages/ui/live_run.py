@@ -6,10 +6,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import plots, runs
+from tl_core import plots
+from tl_core.ops import runs
 
 from pages.ui import jobs, kinds, labels, nav, sidebar
 from pages.ui.text import literal
+from tl_core.ops import words
 
 PLOTTED = ("train_loss", "val_loss", "train_acc", "val_acc")  # drawn by the loss and accuracy figures
 
@@ -52,7 +54,7 @@ def _waiting(run_dir: str) -> None:
     position = jobs.queue().queue_position(Path(run_dir))
     where = f"in the queue (position {position})" if position else "for a free slot"
     wait_s = jobs.queue().expected_wait(Path(run_dir)) if position else None
-    where += f", expected to start in about {runs.format_seconds(wait_s)}" if wait_s else ""
+    where += f", expected to start in about {words.format_seconds(wait_s)}" if wait_s else ""
     st.info(f"Waiting {where}: another run is using {jobs.device_name()}. "
             "This one starts when it ends.", icon=":material/hourglass_top:")
 
@@ -67,7 +69,7 @@ def live_run(run_dir: str) -> None:
     events = read_run_events(run_dir)
     if status["state"] == "queued":
         _waiting(run_dir)
-    fraction, text = runs.progress(events, status)
+    fraction, text = words.progress(events, status)
     st.progress(fraction, text=text)
     notices = [e for e in events if e["event"] == "notice"]
     for notice in notices:
@@ -94,7 +96,7 @@ def finished_run(run_dir: str, status: dict) -> None:
     if status.get("state") == "done":
         metrics = runs.read_metrics(Path(run_dir)) or {}
         st.success(f"Finished: {headline(metrics, kinds.of_run(run_dir))} "
-                   f"(best epoch {metrics.get('best_epoch')}, {runs.format_seconds(metrics.get('wall_s'))}).",
+                   f"(best epoch {metrics.get('best_epoch')}, {words.format_seconds(metrics.get('wall_s'))}).",
                    icon=":material/check_circle:")
         for notice in events:
             if notice["event"] == "notice" and notice.get("kind") == "diverged":

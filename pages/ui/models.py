@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import backbones
-from tl_core.datasets import ImageRefused, open_image
-from tl_core.explain import explain_image
-from tl_core.predict import Predictor
+from tl_core.models import backbones
+from tl_core.data.datasets import ImageRefused, open_image
+from tl_core.use.explain import explain_image
+from tl_core.use.predict import Predictor
 
 EXPLAIN_DRAFT = 512  # heat maps and predictions decode big photos at about this size: memory stays small
 

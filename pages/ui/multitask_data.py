@@ -1,5 +1,5 @@
 """Several labels an image (a labels table) on the Data page: the upload of a zip holding the images and one
-CSV, and the audit per task. Widgets only; tl_core.datasets.labels_table and tl_core.multitask do the work.
+CSV, and the audit per task. Widgets only; tl_core.data.datasets.labels_table and tl_core.multitask do the work.
 
 Not a page: app.py does not register it with st.navigation.
 """
@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tl_core import multitask, plots
-from tl_core.datasets.labels_table import ingest_labelled_zip
+from tl_core import multitask
+from tl_core import plots
+from tl_core.data.datasets.labels_table import ingest_labelled_zip
 
 from pages.ui import uploads
 from pages.ui.text import literal

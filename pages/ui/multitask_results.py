@@ -1,6 +1,6 @@
 """A multi-task run on the Results page: its tasks side by side, their curves, whether sharing one backbone
 helped each task (against a model per task), and the task the rest of the page shows. Widgets only;
-tl_core.multitask and tl_core.compare do the work.
+tl_core.multitask and tl_core.use.compare do the work.
 
 Not a page: app.py does not register it with st.navigation.
 """
@@ -13,7 +13,10 @@ import streamlit as st
 
 from pages.ui import jobs, widgets
 from pages.ui.text import literal
-from tl_core import compare, multitask, plots, runs
+from tl_core import multitask
+from tl_core import plots
+from tl_core.use import compare
+from tl_core.ops import runs
 
 
 def _start_separate(run_dir: Path) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import advice, auto_plan, evaluate, plots, runs
+from tl_core import plots
+from tl_core.use import advice
+from tl_core.plan import auto_plan
+from tl_core.fit import metrics as evaluate
+from tl_core.ops import runs
 
 from pages.ui import data_quality, labels, target_domain
 from pages.ui.text import literal
+from tl_core.ops import words
 
 
 def headline_section(run_dir, metrics: dict, events: list[dict]) -> None:
@@ -31,8 +36,8 @@ def headline_section(run_dir, metrics: dict, events: list[dict]) -> None:
     f1_col.metric("Macro F1", f"{metrics.get('macro_f1', 0):.3f}", help="F1 averaged over classes, each counting the same")
     loss_col.metric("Validation loss", f"{metrics.get('val_loss', float('nan')):.3f}")
     epoch_col.metric("Best epoch", f"{metrics.get('best_epoch', '–')} of {metrics.get('epochs_run', '–')}")
-    time_col.metric("Training time", runs.format_seconds(metrics.get("wall_s"), short=True),
-                    help=runs.format_seconds(metrics.get("wall_s")))
+    time_col.metric("Training time", words.format_seconds(metrics.get("wall_s"), short=True),
+                    help=words.format_seconds(metrics.get("wall_s")))
     speed_col.metric("Images per second", f"{metrics.get('images_per_s', 0):,.0f}",
                      help="Training images processed per second")
     data_quality.imbalance_headline(metrics)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tl_core import evaluate, multitask, plots, runs
+from tl_core import multitask
+from tl_core import plots
+from tl_core.fit import metrics as evaluate
+from tl_core.ops import runs
 
 from pages.ui import data_quality, models, multitask_results, widgets
 from pages.ui.text import literal

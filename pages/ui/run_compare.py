@@ -1,5 +1,5 @@
 """The Runs page's side by side: two or more runs' settings (those that differ highlighted), what transfer
-bought when one is the other's from-scratch twin, and their curves overlaid (tl_core.compare)."""
+bought when one is the other's from-scratch twin, and their curves overlaid (tl_core.use.compare)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +7,20 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tl_core import compare, plots, runs
+from tl_core import plots
+from tl_core.use import compare
+from tl_core.ops import runs
 
 from pages.ui import labels
 from pages.ui.text import literal
+from tl_core.ops import words
 
 HIGHLIGHT = "background-color: rgba(255, 170, 0, 0.25)"  # a setting that differs
 
 
 def short_name(run_dir: str) -> str:
     """A legend entry: the run's name (or id), where its weights came from and what learnt."""
-    row = runs.summarize(Path(run_dir))
+    row = words.summarize(Path(run_dir))
     return f"{row['name'] or row['run_id']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
 
 
@@ -30,7 +33,7 @@ def shown(setting: str, value) -> str:
     if setting in ("macro_f1", "val_loss"):
         return f"{value:.3f}"
     if setting == "wall_s":
-        return runs.format_seconds(value)
+        return words.format_seconds(value)
     if setting == "weights":
         return labels.weights_label(value)
     if isinstance(value, float):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones
+from tl_core.models import backbones
 from tl_core.config import defaults, recommended_lr
-from tl_core.datasets import Dataset, DatasetError, load_dataset
+from tl_core.data.datasets import Dataset, DatasetError, load_dataset
 
 from pages.ui import config_form, gate, kinds, models
 

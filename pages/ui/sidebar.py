@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import runs
+from tl_core.ops import runs
 
 from pages.ui import gate, jobs, kinds, labels, session
 from pages.ui.text import code, literal

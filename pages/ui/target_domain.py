@@ -12,8 +12,8 @@ import streamlit as st
 from pages.ui import gate, uploads, widgets
 from pages.ui.text import literal
 from tl_core.config import ADAPT_HELP, ADAPT_METHODS
-from tl_core.datasets import load_dataset
-from tl_core.datasets.unlabelled import ingest_unlabelled_files, ingest_unlabelled_zip
+from tl_core.data.datasets import load_dataset
+from tl_core.data.datasets.unlabelled import ingest_unlabelled_files, ingest_unlabelled_zip
 
 TYPICAL_WIDTH = 72
 

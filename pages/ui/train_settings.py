@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import augment as augment_preview
+from tl_core.data import augment as augment_preview
 from tl_core.config import AUGMENTATIONS, CLASS_WEIGHTS, PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 
 from pages.ui import config_form, jobs, kinds, target_domain, widgets

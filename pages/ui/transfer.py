@@ -1,12 +1,14 @@
 """The Results page's "Did pretraining help?": the same network trained from random weights on the same
-images and budget, and what the pretrained weights brought (tl_core.compare)."""
+images and budget, and what the pretrained weights brought (tl_core.use.compare)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import streamlit as st
 
-from tl_core import compare, plots, runs
+from tl_core import plots
+from tl_core.use import compare
+from tl_core.ops import runs
 
 from pages.ui import jobs, labels, nav, widgets
 from pages.ui.text import literal

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import datasets
+from tl_core.data import datasets
 
 from pages.ui import gate, labels, widgets
 from pages.ui.text import literal

@@ -1,11 +1,12 @@
 """The Data page's webcam: each picture is guessed at once by prototypes of the pictures kept so far
-(tl_core.prototypes.LiveClassifier, one per session), so a user sees the classes take shape as they shoot."""
+(tl_core.fit.prototypes.LiveClassifier, one per session), so a user sees the classes take shape as they shoot."""
 from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import datasets, prototypes
-from tl_core.datasets import ImageRefused, open_image
+from tl_core.data import datasets
+from tl_core.fit import prototypes
+from tl_core.data.datasets import ImageRefused, open_image
 
 from pages.ui import uploads
 from pages.ui.text import literal

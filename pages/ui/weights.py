@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones
+from tl_core.models import backbones
 
 from pages.ui import labels, widgets
 from pages.ui.text import code, literal

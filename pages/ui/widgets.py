@@ -6,10 +6,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, plots, runs
+from tl_core import plots
+from tl_core.models import backbones
+from tl_core.ops import runs
 from tl_core.config import ConfigError
-from tl_core.datasets import DatasetError, ImageRefused, open_image
-from tl_core.storage import StorageFull
+from tl_core.data.datasets import DatasetError, ImageRefused, open_image
+from tl_core.ops.storage import StorageFull
 
 from pages.ui import jobs, labels, nav, sidebar
 from pages.ui.text import literal

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tl_core.datasets.images import ImageRefused, open_image
+from tl_core.data.datasets.images import ImageRefused, open_image
 from tl_core.detect.formats import BoxSet
 
 MIN_BOX_PX = 1.0  # at the input size: a box thinner than a pixel teaches nothing

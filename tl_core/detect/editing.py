@@ -7,9 +7,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tl_core.datasets.ingest import _new_id
+from tl_core.data.datasets.ingest import _new_id
 from tl_core.detect.formats import PREFIX, RECORD, _datasets_dir, _store, load_boxset
-from tl_core.storage import atomic_write_json, read_json
+from tl_core.ops.storage import atomic_write_json, read_json
 
 
 def new_boxset(pictures: list[tuple[str, bytes]], classes: list[str], name: str = "drawn",

@@ -7,7 +7,7 @@ Before the file is kept, ONNX Runtime runs it on the run's held-out pictures: ev
 above the shown score must be found again (same class, IoU ≥ MIN_IOU, score within SCORE_TOLERANCE) and
 ONNX Runtime must find none that tl_core does not; otherwise nothing is kept (ExportMismatch).
 The bundle: model.onnx, labels.json, preprocess.json, verification.json, MODEL_CARD.md and
-predict_example.py, a standalone program that draws the boxes (tl_core/bundle/detect_predict_example.py).
+predict_example.py, a standalone program that draws the boxes (tl_core/use/bundle/detect_predict_example.py).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from tl_core.detect.predict import SCORE_THRESHOLD, DetectPredictor
-from tl_core.runs import RunFolder
-from tl_core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from tl_core.ops.runs import RunFolder
+from tl_core.ops.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 MODEL_FILE = "model.onnx"
 PROGRAM = Path(__file__).resolve().parent.parent / "bundle" / "detect_predict_example.py"
@@ -137,7 +137,7 @@ def verify(model_path: str | Path, predictor: DetectPredictor, pixels: torch.Ten
 
 def _held_out_pixels(run_dir: Path, predictor: DetectPredictor) -> torch.Tensor:
     """The run's validation pictures (never trained on) at the input size."""
-    from tl_core.datasets.images import open_image
+    from tl_core.data.datasets.images import open_image
     from tl_core.detect.batches import resize_picture
 
     record = read_json(RunFolder(run_dir).detections) or {}

@@ -3,7 +3,7 @@
 Top to bottom: load the box dataset once at the input size and hold out validation pictures; choose the
 layers that train (measured when freeze="auto"); train with AdamW under a warm-up + cosine schedule, AMP on
 CUDA; after each epoch measure validation mAP@50 and keep the best epoch's weights; write the run's outputs.
-Events go out through `emit` (the closed list of tl_core.callbacks.EVENTS); the STOP file answers there as
+Events go out through `emit` (the closed list of tl_core.fit.callbacks.EVENTS); the STOP file answers there as
 CancelFit. A loss that blows up restarts training once from the first weights at a tenth of the rate, as the
 classifier's loop does, and fails with advice the second time.
 """
@@ -17,16 +17,16 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from tl_core import layers
-from tl_core.backbones import architecture
-from tl_core.callbacks import CancelFit, TrainingDiverged
-from tl_core.devices import autocast_dtype, describe, pick_device
+from tl_core.models import layers
+from tl_core.models.backbones import architecture
+from tl_core.fit.callbacks import CancelFit, TrainingDiverged
+from tl_core.models.devices import autocast_dtype, describe, pick_device
 from tl_core.detect import augment, batches
 from tl_core.detect.evaluate import box_metrics, map_scores
 from tl_core.detect.formats import load_boxset
 from tl_core.detect.model import build, frozen_body_outputs, given_stages, layer_groups
-from tl_core.runs import RunFolder, record_facts, stop_requested
-from tl_core.storage import atomic_write_bytes, atomic_write_json
+from tl_core.ops.runs import RunFolder, record_facts, stop_requested
+from tl_core.ops.storage import atomic_write_bytes, atomic_write_json
 
 DEFAULT_IMAGE_SIZE = 192  # small objects survive it; a CPU trains 100 pictures an epoch in seconds
 HEAD_LR = 1e-3  # the new pyramid and detection head; trained backbone layers take BACKBONE_LR_RATIO of it

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from tl_core.datasets.images import ImageRefused, open_image
-from tl_core.datasets.ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, _check_archive_limits,
+from tl_core.data.datasets.images import ImageRefused, open_image
+from tl_core.data.datasets.ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, _check_archive_limits,
                                      _fingerprint, _is_clutter, _new_id, _published_or_removed, _walk_folder,
                                      _zip_tree)
-from tl_core.datasets.store import DatasetError
-from tl_core.storage import atomic_write_json, read_json, workspace_root
+from tl_core.data.datasets.store import DatasetError
+from tl_core.ops.storage import atomic_write_json, read_json, workspace_root
 
 RECORD = "boxes.json"  # the dataset's record (a dataset file, not a run file)
 PREFIX = "detect-"

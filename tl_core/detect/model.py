@@ -2,10 +2,10 @@
 
 torchvision composes detectors (FCOS(backbone, num_classes, anchor_generator=...)); the backbone here is any
 timm model that answers `forward_intermediates` (nearly all CNNs of timm 1.x), built through
-tl_core.backbones so the embedded EfficientNet-Lite0 weights load offline. The classifier's own model is kept
+tl_core.models.backbones so the embedded EfficientNet-Lite0 weights load offline. The classifier's own model is kept
 (pruned after its last used stage) rather than timm's `features_only` wrapper, because the wrapper drops
 `group_matcher`: through it the detector answers the same layer-group question as a classifier
-(tl_core.layers), with the pyramid and the detection head as the "head" group that always trains.
+(tl_core.models.layers), with the pyramid and the detection head as the "head" group that always trains.
 
 Loss (sigmoid focal, GIoU, centre-ness), box coding and NMS are torchvision's. Images reach the model already
 resized to a square `image_size` (tl_core.detect.batches), so torchvision's own resize is the identity.
@@ -24,7 +24,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from tl_core.backbones import architecture_for, create_model
+from tl_core.models.backbones import architecture_for, create_model
 
 PYRAMID_CHANNELS = 64  # small sets and CPUs: torchvision's 256 channels quadruple the head's cost for nothing
 STAGES = 3  # strides 8, 16, 32 (then P6, P7 from the pyramid): objects of ~8 px to the whole picture
@@ -89,7 +89,7 @@ class Detector(FCOS):
 
     def group_matcher(self, coarse: bool = True):
         """timm's matcher of the body, its patterns moved under "backbone.body.": the body's groups in order,
-        everything else (pyramid and detection head) unmatched, so last: the group tl_core.layers calls "head"."""
+        everything else (pyramid and detection head) unmatched, so last: the group tl_core.models.layers calls "head"."""
         inner = self.backbone.body.group_matcher(coarse=coarse)
         if callable(inner):
             return lambda name: inner(name[len(BODY):]) if name.startswith(BODY) else (math.inf,)
@@ -97,11 +97,11 @@ class Detector(FCOS):
 
 
 def layer_groups(model: Detector) -> list:
-    """tl_core.layers' groups of the detector, named as the classifier's groups of the same backbone
+    """tl_core.models.layers' groups of the detector, named as the classifier's groups of the same backbone
     ("stem", "blocks.3", ..., "head"), so a plan chosen on the Layers page means the same layers here."""
     from dataclasses import replace
 
-    from tl_core import layers
+    from tl_core.models import layers
 
     return [replace(group, name=group.name.removeprefix(BODY)) for group in layers.layer_groups(model)]
 
@@ -127,7 +127,7 @@ def build(backbone: str, num_classes: int, weights: str, image_size: int) -> Det
 
 
 def _assemble(body: nn.Module, num_classes: int, image_size: int) -> Detector:
-    from tl_core.backbones import data_config
+    from tl_core.models.backbones import data_config
 
     preprocess = data_config(body)
     pyramid = TimmPyramid(body)

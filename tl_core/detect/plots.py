@@ -8,8 +8,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from tl_core.runs import RunFolder, read_events
-from tl_core.storage import read_json
+from tl_core.ops.runs import RunFolder, read_events
+from tl_core.ops.storage import read_json
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990"]
 TRUTH = "#ffffff"

@@ -13,8 +13,8 @@ from PIL import Image
 
 from tl_core.detect import batches
 from tl_core.detect.model import rebuild
-from tl_core.runs import RunFolder
-from tl_core.storage import read_json
+from tl_core.ops.runs import RunFolder
+from tl_core.ops.storage import read_json
 
 SCORE_THRESHOLD = 0.3  # boxes below it are not shown by default (the app's slider moves it)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tl_core.sample_data import SAMPLE_DIR
+from tl_core.data.sample_data import SAMPLE_DIR
 
 SAMPLE_CLASSES = ("Trouser", "Bag", "Sneaker")
 FORMATS = ("coco", "yolo", "voc")
