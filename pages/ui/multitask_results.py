@@ -44,10 +44,10 @@ def section(run_dir: Path, metrics: dict, events: list[dict], status: dict) -> s
 
 def _sharing(run_dir: Path, metrics: dict) -> None:
     st.subheader("Did sharing one backbone help?")
-    extra = runs.read_config_record(run_dir).get("config", {}).get("extra", {})
-    if extra.get("separate_of"):
-        st.caption(literal(f"This run trained the task {extra['only_task']} alone, to compare with the "
-                                  f"shared model {extra['separate_of']}."))
+    config = runs.read_config(run_dir)  # reads older runs' "extra" too
+    if config.separate_of:
+        st.caption(literal(f"This run trained the task {config.only_task} alone, to compare with the "
+                           f"shared model {config.separate_of}."))
         return
     twins = compare.find_separate_models(run_dir)
     if not twins:
