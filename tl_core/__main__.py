@@ -173,7 +173,9 @@ def _train(args) -> int:
         return 1
     state = read_status(run_dir).get("state")
     if metrics:
-        if metrics.get("validation_method", {}).get("kind") == "none":
+        if "summary" in metrics:  # a task kind's own words for its result (tl_core.kinds)
+            print(f"{state}: {metrics['summary']}")
+        elif metrics.get("validation_method", {}).get("kind") == "none":
             print(f"{state} in {metrics['wall_s']:.1f} s, not validated: {metrics['validation']}")
         else:
             print(f"{state}: validation accuracy {metrics['val_acc']:.1%} in {metrics['wall_s']:.1f} s")

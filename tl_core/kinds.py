@@ -77,6 +77,7 @@ def resolve(target: str):
 
 # The modules of the kinds that ship with the studio; each registers its kind(s) when imported.
 BUILTIN = (
+    "tl_core.anomaly.kind",
 )
 
 

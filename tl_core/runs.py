@@ -49,6 +49,13 @@ class RunFolder:
     plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
     candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
     owner = property(lambda self: self.path / "owner.json", doc="who started the run, on a classroom server")
+    threshold = property(lambda self: self.path / "threshold.json",
+                         doc="an anomaly run's decision threshold: value, how it was set, in words")
+    scores = property(lambda self: self.path / "scores.csv",
+                      doc="an anomaly run's score of every image it saw: good (held out by leave-one-out) and labelled")
+    exports = property(lambda self: self.path / "export", doc="the export bundles, a folder per format")
+    anomaly_maps = property(lambda self: self.path / "anomaly_maps.npy",
+                            doc="an anomaly run's heat maps of its labelled images, a row per scores.csv test row")
 
 
 LOCK_FILE = RunFolder(".").lock.name
