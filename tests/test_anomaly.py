@@ -264,3 +264,42 @@ def test_read_test_folder_lists_masks_that_match_no_image(brick, tmp_path):
     samples, refused, notes = read_test_folder(category / "test")
     assert len(samples) == 6 + 16 and sum(s.mask is not None for s in samples) == 16
     assert refused == [{"name": "ground_truth/hole/777_mask.png", "reason": "mask not used: no test image of that name"}]
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_onnx_export_matches_tl_core_and_its_program_runs(anomaly_run, brick, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import onnxruntime
+
+    from tl_core.anomaly.predict import AnomalyPredictor
+
+    report = json.loads(_cli_json(capsys, "export", str(anomaly_run), "--format", "onnx", "--out", str(tmp_path / "b")))
+    assert report["verified"] and report["max_score_diff"] <= 1e-3 and report["same_verdicts"] == 8
+    # an independent check on images the export never saw: a defect, a good one, another size
+    images = [brick / "test" / "stain" / "001.png", brick / "test" / "good" / "003.png"]
+    wide = tmp_path / "wide.png"
+    Image.open(brick / "test" / "scratch" / "002.png").resize((300, 180)).save(wide)
+    images.append(wide)
+    predictor = AnomalyPredictor(anomaly_run)
+    session = onnxruntime.InferenceSession(report["path"])
+    for path in images:
+        from tl_core.anomaly.features import image_to_pixels
+
+        onnx_score, onnx_map = session.run(None, {"pixels": image_to_pixels(Image.open(path), 128).numpy()})
+        score, heat = predictor.score_images([Image.open(path).convert("RGB")])
+        assert abs(float(onnx_score[0]) - float(score[0])) <= 1e-3
+        assert np.abs(onnx_map - heat).max() <= 1e-2
+    maps = tmp_path / "maps"
+    done = subprocess.run([sys.executable, report["program"], "--json", "--maps", str(maps), *map(str, images)],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    answers = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    expected = [predictor.predict(Image.open(path)) for path in images]
+    for answer, want in zip(answers, expected):
+        assert abs(answer["score"] - want["score"]) <= 1e-3 and answer["anomalous"] == want["anomalous"]
+        assert Image.open(answer["map"]).size == Image.open(answer["image"]).size
+    assert answers[0]["anomalous"] and not answers[1]["anomalous"]
+    assert len({a["map"] for a in answers}) == 3

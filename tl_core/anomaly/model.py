@@ -30,7 +30,10 @@ class AnomalyModel(torch.nn.Module):
         features = self.extractor(pixels)
         batch, dims, height, width = features.shape
         flat = features.permute(0, 2, 3, 1).reshape(-1, dims)
-        nearest = patch_distances(flat, self.bank).min(dim=1).values
+        # the matrix product finds the nearest bank patch; its distance is then measured directly, because the
+        # product's form loses precision on small distances (and would differ between runtimes there)
+        nearest_index = patch_distances(flat, self.bank).argmin(dim=1)
+        nearest = (flat - self.bank[nearest_index]).norm(dim=1)
         return nearest.reshape(batch, height, width)
 
     def smooth_map(self, patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
