@@ -157,6 +157,14 @@ def ingest_anomaly_zip(data: bytes, name: str = "archive", workspace: Path | Non
                               workspace)
 
 
+def ingest_anomaly_tree(files: list[tuple], name: str = "upload", workspace: Path | None = None):
+    """Ingest a folder upload: (path below the chosen folder, bytes) pairs, read in any of the three layouts."""
+    tree = [_File(path, tuple(p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".", "..")),
+                  partial(bytes, data)) for path, data, *_ in files]
+    return _ingest_layout(read_layout(tree), name, {"kind": "upload", "files": len(files), "anomaly": True},
+                          workspace)
+
+
 def ingest_anomaly_files(good: list[tuple], defects: list[tuple] = (), masks: list[tuple] = (),
                          name: str = "upload", workspace: Path | None = None):
     """Ingest uploads: good (file name, bytes); defects (file name, bytes, defect type); masks (file name,

@@ -129,3 +129,14 @@ def _save_atomically(path: Path, array: np.ndarray) -> None:
 
     with atomic_file(path, size_hint=array.nbytes) as f:
         np.save(f, array)
+
+
+def stages(backbone: str) -> list[dict]:
+    """The backbone's stages a bank can read: index, stride (px per feature cell) and channels."""
+    import timm
+
+    body = timm.create_model(backbones.architecture_for(backbone, backbones.default_weights(backbone)),
+                             pretrained=False, num_classes=0)
+    info = body.feature_info if isinstance(body.feature_info, list) else body.feature_info.get_dicts()
+    return [{"index": i, "stride": int(stage["reduction"]), "channels": int(stage["num_chs"])}
+            for i, stage in enumerate(info)]

@@ -9,6 +9,7 @@ from PIL import Image
 
 from tl_core.anomaly.features import image_to_pixels, rebuild_extractor
 from tl_core.anomaly.model import AnomalyModel
+from tl_core.anomaly.overlay import overlay
 from tl_core.runs import RunFolder
 from tl_core.storage import read_json
 
@@ -66,13 +67,3 @@ def predictor(run_dir: str | Path) -> AnomalyPredictor:
     """The kind's predictor hook (tl_core.kinds)."""
     return AnomalyPredictor(run_dir)
 
-
-def overlay(image: Image.Image, heat: np.ndarray, threshold: float, alpha: float = 0.55) -> Image.Image:
-    """The heat map over the image: transparent where the score is low, red-yellow where it nears or passes
-    the threshold (the colour scale runs from half the threshold to the larger of 1.5× it and the map's peak)."""
-    low, high = 0.5 * threshold, max(1.5 * threshold, float(heat.max()))
-    level = np.clip((heat - low) / max(high - low, 1e-9), 0, 1)[..., None]
-    colour = np.concatenate([np.ones_like(level), level, np.zeros_like(level)], axis=-1) * 255
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    mixed = base * (1 - alpha * level) + colour * alpha * level
-    return Image.fromarray(mixed.clip(0, 255).astype(np.uint8))
