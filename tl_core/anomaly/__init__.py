@@ -11,7 +11,9 @@ One idea a module:
     fit        the kind's fit: features, bank, held-out scores, threshold, run outputs
     evaluate   a finished run on a labelled test folder
     predict    score, verdict and heat map of one image
-    export     one ONNX graph verified with onnxruntime, and a standalone program
+    export     one ONNX graph verified with onnxruntime, and the standalone program tl_core/bundle/predict_anomaly.py
+    overlay    a heat map drawn over its image (numpy, Pillow)
+    results    a finished run read back for the app (no torch)
     synthetic  realistic synthetic defects on textures, for tests and the bench
     plots      plotly figures for the app
     kind       registers the kind

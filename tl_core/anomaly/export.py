@@ -59,7 +59,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | None = 
         staged.unlink(missing_ok=True)
     atomic_write_json(out_dir / RunFolder(out_dir).preprocess.name, geometry)
     atomic_write_json(out_dir / RunFolder(out_dir).threshold.name, chosen)
-    shutil.copyfile(Path(__file__).with_name("bundle_program.py"), out_dir / PROGRAM)
+    shutil.copyfile(Path(__file__).parent.parent / "bundle" / PROGRAM, out_dir / PROGRAM)
     zip_path = _zip(out_dir, f"{run_dir.name}-anomaly-onnx")
     return {"format": "onnx", "path": str(final), "zip": str(zip_path), "bundle": str(out_dir),
             "program": str(out_dir / PROGRAM), "size_bytes": final.stat().st_size, **check}
