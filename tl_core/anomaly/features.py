@@ -42,7 +42,10 @@ class PatchFeatures(torch.nn.Module):
         size = maps[0].shape[-2:]
         pooled = []
         for stage in maps:
-            stage = F.avg_pool2d(stage, NEIGHBOURHOOD, stride=1, padding=NEIGHBOURHOOD // 2, count_include_pad=False)
+            # zeros count at the border (PatchCore's own pooling): every image's border patches shrink alike, so
+            # the arbitrary content at a crop's edge stops dominating the image's largest patch distance
+            # (bench/anomaly.py: averaging over the cells inside only lost up to 0.15 image AUROC a texture)
+            stage = F.avg_pool2d(stage, NEIGHBOURHOOD, stride=1, padding=NEIGHBOURHOOD // 2, count_include_pad=True)
             if stage.shape[-2:] != size:
                 stage = F.interpolate(stage, size=size, mode="bilinear", align_corners=False)
             pooled.append(stage)
@@ -107,7 +110,8 @@ def extract(extractor: PatchFeatures, paths: list[Path], geometry: dict, key: st
     size = geometry["input_size"][-1]
     chunks = []
     for start in range(0, len(paths), batch_size):
-        chunks.append(extractor(load_pixels(paths[start:start + batch_size], size)))
+        pixels = load_pixels(paths[start:start + batch_size], size).to(extractor.mean.device)
+        chunks.append(extractor(pixels).cpu())
         if on_batch:
             on_batch(min(start + batch_size, len(paths)), len(paths))
     features = torch.cat(chunks) if chunks else torch.zeros(0)

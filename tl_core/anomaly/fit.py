@@ -23,6 +23,7 @@ from tl_core.anomaly.memory import (BANK_FRACTION, bank_size, greedy_coreset, le
 from tl_core.anomaly.metrics import summarize
 from tl_core.anomaly.model import AnomalyModel, bank_megabytes
 from tl_core.datasets import load_dataset
+from tl_core.devices import describe, pick_device
 from tl_core.runs import RunFolder
 from tl_core.storage import atomic_file, atomic_write_json, atomic_write_text
 
@@ -46,11 +47,13 @@ def fit(config, run_dir, emit, strategy=None) -> dict:
     good, labelled = good_paths(dataset.root), labelled_samples(dataset.root)
     if len(good) < MIN_GOOD_IMAGES:
         raise ValueError(f"{len(good)} good images: anomaly detection needs at least {MIN_GOOD_IMAGES}")
+    device = pick_device(config.device)
     extractor, geometry = build_extractor(config.backbone, config.weights, settings["layers"], config.image_size)
+    extractor.to(device)
     size = geometry["input_size"][-1]
-    emit("fit_start", epochs=1, kind="anomaly", device="cpu", n_train=len(good), n_val=len(labelled),
-         message=f"anomaly detection on cpu: {len(good)} good images, {len(labelled)} labelled test images; "
-                 f"{config.backbone} stages {list(settings['layers'])} at {size} px")
+    emit("fit_start", epochs=1, kind="anomaly", device=describe(device), n_train=len(good), n_val=len(labelled),
+         message=f"anomaly detection on {describe(device)}: {len(good)} good images, {len(labelled)} labelled "
+                 f"test images; {config.backbone} stages {list(settings['layers'])} at {size} px")
     _announce_data(dataset, emit)
 
     emit("phase_start", phase="features", message="patch features: every image through the frozen backbone once")
@@ -60,12 +63,12 @@ def fit(config, run_dir, emit, strategy=None) -> dict:
         "batch_end", phase="features", done=done, total=total))
     features_s = time.perf_counter() - t_features
     n_good, dims, height, width = len(good), *features.shape[1:]
-    flat = features[:n_good].permute(0, 2, 3, 1).reshape(-1, dims).contiguous()
+    flat = features[:n_good].permute(0, 2, 3, 1).reshape(-1, dims).contiguous().to(device)
     owner = torch.arange(n_good).repeat_interleave(height * width)
 
     emit("phase_start", phase="memory", message="memory bank: greedy coreset of the good patches")
     chosen, cost = greedy_coreset(flat, bank_size(len(flat), settings["bank_fraction"]), config.seed)
-    bank = flat[chosen].clone()
+    bank = flat[chosen.to(device)].clone()
     cost.update(dims=dims, megabytes=bank_megabytes(bank))
     emit("notice", phase="memory", kind="bank", message=(
         f"memory bank: {cost['kept']:,} of {cost['of']:,} good patches ({cost['kept'] / cost['of']:.1%}), "
@@ -78,7 +81,8 @@ def fit(config, run_dir, emit, strategy=None) -> dict:
     for outlier in outliers:
         emit("notice", phase="audit", kind="outlier", image=outlier["name"], message=outlier["message"])
     model = AnomalyModel(extractor, bank).eval()
-    scores, maps = _score_cached(model, features[n_good:], size)
+    scores, maps = _score_cached(model, features[n_good:].to(device), size)
+    model.cpu()  # saved and reloaded on the CPU; predict moves it where it runs
     chosen_threshold = _threshold(loo, labelled, scores, settings["false_alarm_rate"])
     emit("notice", phase="threshold", kind="threshold",
          message=f"threshold {chosen_threshold['value']:.3f}: {chosen_threshold['words']}")
@@ -119,8 +123,8 @@ def _score_cached(model: AnomalyModel, features: torch.Tensor, size: int) -> tup
     n, dims, height, width = features.shape
     flat = features.permute(0, 2, 3, 1).reshape(-1, dims)
     patch = nearest_distances(flat, model.bank).reshape(n, height, width)
-    maps = torch.cat([model.smooth_map(patch[i:i + 32], (size, size)) for i in range(0, n, 32)])
-    return patch.flatten(1).amax(1).numpy(), maps.numpy()
+    maps = torch.cat([model.smooth_map(patch[i:i + 32], (size, size)).cpu() for i in range(0, n, 32)])
+    return patch.flatten(1).amax(1).cpu().numpy(), maps.numpy()
 
 
 def _threshold(loo, labelled, scores, false_alarm_rate: float) -> dict:

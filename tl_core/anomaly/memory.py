@@ -32,7 +32,7 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, query_owner: to
                       bank_owner: torch.Tensor | None = None, chunk: int = CHUNK) -> torch.Tensor:
     """Each query's distance to its nearest bank patch, in chunks (torch.cdist); with owners given, a query
     ignores the bank patches of its own image (a leave-one-out score against the others)."""
-    out = torch.empty(len(queries))
+    out = torch.empty(len(queries), device=queries.device)
     for start in range(0, len(queries), chunk):
         block = torch.cdist(queries[start:start + chunk], bank)
         if query_owner is not None:
@@ -48,22 +48,22 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> tuple[to
     n, dims = features.shape
     if size >= n:
         return torch.arange(n), {"kept": n, "of": n, "seconds": 0.0, "projected_dims": dims}
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same choice on any device
     projected = features
     if dims > PROJECTION_DIMS:
         projection = torch.randn(dims, PROJECTION_DIMS, generator=generator) / math.sqrt(PROJECTION_DIMS)
-        projected = features @ projection
+        projected = features @ projection.to(features.device)
     norms = (projected * projected).sum(1)
-    chosen = torch.empty(size, dtype=torch.long)
+    chosen = torch.empty(size, dtype=torch.long, device=features.device)
     chosen[0] = int(torch.randint(n, (1,), generator=generator))
-    nearest = torch.full((n,), float("inf"))
+    nearest = torch.full((n,), float("inf"), device=features.device)
     for step in range(size):
         if step:
             chosen[step] = torch.argmax(nearest)
         centre = projected[chosen[step]]
         distance = norms - 2 * (projected @ centre) + norms[chosen[step]]
         torch.minimum(nearest, distance, out=nearest)
-    return chosen, {"kept": size, "of": n, "seconds": round(time.perf_counter() - t0, 3),
+    return chosen.cpu(), {"kept": size, "of": n, "seconds": round(time.perf_counter() - t0, 3),
                     "projected_dims": min(dims, PROJECTION_DIMS)}
 
 
@@ -79,8 +79,10 @@ def leave_one_out_scores(features: torch.Tensor, owner: torch.Tensor, chosen: to
     the largest bounds are measured against every other patch, which finds the maximum whenever it lies among
     them (and the true maximum is never above the largest bound left unmeasured).
     """
+    owner, chosen = owner.to(features.device), chosen.to(features.device)
     bounds = nearest_distances(features, features[chosen], owner, owner[chosen]).reshape(images, -1)
     patches = bounds.shape[1]
-    top = bounds.topk(min(refine, patches), dim=1).indices + torch.arange(images)[:, None] * patches
+    top = bounds.topk(min(refine, patches), dim=1).indices + \
+        torch.arange(images, device=features.device)[:, None] * patches
     exact = nearest_distances(features[top.flatten()], features, owner[top.flatten()], owner)
-    return bounds.amax(1), exact.reshape(images, -1).amax(1)
+    return bounds.amax(1).cpu(), exact.reshape(images, -1).amax(1).cpu()
