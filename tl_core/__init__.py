@@ -23,7 +23,8 @@ Modules, one idea each:
     runs, jobs  the run folder contract; the worker-process queue
     plots       plotly figures from events and metrics
     export      verified ONNX / TorchScript / safetensors bundles;  model_card: the bundle's MODEL_CARD.md
-    bundle/     predict_example.py, the standalone program shipped in every bundle
+    bundle/     predict_example.py, the standalone program shipped in every bundle (predict_anomaly.py: an anomaly run's)
+    kinds       the task-kind registry;  anomaly/: the "anomaly" kind (good images only, PatchCore-style)
 
 Command line: python -m tl_core {train, evaluate, predict, export, runs, shift, rank, grow, suspects, suggest}.
 """
