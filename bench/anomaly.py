@@ -292,7 +292,7 @@ def table(rows: list[dict]) -> str:
         return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 \
             else f"{values[0]:.3f}"
 
-    order = ["ours", "anomalib", "ours-nopad", "wider-nopad", "padim-nopad", "wider", "bank10", "padim"]
+    order = ["ours", "anomalib", "ours-full152", "ours-proj128", "ours-proj64", "ours-nopad", "wider-nopad", "padim-nopad", "wider", "bank10", "padim"]
     arms = sorted({r["arm"] for r in rows}, key=lambda a: order.index(a) if a in order else len(order))
     lines = ["| arm | source | image AUROC | pixel AUROC | " + " | ".join(f"{d} img / px" for d in DEFECTS) + " |",
              "|" + "---|" * (4 + len(DEFECTS))]
