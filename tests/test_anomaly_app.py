@@ -127,6 +127,7 @@ def test_results_section_threshold_slider_moves_the_counts(app_run):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["Image AUROC"]) > 0.8 and float(metrics["Pixel AUROC"]) > 0.8
+    assert metrics["Good images"] == "12"  # the training set, not the labelled good images
     assert len(at.get("plotly_chart")) == 2
     slider = at.slider(key="anomaly_threshold")
     slider.set_value(slider.min).run()  # everything flagged: no defect missed, every good image a false alarm

@@ -93,7 +93,9 @@ def fit(config, run_dir, emit, strategy=None) -> dict:
                "outliers": outliers, "features_s": round(features_s, 3)}
     if any(sample.anomalous for sample in labelled):
         masks = [read_mask(s.mask, (size, size)) if s.mask else None for s in labelled]
-        metrics.update(summarize([s.label for s in labelled], scores, chosen_threshold["value"], masks, list(maps)))
+        measured = summarize([s.label for s in labelled], scores, chosen_threshold["value"], masks, list(maps))
+        measured["labelled_good_images"] = measured.pop("good_images")  # "good_images" stays the training count
+        metrics.update(measured)
         metrics["note"] = "measured on the labelled images that also set the threshold: evaluate on new ones"
     metrics["wall_s"] = round(time.perf_counter() - t0, 3)
     metrics["images_per_s"] = round(len(paths) / max(metrics["wall_s"], 1e-9), 2)
