@@ -7,8 +7,10 @@ hole, foreign patch) with exact masks, 256×256 px, in the MVTec AD layout. Each
 new defects. Backbone: the embedded EfficientNet-Lite0 at 224 px.
 
 Arms (the same images for each):
-- ours:      tl_core's anomaly kind as the CLI runs it (stages 2+3, coreset bank 3 % of the patches, ≥ 1000;
-             3×3 neighbourhood average with zero padding, PatchCore's own)
+- ours:      tl_core's anomaly kind as the CLI runs it (stages 2+3, coreset bank 3 % of the patches, ≥ 1000,
+             chosen on a 96-dim projection; 3×3 neighbourhood average with zero padding, PatchCore's own)
+- ours-full152, ours-proj128, ours-proj64: the coreset chosen on all 152 features or on 128 or 64 dims
+             (rows kept in results/anomaly-cpu.json; set tl_core.anomaly.memory.PROJECTION_DIMS to rerun)
 - *-nopad:   the arms below as first measured, with a neighbourhood average over the cells inside the image
              only at the border (kept in results/anomaly-cpu.json: the comparison that made us switch)
 - wider:     stages 2+3+4 (adds stride 32)
