@@ -173,7 +173,9 @@ def _train(args) -> int:
         return 1
     state = read_status(run_dir).get("state")
     if metrics:
-        if metrics.get("task", "classify") != "classify":  # another kind: its headline metrics (tl_core.kinds)
+        if "summary" in metrics:  # a task kind's own words for its result (tl_core.kinds)
+            print(f"{state}: {metrics['summary']}")
+        elif metrics.get("task", "classify") != "classify":  # another kind: its headline metrics (tl_core.kinds)
             from . import kinds
 
             headline = ", ".join(f"{name} {metrics[name]:.3f}" for name in kinds.get(metrics["task"]).metrics

@@ -127,6 +127,9 @@ class RunConfig:
     task_weights: dict = field(default_factory=dict)  # a multi-task run's loss weight per task (default 1 each)
     only_task: str | None = None  # one task of a labels table, trained alone (tl_core/use/compare.py)
     separate_of: str | None = None  # the multi-task run that `only_task` run is compared with
+    # A task kind's own settings, by name; the kind reads and checks them (an anomaly run's stages, say:
+    # tl_core/anomaly/fit.py). The app's kind section sets them as st.session_state["<kind>_options"].
+    kind_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.lr is None:

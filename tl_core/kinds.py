@@ -99,6 +99,7 @@ BUILTIN = (
     "tl_core.classify",
     "tl_core.multitask.kind",
     "tl_core.detect.kind",
+    "tl_core.anomaly.kind",
 )
 
 

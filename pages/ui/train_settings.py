@@ -35,7 +35,9 @@ def start_run(default_size: int) -> None:
             image_size=None if state.image_size == default_size else int(state.image_size),
             early_stopping=int(state.early_stopping), val_fraction=float(state.val_fraction),
             name=state.run_name.strip(), target_dir=state.target_dir, target_test_dir=state.target_test_dir,
-            adapt=state.adapt, class_weights=state.class_weights, **config_form.values())
+            adapt=state.adapt, class_weights=state.class_weights,
+            kind_options=dict(state.get(f"{kinds.current()}_options") or {}),  # a kind's own (its Layers section)
+            **config_form.values())
         if state.val_source == "separate" and not state.val_dataset_dir:
             raise ValueError("validation: upload the separate validation set on the Data page, "
                              "or choose to hold out part of the images")

@@ -28,7 +28,7 @@ from tl_core.ops.runs import RunFolder
 from tl_core.ops.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 MODEL_FILE = "model.onnx"
-PROGRAM = Path(__file__).resolve().parent.parent / "bundle" / "detect_predict_example.py"
+PROGRAM = Path(__file__).resolve().parent.parent / "use" / "bundle" / "detect_predict_example.py"
 ONNX_OPSET = 17
 MIN_IOU = 0.99
 SCORE_TOLERANCE = 1e-3

@@ -254,6 +254,9 @@ class ConsoleProgress(Callback):
         self.waiting.clear()
 
     def on_fit_start(self, info, fit):
+        if "message" in info:  # a task kind's own fit says in words what it is fitting (tl_core.kinds)
+            print(info["message"], flush=True)
+            return
         if validation_kind(info) == "cv":
             images = f"{info['n_train']} images, validated by {info['validation']}"
         else:
@@ -266,6 +269,10 @@ class ConsoleProgress(Callback):
             self.waiting.append(info["message"])
             return
         print(f"  {info['message']}", flush=True)
+
+    def on_phase_start(self, info, fit):
+        if "message" in info:  # a task kind's steps (features, memory bank, threshold)
+            print(f"{info['message']}", flush=True)
 
     def on_epoch_end(self, info, fit):
         if "val_map50" in info:  # a detector's epoch (tl_core.detect)

@@ -58,6 +58,12 @@ class RunFolder:
                           doc="a detection run's validation pictures: true and predicted boxes (tl_core.detect)")
     export_root = property(lambda self: self.path / "export", doc="exported bundles, one folder per format")
     log = property(lambda self: self.path / "worker.log", doc="the worker process's own output (stdout, stderr)")
+    threshold = property(lambda self: self.path / "threshold.json",
+                         doc="an anomaly run's decision threshold: value, how it was set, in words")
+    scores = property(lambda self: self.path / "scores.csv",
+                      doc="an anomaly run's score of every image it saw: good (held out by leave-one-out) and labelled")
+    anomaly_maps = property(lambda self: self.path / "anomaly_maps.npy",
+                            doc="an anomaly run's heat maps of its labelled images, a row per scores.csv test row")
 
 
 LOCK_FILE = RunFolder(".").lock.name
