@@ -83,17 +83,22 @@ def test_train_section_shows_loss_terms_and_map(home):
     assert {"classification (focal)", "box (GIoU)"} <= names
 
 
-def test_train_section_of_a_running_run_shows_progress_and_stops_it(home, tmp_path):
+def test_the_train_page_shows_a_running_detection_run_and_stops_it(home, tmp_path, navigation_pages, fake_jobs):
+    """Progress and Stop are the Train page's own, for every kind; the detector's section adds its charts."""
     import shutil
 
+    from apptest_support import open_page
+    from pages.ui import nav
     from tl_core.ops.runs import RunFolder, write_status
 
-    running = shutil.copytree(home["run_dir"], tmp_path / "running")
+    running = shutil.copytree(home["run_dir"], home["run_dir"].parent / "running")
     write_status(running, state="running")
-    at = AppTest.from_function(_train, args=(str(running),), default_timeout=60).run()
+    at = open_page(nav.TRAIN_PAGE, run_dir=str(running), task="detect", dataset_dir=str(home["root"]))
     assert not at.exception
-    assert "epoch 2 of 2" in at.get("progress")[0].proto.text
-    at.button(key=f"detect_stop::{running}").click().run()
+    assert at.get("progress"), "the page's live progress"
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert "Validation mAP" in titles
+    at.button(key=f"stop::{running}").click().run()
     assert RunFolder(running).stop.exists()
 
 

@@ -2,7 +2,7 @@
 
 Widgets only; tl_core.anomaly does the work and builds the figures. The pages call these sections once the
 kind is chosen (the contract: data_section, layers_section, train_section, results_section, predict_section,
-export_section). User-supplied names are shown as plain text (common.literal, st.text, dataframes).
+export_section). User-supplied names are shown as plain text (literal, st.text, dataframes).
 
 Not a page: app.py does not register it with st.navigation.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import common, gate
+from pages.ui import gate, uploads, widgets
+from pages.ui.text import literal
 from tl_core.ops import runs
 from tl_core.anomaly import data as anomaly_data
 from tl_core.anomaly import plots, results
@@ -29,13 +30,14 @@ OPTIONS_KEY = "anomaly_options"  # RunConfig.kind_options of the next anomaly ru
 def _use(action, *args, **kwargs) -> None:
     """Run one ingest; the dataset becomes the session's, or the user reads why not."""
     try:
+        gate.check_room(*args)  # a classroom student's disk and dataset limits
         with st.spinner("Checking every image…"):
             dataset = action(*args, workspace=gate.space().data_workspace, **kwargs)
-    except common.USER_ERRORS as error:
-        common.show_error(error)
+    except widgets.USER_ERRORS as error:
+        widgets.show_error(error)
         return
     state["dataset_dir"] = str(dataset.root)
-    state["anomaly_flash"] = f"Now using {common.literal(dataset.name)}: {len(dataset.items)} images."
+    state["anomaly_flash"] = f"Now using {literal(dataset.name)}: {len(dataset.items)} images."
 
 
 def data_section() -> None:
@@ -63,10 +65,10 @@ def data_section() -> None:
     with folder_tab:
         st.caption("A folder of good images; or good/ beside defect folders; or the MVTec AD layout "
                    "(train/good, test/<defect>, ground_truth/<defect>/<name>_mask.png).")
-        uploads = st.file_uploader("Choose the folder", accept_multiple_files="directory", key="anomaly_folder")
-        if st.button("Use this folder", key="anomaly_folder_ingest", disabled=not uploads):
-            _use(anomaly_data.ingest_anomaly_tree, [(f.name, f.getvalue()) for f in uploads],
-                 name=common.upload_name(uploads, "upload"))
+        folder = st.file_uploader("Choose the folder", accept_multiple_files="directory", key="anomaly_folder")
+        if st.button("Use this folder", key="anomaly_folder_ingest", disabled=not folder):
+            _use(anomaly_data.ingest_anomaly_tree, [(f.name, f.getvalue()) for f in folder],
+                 name=uploads.upload_name(folder, "upload"))
     with zip_tab:
         archive = st.file_uploader("A .zip in any of those layouts", type=["zip"], key="anomaly_zip")
         if st.button("Use this zip", key="anomaly_zip_ingest", disabled=archive is None):
@@ -100,7 +102,7 @@ def audit_section(dataset_dir: str) -> None:
     columns[1].metric("Defect images", sum(s.anomalous for s in samples))
     columns[2].metric("With masks", sum(s.mask is not None for s in samples))
     for note in dataset.notes:
-        st.info(common.literal(note), icon=":material/info:")
+        st.info(literal(note), icon=":material/info:")
     if len(good) < 10:
         st.warning("Fewer than 10 good images: it works, but more good images make fewer false alarms.",
                    icon=":material/warning:")
@@ -120,7 +122,7 @@ def audit_section(dataset_dir: str) -> None:
                                     "reason": st.column_config.TextColumn("Why", width="large")})
     st.caption("Good images that look far from the others are named after the model is fitted (Train and "
                "Results): a defect may have slipped into the good set.")
-    thumbs = [common.thumbnail(str(path)) for path in good[:8]]
+    thumbs = [widgets.thumbnail(str(path)) for path in good[:8]]
     st.image([t for t in thumbs if t is not None], width=96)
 
 
@@ -159,18 +161,18 @@ def train_section(run_dir) -> None:
     events = runs.read_events(Path(run_dir))
     for event in events:
         if event.get("event") == "notice" and event.get("kind") in ("bank", "threshold", "data", "mask"):
-            st.caption(common.literal(event["message"]))
+            st.caption(literal(event["message"]))
     for event in events:
         if event.get("event") == "notice" and event.get("kind") == "outlier":
             _outlier(run_dir, event["image"], event["message"])
 
 
 def _outlier(run_dir, name: str, message: str) -> None:
-    st.warning(common.literal(message), icon=":material/warning:")
+    st.warning(literal(message), icon=":material/warning:")
     root = Path(runs.read_config(Path(run_dir)).dataset_dir)
-    thumb = common.thumbnail(str(root / name), 160)
+    thumb = widgets.thumbnail(str(root / name), 160)
     if thumb is not None:
-        st.image(thumb, caption=common.literal(name))
+        st.image(thumb, caption=literal(name))
 
 
 # ---------------------------------------------------------------- Results page
@@ -188,9 +190,9 @@ def results_section(run_dir) -> None:
                       help="Needs defect images with masks." if metrics.get("pixel_auroc") is None else None)
     columns[2].metric("Good images", metrics.get("good_images", 0))
     columns[3].metric("Memory bank", f"{metrics.get('bank', {}).get('kept', 0):,} patches")
-    st.caption(common.literal(f"Threshold {chosen['value']:.3f}: {chosen.get('words', '')}"))
+    st.caption(literal(f"Threshold {chosen['value']:.3f}: {chosen.get('words', '')}"))
     if metrics.get("note"):
-        st.caption(common.literal(metrics["note"]))
+        st.caption(literal(metrics["note"]))
     for found in results.outliers(run_dir):
         _outlier(run_dir, found["name"], found["message"])
     scores, labels = summary["scores"], summary["labels"]
@@ -227,7 +229,7 @@ def _gallery(run_dir, threshold: float) -> None:
     for i, item in enumerate(items):
         picture = results.heat_overlay(run_dir, item, threshold)
         mark = f" · {item['mark'].upper()}" if item["mark"] else ""
-        caption = common.literal(f"{item['label']} · {item['score']:.2f}{mark} · {Path(item['name']).name}")
+        caption = literal(f"{item['label']} · {item['score']:.2f}{mark} · {Path(item['name']).name}")
         with columns[i % GALLERY_COLUMNS]:
             if picture is not None:
                 st.image(picture, caption=caption)
@@ -258,14 +260,14 @@ def predict_section(run_dir) -> None:
     try:
         image = open_image(source.getvalue(), source.name)
     except ImageRefused as refusal:
-        st.error(common.literal(f"{source.name}: {refusal.reason}"))
+        st.error(literal(f"{source.name}: {refusal.reason}"))
         return
     answer = _predictor(str(run_dir)).explain(image)
     verdict = st.error if answer["anomalous"] else st.success
     verdict(f"{'Anomalous' if answer['anomalous'] else 'Normal'}: score {answer['score']:.3f}, threshold "
             f"{answer['threshold']:.3f}", icon=":material/report:" if answer["anomalous"] else ":material/check:")
     if answer.get("resized"):
-        st.caption(common.literal(answer["resized"]))
+        st.caption(literal(answer["resized"]))
     left, right = st.columns(2)
     left.image(image, caption="The picture")
     right.image(answer["overlay"], caption="Where it differs from the good images (red to yellow)")
@@ -285,7 +287,7 @@ def export_section(run_dir) -> None:
             with st.spinner("Exporting and checking with onnxruntime…"):
                 state["anomaly_export_report"] = export(run_dir, "onnx")
         except (RuntimeError, ValueError) as error:
-            st.error(common.literal(error))
+            st.error(literal(error))
     report = state.get("anomaly_export_report")
     if report and Path(report["zip"]).is_file():
         st.success(f"Verified on {report['images_checked']} images: scores within {report['max_score_diff']:.1e} "

@@ -12,13 +12,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from pages.ui import gate
 from pages.ui.text import literal
 from tl_core import kinds
 from tl_core.ops import runs
 from tl_core.data.datasets import DatasetError, ImageRefused, open_image
 from tl_core.detect import audit, editing, formats, plots
 from tl_core.ops.storage import StorageFull
-from tl_core.ops import words
 
 USER_ERRORS = (DatasetError, ValueError, FileNotFoundError, StorageFull, ImageRefused)
 EDITABLE = 300  # pictures listed in the box editor: it is for small sets
@@ -60,12 +60,20 @@ def _import_widgets() -> None:
                 with tempfile.TemporaryDirectory() as scratch:
                     path = Path(scratch) / (Path(archive.name).name or "boxes.zip")
                     path.write_bytes(archive.getvalue())
-                    st.session_state["dataset_dir"] = str(kinds.get("detect").call("ingest", path))
+                    gate.check_room(archive.getvalue())  # a classroom student's disk and dataset limits
+                    st.session_state["dataset_dir"] = str(formats.ingest(path, workspace=_mine()))
             else:
                 files = [(upload.name, upload.getvalue()) for upload in folder]
-                st.session_state["dataset_dir"] = str(formats.ingest_files(files, _top_folder(files)))
+                gate.check_room(files)
+                st.session_state["dataset_dir"] = str(formats.ingest_files(files, _top_folder(files),
+                                                                           workspace=_mine()))
         except USER_ERRORS as error:
             st.session_state["detect_data_error"] = str(error)
+
+
+def _mine() -> Path:
+    """Where this user's datasets go: their own space on a classroom server (tl_core.ops.spaces)."""
+    return gate.space().data_workspace
 
 
 def _top_folder(files: list[tuple[str, bytes]]) -> str:
@@ -79,7 +87,9 @@ def _new_drawing_widgets() -> None:
     classes = st.text_input("Classes of objects, comma-separated", key="detect_draw_classes", value="object")
     if st.button("Start drawing", key="detect_draw_start", disabled=not uploads):
         try:
-            root = editing.new_boxset([(u.name, u.getvalue()) for u in uploads], classes.split(","))
+            pictures = [(u.name, u.getvalue()) for u in uploads]
+            gate.check_room(pictures)
+            root = editing.new_boxset(pictures, classes.split(","), workspace=_mine())
             st.session_state["dataset_dir"] = str(root)
         except USER_ERRORS as error:
             st.session_state["detect_data_error"] = str(error)
@@ -144,7 +154,7 @@ def _editor(boxset) -> None:
         st.image(plots.draw_boxes(picture, drawn, classes), caption=None)
     if st.button("Save these boxes", key="detect_save_boxes"):
         try:
-            st.session_state["dataset_dir"] = str(editing.with_boxes(boxset.root, file, drawn, classes))
+            st.session_state["dataset_dir"] = str(editing.with_boxes(boxset.root, file, drawn, classes, workspace=_mine()))
             st.rerun()
         except USER_ERRORS as error:
             st.error(literal(error))
@@ -153,31 +163,10 @@ def _editor(boxset) -> None:
 # ---------------------------------------------------------------- Train page
 
 def train_section(run_dir) -> None:
-    """Progress, ETA, stop, live loss terms and validation mAP@50 per epoch."""
-    state = runs.read_status(Path(run_dir)).get("state")
-    if state in ("queued", "running"):
-        st.fragment(run_every=1.0)(_train_view)(str(run_dir), live=True)
-    else:
-        _train_view(str(run_dir))
-
-
-def _train_view(run_dir: str, live: bool = False) -> None:
-    status = runs.read_status(Path(run_dir))
-    if live and status.get("state") not in ("queued", "running"):
-        st.rerun()  # the whole page: it shows the outcome, and this timer stops
+    """Under the Train page's own progress, ETA, Stop and curves (drawn live by that page): the detector's loss
+    terms (classification, box, centre-ness) and validation mAP@50 per epoch, and its latest notices."""
     events = runs.read_events(Path(run_dir))
-    start = next((e for e in events if e.get("event") == "fit_start"), None)
     epochs = [e for e in events if e.get("event") == "epoch_end"]
-    total = (start or {}).get("epochs") or 1
-    if status.get("state") in ("queued", "running"):
-        eta = ""
-        if epochs:
-            per_epoch = sum(e.get("seconds", 0) for e in epochs) / len(epochs)
-            eta = f", about {words.format_seconds(per_epoch * (total - len(epochs)))} left"
-        st.progress(min(len(epochs) / total, 1.0), text=f"epoch {len(epochs)} of {total}{eta}")
-        st.button("Stop", key=f"detect_stop::{run_dir}", on_click=runs.request_stop, args=(Path(run_dir),))
-    else:
-        st.caption(literal(f"Run {status.get('state')}" + (f": {status.get('error')}" if status.get("error") else "")))
     for notice in [e for e in events if e.get("event") == "notice"][-3:]:
         st.caption(literal(notice.get("message", "")))
     if epochs:
