@@ -26,6 +26,7 @@ def grow_section(run_dir: Path) -> None:
             try:
                 with st.spinner("Checking the images and computing the new ones' features…"):
                     mine = gate.space().data_workspace  # a classroom user's own datasets folder
+                    gate.check_room(zipped.getvalue())  # and their disk and dataset limits
                     added = datasets.ingest_zip(zipped.getvalue(), name=Path(zipped.name).stem, workspace=mine,
                                                 min_classes=1)
                     config = grow.grown_config(run_dir, added, workspace=mine)
