@@ -12,18 +12,16 @@ masks and the notes.
 """
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from tl_core.data.datasets import DatasetError, list_datasets, load_dataset, open_image
-from tl_core.data.datasets.ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, _basename,
-                                     _check_archive_limits, _Entry, _File, _fingerprint, _is_clutter, _new_id,
-                                     _published_or_removed, _refused_note, _store_entries, _walk_folder, _zip_tree)
+from tl_core.data.datasets import DatasetError, load_dataset, open_image
+from tl_core.data.datasets.ingest import (_basename, _Entry, _File, _fingerprint, _is_clutter, _new_id,
+                                          _published_or_removed, _refused_note, _store_entries, _walk_folder,
+                                          ingested_before, zip_members)
 from tl_core.ops.storage import atomic_write_json, workspace_root
 
 GOOD = "good"
@@ -132,27 +130,12 @@ def ingest_anomaly_folder(src: str | Path, name: str | None = None, workspace: P
 
 def ingest_anomaly_or_reuse_folder(src: str | Path, workspace: Path | None = None):
     """The anomaly dataset already ingested from `src` when its files are unchanged, else a new ingest."""
-    src = Path(src)
-    if not src.is_dir():
-        raise DatasetError(f"{src}: not a folder")
-    wanted = {"kind": "folder", "path": str(src.resolve()), "fingerprint": _fingerprint(src, _walk_folder(src)[0]),
-              "anomaly": True}
-    for dataset in list_datasets(workspace):
-        if all(dataset.source.get(key) == value for key, value in wanted.items()):
-            return dataset
-    return ingest_anomaly_folder(src, workspace=workspace)
+    return ingested_before(src, {"anomaly": True}, workspace) or ingest_anomaly_folder(src, workspace=workspace)
 
 
 def ingest_anomaly_zip(data: bytes, name: str = "archive", workspace: Path | None = None):
     """Ingest anomaly data from a zip (any of the three layouts), with the archive limits of tl_core.data.datasets."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DatasetError(f"{name}: not a readable zip archive ({error})") from None
-    with archive:
-        infos = archive.infolist()
-        _check_archive_limits(infos, name, MAX_ZIP_MEMBERS, MAX_ZIP_BYTES)
-        files, _ = _zip_tree(archive, infos, MAX_ZIP_RATIO)
+    with zip_members(data, name) as (files, _):
         return _ingest_layout(read_layout(files), Path(name).stem, {"kind": "zip", "file": name, "anomaly": True},
                               workspace)
 

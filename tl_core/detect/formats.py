@@ -16,7 +16,6 @@ Layouts read:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import tempfile
@@ -28,9 +27,8 @@ from pathlib import Path
 from PIL import Image
 
 from tl_core.data.datasets.images import ImageRefused, open_image
-from tl_core.data.datasets.ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, _check_archive_limits,
-                                     _fingerprint, _is_clutter, _new_id, _published_or_removed, _walk_folder,
-                                     _zip_tree)
+from tl_core.data.datasets.ingest import (_fingerprint, _is_clutter, _new_id, _published_or_removed, _walk_folder,
+                                          zip_members)
 from tl_core.data.datasets.store import DatasetError
 from tl_core.ops.storage import atomic_write_json, read_json, workspace_root
 
@@ -151,26 +149,20 @@ def _ingest_zip(src: Path, name: str | None, workspace: Path | None) -> Path:
 
 def _unzip(data: bytes, label: str, dest: Path) -> list[dict]:
     """Unpack the archive's safe members into `dest`; the others, each with its reason."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as error:
-        raise DatasetError(f"{label}: not a readable zip archive ({error})") from None
-    infos = archive.infolist()
-    _check_archive_limits(infos, label, MAX_ZIP_MEMBERS, MAX_ZIP_BYTES)
-    files, _ = _zip_tree(archive, infos, MAX_ZIP_RATIO)
     refused = []
-    for file in files:
-        if _is_clutter(file.parts):
-            continue
-        if file.refusal:
-            refused.append({"name": file.name, "reason": file.refusal})
-            continue
-        try:
-            target = dest.joinpath(*file.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.read())
-        except (ImageRefused, OSError) as error:
-            refused.append({"name": file.name, "reason": str(error)})
+    with zip_members(data, label) as (files, _):
+        for file in files:
+            if _is_clutter(file.parts):
+                continue
+            if file.refusal:
+                refused.append({"name": file.name, "reason": file.refusal})
+                continue
+            try:
+                target = dest.joinpath(*file.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(file.read())
+            except (ImageRefused, OSError) as error:
+                refused.append({"name": file.name, "reason": str(error)})
     return refused
 
 

@@ -66,14 +66,37 @@ def ingest_or_reuse_folder(src: str | Path, name: str | None = None, workspace: 
 
     The command line is run again and again on one folder; a copy each time would fill the disk.
     """
+    return ingested_before(src, {}, workspace) or ingest_folder(src, name, workspace)
+
+
+def ingested_before(src: str | Path, marks: dict, workspace: Path | None = None) -> Dataset | None:
+    """The dataset ingested from folder `src` whose files are unchanged since and whose source carries `marks`
+    (a kind's own, e.g. {"anomaly": True}), or None: every "ingest or reuse" asks this."""
     src = Path(src)
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder")
-    wanted = {"kind": "folder", "path": str(src.resolve()), "fingerprint": _fingerprint(src, _walk_folder(src)[0])}
-    for dataset in list_datasets(workspace):
-        if all(dataset.source.get(key) == value for key, value in wanted.items()):
-            return dataset
-    return ingest_folder(src, name, workspace)
+    wanted = {"kind": "folder", "path": str(src.resolve()), "fingerprint": _fingerprint(src, _walk_folder(src)[0]),
+              **marks}
+    return next((dataset for dataset in list_datasets(workspace)
+                 if all(dataset.source.get(key) == value for key, value in wanted.items())), None)
+
+
+@contextmanager
+def zip_members(src: str | Path | bytes, label: str, max_members: int = MAX_ZIP_MEMBERS,
+                max_total_bytes: int = MAX_ZIP_BYTES, max_ratio: float = MAX_ZIP_RATIO):
+    """(files, folders) of a zip archive (bytes or a path), read member by member within the limits while the
+    archive stays open; a DatasetError naming `label` for an unreadable archive or one past a limit.
+
+    Nothing is extracted blindly: escaping paths, links, encrypted members and zip bombs are refused."""
+    in_memory = isinstance(src, (bytes, bytearray, memoryview))
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(src) if in_memory else src)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DatasetError(f"{label}: not a readable zip archive ({error})") from None
+    with archive:
+        infos = archive.infolist()
+        _check_archive_limits(infos, label, max_members, max_total_bytes)
+        yield _zip_tree(archive, infos, max_ratio)
 
 
 def ingest_zip(src: str | Path | bytes, name: str | None = None, workspace: Path | None = None, *,
@@ -84,16 +107,8 @@ def ingest_zip(src: str | Path | bytes, name: str | None = None, workspace: Path
 
     Nothing is extracted blindly: escaping paths, links, encrypted members and zip bombs are refused.
     """
-    in_memory = isinstance(src, (bytes, bytearray, memoryview))
-    label = "archive" if in_memory else Path(src).name
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(src) if in_memory else src)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DatasetError(f"{label}: not a readable zip archive ({error})") from None
-    with archive:
-        infos = archive.infolist()
-        _check_archive_limits(infos, label, max_members, max_total_bytes)
-        files, folders = _zip_tree(archive, infos, max_ratio)
+    label = "archive" if isinstance(src, (bytes, bytearray, memoryview)) else Path(src).name
+    with zip_members(src, label, max_members, max_total_bytes, max_ratio) as (files, folders):
         entries, refused = _tree_entries(files, folders)
         source = {"kind": "zip", "file": label}
         return _ingest(entries, refused, name or Path(label).stem, source, workspace, progress, min_classes)

@@ -7,17 +7,15 @@ are stored under one pseudo-class, UNLABELLED, so the rest of tl_core reads them
 """
 from __future__ import annotations
 
-import io
-import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from ...ops.storage import atomic_write_json, workspace_root
-from .ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, _basename, _check_archive_limits, _Entry,
+from .ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, _basename, _Entry, ingested_before, zip_members,
                      _fingerprint, _is_clutter, _new_id, _published_or_removed, _refused_note, _store_entries,
-                     _walk_folder, _zip_tree)
-from .store import Dataset, DatasetError, _from_manifest, list_datasets
+                     _walk_folder)
+from .store import Dataset, DatasetError, _from_manifest
 
 UNLABELLED = "unlabelled"  # the one pseudo-class of an unlabelled dataset
 
@@ -36,31 +34,15 @@ def ingest_unlabelled_folder(src: str | Path, name: str | None = None, workspace
 
 def ingest_unlabelled_or_reuse_folder(src: str | Path, workspace: Path | None = None) -> Dataset:
     """The unlabelled dataset already ingested from `src` if its files are unchanged, else a new ingest."""
-    src = Path(src)
-    if not src.is_dir():
-        raise DatasetError(f"{src}: not a folder")
-    wanted = {"kind": "folder", "path": str(src.resolve()), "fingerprint": _fingerprint(src, _walk_folder(src)[0]),
-              "unlabelled": True}
-    for dataset in list_datasets(workspace):
-        if all(dataset.source.get(key) == value for key, value in wanted.items()):
-            return dataset
-    return ingest_unlabelled_folder(src, workspace=workspace)
+    return ingested_before(src, {"unlabelled": True}, workspace) or ingest_unlabelled_folder(src, workspace=workspace)
 
 
 def ingest_unlabelled_zip(src: str | Path | bytes, name: str | None = None, workspace: Path | None = None, *,
                           max_members: int = MAX_ZIP_MEMBERS, max_total_bytes: int = MAX_ZIP_BYTES,
                           max_ratio: float = MAX_ZIP_RATIO) -> Dataset:
     """Ingest every image of a zip, any layout, with the archive limits of a labelled zip."""
-    in_memory = isinstance(src, (bytes, bytearray, memoryview))
-    label = "archive" if in_memory else Path(src).name
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(src) if in_memory else src)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DatasetError(f"{label}: not a readable zip archive ({error})") from None
-    with archive:
-        infos = archive.infolist()
-        _check_archive_limits(infos, label, max_members, max_total_bytes)
-        files, _ = _zip_tree(archive, infos, max_ratio)
+    label = "archive" if isinstance(src, (bytes, bytearray, memoryview)) else Path(src).name
+    with zip_members(src, label, max_members, max_total_bytes, max_ratio) as (files, _):
         return _ingest_unlabelled(_entries(files), name or Path(label).stem,
                                   {"kind": "zip", "file": label, "unlabelled": True}, workspace, None)
 
