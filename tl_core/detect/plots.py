@@ -122,17 +122,9 @@ def draw_boxes(picture: Image.Image, boxes: list[dict], classes: list[str], true
 def gallery(run_dir: str | Path, score_threshold: float = 0.3, limit: int = 12) -> list[dict]:
     """The validation pictures, worst first (most missed, wrong or extra boxes at `score_threshold`):
     [{"file", "wrong", "image": picture with true and predicted boxes}]."""
-    import torch
-
     from tl_core.detect.evaluate import per_image_errors
 
-    record = read_json(RunFolder(run_dir).detections) or {}
-    classes = record.get("classes", [])
-    rows = record.get("images", [])
-    predictions = [{"boxes": torch.tensor(r["boxes"]).reshape(-1, 4), "scores": torch.tensor(r["scores"]),
-                    "labels": torch.tensor(r["labels"], dtype=torch.int64)} for r in rows]
-    targets = [{"boxes": torch.tensor(r["true_boxes"]).reshape(-1, 4),
-                "labels": torch.tensor(r["true_labels"], dtype=torch.int64)} for r in rows]
+    classes, rows, predictions, targets = _saved_detections(run_dir)
     errors = per_image_errors(predictions, targets, score_threshold)
     order = sorted(range(len(rows)), key=lambda i: -errors[i]["wrong"])[:limit]
     shown = []
@@ -152,16 +144,21 @@ def gallery(run_dir: str | Path, score_threshold: float = 0.3, limit: int = 12) 
 
 def confusion_at(run_dir: str | Path, score_threshold: float) -> dict:
     """The confusion with background recomputed from the saved validation detections at another score."""
-    import torch
-
     from tl_core.detect.evaluate import BACKGROUND, confusion_with_background
 
+    classes, _, predictions, targets = _saved_detections(run_dir)
+    return {"classes": classes, "confusion_labels": [*classes, BACKGROUND], "confusion_score": score_threshold,
+            "box_confusion": confusion_with_background(predictions, targets, len(classes), score_threshold)}
+
+
+def _saved_detections(run_dir: str | Path) -> tuple[list[str], list[dict], list[dict], list[dict]]:
+    """(classes, rows, predictions, targets) of the validation detections a run saved, in torchvision's form."""
+    import torch
+
     record = read_json(RunFolder(run_dir).detections) or {}
-    classes = record.get("classes", [])
     rows = record.get("images", [])
     predictions = [{"boxes": torch.tensor(r["boxes"]).reshape(-1, 4), "scores": torch.tensor(r["scores"]),
                     "labels": torch.tensor(r["labels"], dtype=torch.int64)} for r in rows]
     targets = [{"boxes": torch.tensor(r["true_boxes"]).reshape(-1, 4),
                 "labels": torch.tensor(r["true_labels"], dtype=torch.int64)} for r in rows]
-    return {"classes": classes, "confusion_labels": [*classes, BACKGROUND], "confusion_score": score_threshold,
-            "box_confusion": confusion_with_background(predictions, targets, len(classes), score_threshold)}
+    return record.get("classes", []), rows, predictions, targets
