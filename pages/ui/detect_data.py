@@ -145,7 +145,9 @@ def _editor(boxset) -> None:
         st.image(plots.draw_boxes(picture, drawn, classes), caption=None)
     if st.button("Save these boxes", key="detect_save_boxes"):
         try:
-            st.session_state["dataset_dir"] = str(editing.with_boxes(boxset.root, file, drawn, classes, workspace=_mine()))
+            gate.check_room(str(boxset.root))  # the new version is a copy: the student's limits hold for it too
+            st.session_state["dataset_dir"] = str(editing.with_boxes(boxset.root, file, drawn, classes,
+                                                                     workspace=_mine()))
             st.rerun()
         except USER_ERRORS as error:
             st.error(literal(error))
