@@ -37,3 +37,4 @@ same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), r
 moved = any(not torch.allclose(a, b) for a, b in zip(model.parameters(), model_and_batch()[0].parameters()))
 sys.stdout.write(f"rank {strategy.rank}: shard {mine.tolist()}, same as one process: {same}, moved: {moved}\n")
 sys.stdout.flush()
+strategy.close()

@@ -93,6 +93,13 @@ class FabricDDP(SingleDevice):
     def barrier(self) -> None:
         self.fabric.barrier()
 
+    def close(self) -> None:
+        """Leave the process group together: without it a rank still in gloo's background thread when the
+        other exits and closes the rendezvous store can abort (SIGABRT) after its work is done."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            self.fabric.barrier()
+            torch.distributed.destroy_process_group()
+
     def callbacks(self, stop_path: Path | None) -> list:
         """First among the listeners: the agreement of the ranks (it also checks STOP, on rank 0's file)."""
         self.agreement = AgreeAcrossRanks(self, stop_path)
@@ -173,6 +180,7 @@ def run(run_dir: str | Path) -> dict:
     if fit is not None and fit.model is not None:
         best = (fit.best or {}).get("epoch")
         print(f"rank {strategy.rank}: kept epoch {best}, weights {weights_digest(fit.model)}", flush=True)
+    strategy.close()  # not on an error: a barrier there could wait forever for a rank that is gone
     return metrics
 
 
