@@ -64,6 +64,10 @@ class RunFolder:
                       doc="an anomaly run's score of every image it saw: good (held out by leave-one-out) and labelled")
     anomaly_maps = property(lambda self: self.path / "anomaly_maps.npy",
                             doc="an anomaly run's heat maps of its labelled images, a row per scores.csv test row")
+    heldout = property(lambda self: self.path / "heldout",
+                       doc="tests on held-out sets the model never saw: result.json and the pictures it got wrong")
+    novelty = property(lambda self: self.path / "novelty.npz",
+                       doc="the training images' pooled features and the 'none of these' threshold set on them")
 
 
 LOCK_FILE = RunFolder(".").lock.name
@@ -492,3 +496,27 @@ def worker_log_tail(run_dir: Path, lines: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(text[-lines:])
+
+
+_HELDOUT_RESULT = "result.json"
+_HELDOUT_MISTAKES = "mistakes"
+
+
+def heldout_mistakes_folder(run_dir: Path) -> Path:
+    """Where a held-out test keeps copies of the pictures it got wrong (made empty by write_heldout)."""
+    return RunFolder(run_dir).heldout / _HELDOUT_MISTAKES
+
+
+def write_heldout(run_dir: Path, result: dict, mistakes: list[tuple[str, bytes]]) -> None:
+    """A held-out test's result, replacing the last one: result.json and each mistaken picture by its name."""
+    folder = heldout_mistakes_folder(run_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for file_name, data in mistakes:
+        atomic_write_bytes(folder / file_name, data)
+    atomic_write_json(RunFolder(run_dir).heldout / _HELDOUT_RESULT, result)
+
+
+def read_heldout(run_dir: Path) -> dict | None:
+    """The last held-out test of a run; None when there was none or its record cannot be read."""
+    return _read_object(RunFolder(run_dir).heldout / _HELDOUT_RESULT)[0]

@@ -1,0 +1,59 @@
+"""Testing a finished classifier on a held-out set it never saw: in the engine (tl_core.use.heldout) and on the
+Results page (pages/ui/heldout_test.py)."""
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tl_core.ops import runs
+from tl_core.use import heldout
+
+KNOWN = ("Trouser", "Bag", "Sneaker", "Dress")  # head_run's classes (conftest.small_sample)
+
+
+def zipped(folder: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*.png")):
+            archive.write(path, path.relative_to(folder).as_posix())
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def own_run(head_run, _workspace) -> Path:
+    return Path(shutil.copytree(head_run, _workspace / "runs" / head_run.name))
+
+
+def test_a_held_out_folder_gives_accuracy_its_interval_confusion_and_mistakes(own_run, fashion_test_dir):
+    result = heldout.test_heldout(own_run, fashion_test_dir, label="fashion test")
+    assert result["images"] == 10 * len(KNOWN)  # 10 per class; the 6 classes the model lacks are named, not tested
+    unknown = {s["name"] for s in result["skipped"] if s["reason"] == "a class the model was not trained on"}
+    assert len(unknown) == 6 and not unknown & set(KNOWN)
+    confusion = result["confusion"]
+    correct = sum(confusion[i][i] for i in range(len(confusion)))
+    assert sum(map(sum, confusion)) == 40 and result["accuracy"] == pytest.approx(correct / 40)
+    assert result["accuracy"] > 0.5  # 4 classes: chance is 25 %
+    low, high = result["interval"]
+    assert low < result["accuracy"] < high or result["accuracy"] in (low, high)
+    assert len(result["mistakes"]) == 40 - correct
+    for mistake in result["mistakes"]:
+        assert mistake["label"] != mistake["predicted"] and heldout.mistake_picture(own_run, mistake).is_file()
+    assert runs.read_heldout(own_run) == result
+    assert result["in_training"] == 0  # the test split of Fashion-MNIST, not the bundled training sample
+
+
+def test_a_zip_with_a_bad_file_and_training_pictures_says_both(own_run, small_sample, fashion_test_dir):
+    data = zipped(small_sample, {"Bag/notes.png": b"not an image at all"})
+    result = heldout.test_heldout(own_run, data, label="set.zip")
+    assert result["images"] == 32
+    assert any(s["name"].endswith("notes.png") for s in result["skipped"])  # refused with its reason, not dropped
+    assert result["in_training"] == 32  # every picture was trained on: the page warns that the test flatters
+
+
+def test_a_set_bigger_than_the_app_tests_is_sent_to_the_command_line(own_run, fashion_test_dir):
+    with pytest.raises(ValueError, match="python -m tl_core evaluate"):
+        heldout.test_heldout(own_run, fashion_test_dir, max_images=5)
