@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import (data_quality, grow_model, jobs, kinds, labels, nav, results_headline, results_images, session,
-                      sidebar, transfer, widgets)
+from pages.ui import (data_quality, grow_model, heldout_test, jobs, kinds, labels, nav, results_headline,
+                      results_images, session, sidebar, transfer, widgets)
 from pages.ui.text import literal
 from tl_core import plots
 from tl_core.ops import runs
@@ -62,6 +62,8 @@ def classifier_results(run_dir: Path, status: dict) -> None:
         st.warning("This run has no metrics.json: its results were not saved.")
     curves(events)
     if metrics and status.get("state") == "done":
+        if not metrics.get("tasks"):  # a multi-task model is tested with a labels table (the command line)
+            heldout_test.heldout_section(run_dir)
         transfer.transfer_section(run_dir)
         data_quality.label_next_section(run_dir)
         grow_model.grow_section(run_dir)

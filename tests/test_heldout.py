@@ -57,3 +57,25 @@ def test_a_zip_with_a_bad_file_and_training_pictures_says_both(own_run, small_sa
 def test_a_set_bigger_than_the_app_tests_is_sent_to_the_command_line(own_run, fashion_test_dir):
     with pytest.raises(ValueError, match="python -m tl_core evaluate"):
         heldout.test_heldout(own_run, fashion_test_dir, max_images=5)
+
+
+pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
+
+
+def test_the_results_page_tests_an_uploaded_zip_and_shows_accuracy_confusion_and_mistakes(own_run, fashion_test_dir):
+    from apptest_support import open_page, plain
+
+    at = open_page("pages/5_Results.py", results_run=str(own_run))
+    upload = at.file_uploader(key="heldout_zip")
+    upload.set_value(("fashion test.zip", zipped(fashion_test_dir), "application/zip")).run()
+    at.button(key="heldout_zip_test").click().run()
+    assert not at.exception, at.exception
+    result = runs.read_heldout(own_run)
+    metrics = {metric.label: metric for metric in at.metric}
+    assert metrics["Held-out accuracy"].value == f"{result['accuracy']:.1%}"
+    assert metrics["Pictures tested"].value == "40"
+    assert any(text.value == "Last test: fashion test.zip" for text in at.text)
+    assert sum(text.value.endswith("a class the model was not trained on") for text in at.text) == 6
+    captions = at.image[-1].captions if result["mistakes"] else []
+    assert [plain(c) for c in captions] == [f"{m['name']}: {m['label']} → {m['predicted']} ({m['confidence']:.0%})"
+                                            for m in result["mistakes"][:24]]
