@@ -3,7 +3,7 @@ from pages.ui import gate  # first: nothing of a page runs before the gate
 gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 import streamlit as st
 
-from pages.ui import kinds, models, session, widgets
+from pages.ui import batch_predict, kinds, models, session, widgets
 from pages.ui.text import literal
 from tl_core.data.datasets import ImageRefused, open_image
 
@@ -21,11 +21,12 @@ def images_given() -> list:
     upload_tab, webcam_tab = st.tabs([":material/upload: Upload images", ":material/photo_camera: Webcam"],
                                      key="predict_source_tab", on_change="rerun")  # kept across reruns
     with upload_tab:
-        uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="predict_uploads",
-                                   help="PNG, JPEG, WebP, BMP, GIF or TIFF; anything else is refused with a reason.")
+        uploads = st.file_uploader("Images to classify (or zips of them)", accept_multiple_files=True,
+                                   key="predict_uploads", help="PNG, JPEG, WebP, BMP, GIF or TIFF, or a .zip of "
+                                   "them; anything else is refused with a reason.")
     with webcam_tab:
         shot = st.camera_input("Take a picture to classify", key="predict_camera")
-    files = list(uploads or []) + ([shot] if shot is not None else [])
+    files = batch_predict.expand(list(uploads or [])) + ([shot] if shot is not None else [])
     if not files:
         st.info("Upload images or take a picture to see what the model makes of them.",
                 icon=":material/image_search:")
@@ -89,7 +90,11 @@ def classify_images(run_dir) -> None:
                       key="predict_top_k")
     accepted = images_given()
     probabilities = model.predict_images([image for _, image in accepted]) if accepted else []
-    for (upload, image), probs in zip(accepted, probabilities):
+    unlike = batch_predict.section(run_dir, model, accepted, probabilities)
+    for (upload, image), probs, far in zip(accepted[:batch_predict.DETAILED], probabilities, unlike):
+        if far:
+            st.warning(literal(f"{upload.name}: looks like none of the classes; its answer below is a guess."),
+                       icon=":material/help:")
         answer(run_dir, model, upload, image, probs, top_k)
 
 

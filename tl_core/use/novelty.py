@@ -41,6 +41,12 @@ class Novelty:
         query = pooled_features(predictor, pixels)
         return 1.0 - (query @ self.features.T).max(axis=1) if len(query) else np.zeros(0, np.float32)
 
+    def score_images(self, predictor: Predictor, images: list) -> np.ndarray:
+        """scores() of PIL images, prepared as the model's own inputs."""
+        if not images:
+            return np.zeros(0, np.float32)
+        return self.scores(predictor, torch.stack([predictor.prepare(image) for image in images]))
+
     def unlike(self, scores: np.ndarray) -> np.ndarray:
         """Which scores are past the threshold: pictures that look like none of the classes."""
         return np.asarray(scores) > self.threshold
