@@ -2,6 +2,7 @@
 with 'looks like none of these' (tl_core.use.novelty), and its CSV to download."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
@@ -76,7 +77,7 @@ def section(run_dir, model, accepted: list, probabilities) -> list:
             "second_probability": st.column_config.NumberColumn("Its probability", format="percent"),
             "unlike_training": st.column_config.CheckboxColumn("Looks like none of these"),
             "distance": st.column_config.NumberColumn("Distance to training", format="%.3f")})
-        st.download_button("Download the predictions (CSV)", batch.rows_csv(rows), file_name="predictions.csv",
+        st.download_button("Download the predictions (CSV)", batch.rows_csv(rows), file_name=f"{Path(run_dir).name}-predictions.csv",
                            mime="text/csv", key="predict_csv", icon=":material/download:")
     if isinstance(unknown, novelty.Novelty):
         st.caption(f"Looks like none of these: {unknown.sentence()}")
