@@ -128,6 +128,7 @@ LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
     ("quality", {
         "quality.label_errors": "likely label errors (cleanlab), fixed as a new dataset version",
         "quality.active": "which unlabelled images to label next",
+        "quality.image_checks": "pictures to look at again: blank, blurry, enlarged past 2× to the input size",
     }),
     ("worker", {
         "worker": "one run's life, whoever starts it: claim, status, the kind's plan and fit, checks, the last word",

@@ -7,7 +7,7 @@ import streamlit as st
 from tl_core import plots
 from tl_core.data import datasets
 
-from pages.ui import labels, multitask_data, uploads, widgets
+from pages.ui import image_quality, labels, multitask_data, uploads, widgets
 from pages.ui.text import literal
 
 THUMBNAILS_PER_CLASS = 8
@@ -27,6 +27,7 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
     st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
     for warning in report["warnings"]:
         st.warning(literal(warning), icon=":material/warning:")
+    image_quality.section(dataset)
     if report["single_image_classes"] or report["from_subfolders"]:
         _leave_out(dataset, report)
     if report["refused"]:
