@@ -311,7 +311,7 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     assert not at.exception, at.exception
     assert at.title[0].value == "Class"
     table = at.dataframe[0].value
-    assert set(table["owner"]) == {"alice", "bob"} and set(table["run_id"]) == {alice_run.name, bob_run.name}
+    assert set(table["student"]) == {"alice", "bob"} and set(table["run"]) == {alice_run.name, bob_run.name}
     at.selectbox(key="class_chosen").set_value(str(bob_run)).run()
     at.button(key="class_cancel").click().run()
     assert runs.read_status(bob_run)["state"] == "cancelled" and runs.read_status(alice_run)["state"] == "queued"

@@ -96,6 +96,7 @@ LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
         "use.heldout": "a finished classifier tested on a labelled set it never saw, kept in the run folder",
         "use.novelty": "'looks like none of these': distance to the training images' features, its threshold",
         "use.batch": "many pictures at once: a zip's pictures, a row of predictions each, their CSV",
+        "use.classroom": "the teacher's table: a row per run with student, names, progress; no None shown",
         "use.explain": "Grad-CAM heat maps",
         "use.export": "verified ONNX / TorchScript / safetensors bundles",
         "use.model_card": "the bundle's MODEL_CARD.md",

@@ -236,6 +236,8 @@ def _sign_in_form(link: identities.Session | None) -> None:
         st.info("This is a sign-in link, opened in a browser that has not used it before: give the "
                 + ("teacher code" if link.teacher else "access code") + " to continue.")
     with st.form("access_form"):
+        if link is None:  # said on the form, not only behind the help icon: a teacher looks for their own box
+            st.caption("Teacher? Your teacher code goes in the Access code box; leave the name empty.")
         given = st.text_input("Access code", type="password", key="access_code_given",
                               help="Your teacher or the person who runs this server gives it. "
                                    "Teachers: your teacher code goes here.")
@@ -360,7 +362,8 @@ def teacher_actions() -> None:
     names = students()
     if not space().teacher or not names:
         return
-    with st.expander("Students' sign-ins", icon=":material/key:"):
+    with st.expander("Students' sign-ins: a student who lost their address gets a new link here",
+                     icon=":material/key:"):
         name = st.selectbox("Student", names, key="class_student")
         out_col, link_col = st.columns(2)
         if out_col.button("Sign this student out", key="class_sign_out", icon=":material/logout:"):
