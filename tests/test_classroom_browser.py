@@ -6,16 +6,17 @@ import sys
 
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, go_to, wait_until_healthy
+from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, app_url, free_port, go_to, wait_until_healthy  # noqa: F401
 
 pytestmark = pytest.mark.browser
-CODE = "tulip-42"
+CODE, TEACHER_CODE = "tulip-42", "oak-7"
 
 
 @pytest.fixture
 def classroom_url(tmp_path):
     port = free_port()
-    env = dict(os.environ, TL_STUDIO_HOME=str(tmp_path / "workspace"), TL_STUDIO_ACCESS_CODE=CODE)
+    env = dict(os.environ, TL_STUDIO_HOME=str(tmp_path / "workspace"), TL_STUDIO_ACCESS_CODE=CODE,
+               TL_STUDIO_TEACHER_CODE=TEACHER_CODE)
     log = open(tmp_path / "streamlit.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -107,5 +108,102 @@ def test_deep_links_before_anyone_signs_in_show_only_the_gate_in_chromium(classr
             expect(stranger.get_by_text("Signed in as erin")).to_have_count(0)
             page.get_by_role("button", name="Sign out").click()
             expect(page.get_by_role("textbox", name="Access code")).to_be_visible()
+        finally:
+            browser.close()
+
+
+def test_the_class_page_follows_a_run_to_its_end_without_a_click(classroom_url, _workspace):
+    """A student's run trains (this test holds its lock, as a worker would); the teacher's Class page shows its
+    progress, then, with nobody touching the page, that it ended."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    import json
+    import time
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_classroom import dataset_of
+    from tl_core.config import RunConfig
+    from tl_core.models import backbones
+    from tl_core.ops import runs, spaces
+
+    alice = spaces.claim_name("alice")
+    config = RunConfig(dataset_dir=str(dataset_of(alice, name="alice's leaves").root), backbone=backbones.EMBEDDED_MODEL)
+    run_dir = runs.create_run(config, alice.workspace, owner="alice")
+    lock = runs.try_lock(runs.RunFolder(run_dir).lock)  # "a worker trains it": the server starts none, fails none
+    start = time.time()
+    runs.RunFolder(run_dir).events.write_text(
+        json.dumps({"t": start, "event": "fit_start", "epochs": 5}) + "\n"
+        + json.dumps({"t": start + 1, "event": "epoch_end", "phase": "probe", "epoch": 1, "seconds": 1.0}) + "\n")
+    runs.write_status(run_dir, state="running", started=start)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+        expect.set_options(timeout=60_000)
+        try:
+            page.goto(classroom_url)
+            expect(page.get_by_text("Teacher? Your teacher code goes in the Access code box")).to_be_visible()
+            page.get_by_role("textbox", name="Access code").fill(TEACHER_CODE)
+            page.get_by_role("button", name="Enter").click()
+            go_to(page, "Class")
+            expect(page.get_by_text(f"alice · {run_dir.name}: Epoch 1 of 5")).to_be_visible()
+            training = page.get_by_test_id("stMetric").filter(has_text="Training now").get_by_test_id("stMetricValue")
+            expect(training).to_have_text("1")
+            runs.write_status(run_dir, state="done", ended=time.time())
+            runs.unlock(lock)
+            expect(training).to_have_text("0", timeout=20_000)  # the fragment read it again by itself
+            expect(page.get_by_text(f"alice · {run_dir.name}: Epoch")).to_have_count(0)
+        finally:
+            browser.close()
+
+
+def zip_of(members: dict) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_held_out_test_and_batch_predict_in_chromium(app_url, head_run, fashion_test_dir, tmp_path):
+    """A finished run: tested on a held-out zip on Results, then a zip of pictures predicted at once on Predict,
+    with the CSV downloaded."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    import csv
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+
+    shutil.copytree(head_run, tmp_path / "workspace" / "runs" / head_run.name)
+    held_out = zip_of({f"{name}/{path.name}": path.read_bytes() for name in ("Trouser", "Bag", "Sneaker", "Dress")
+                       for path in sorted((fashion_test_dir / name).glob("*.png"))[:5]})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
+        expect.set_options(timeout=90_000)
+        try:
+            page.goto(app_url)
+            go_to(page, "5 · Results")
+            uploader = page.get_by_test_id("stFileUploader").filter(has_text="A .zip with one folder per class")
+            uploader.locator("input[type=file]").set_input_files(
+                files=[{"name": "held out.zip", "mimeType": "application/zip", "buffer": held_out}])
+            page.get_by_role("button", name="Test on this zip").click()
+            expect(page.get_by_text("Last test: held out.zip")).to_be_visible()
+            tested = page.get_by_test_id("stMetric").filter(has_text="Pictures tested").get_by_test_id("stMetricValue")
+            expect(tested).to_have_text("20")
+
+            go_to(page, "6 · Predict")
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").first.set_input_files(
+                files=[{"name": "many.zip", "mimeType": "application/zip", "buffer": held_out}])
+            expect(page.get_by_text("20 pictures")).to_be_visible()
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download the predictions (CSV)").click()
+            rows = list(csv.DictReader(open(download.value.path(), encoding="utf-8")))
+            assert len(rows) == 20 and all(row["predicted"] in ("Trouser", "Bag", "Sneaker", "Dress") for row in rows)
+            assert rows[0]["file"].startswith("many.zip/") and rows[0]["unlike_training"] in ("True", "False")
         finally:
             browser.close()
