@@ -175,7 +175,8 @@ def test_predict_shows_the_top_class_with_a_heat_map_and_names_a_refused_file(ru
     Image.open(row["path"]).convert("RGB").resize((120, 90)).save(photo, "JPEG")
     at.camera_input(key="predict_camera").set_value(("webcam.jpg", photo.getvalue(), "image/jpeg")).run()
     assert not at.exception
-    assert [plain(header.value).split(":")[0] for header in at.subheader] == ["shoe.png", "webcam.jpg"]
+    # two pictures: first the table of both (pages/ui/batch_predict.py), then each one with its heat map
+    assert [plain(header.value).split(":")[0] for header in at.subheader] == ["2 pictures", "shoe.png", "webcam.jpg"]
 
 
 def test_export_page_makes_a_verified_safetensors_bundle_to_download(run_dir):
