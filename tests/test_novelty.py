@@ -65,3 +65,12 @@ def test_the_leave_one_out_threshold_is_the_quantile_of_nearest_other_distances(
     close = np.array([[1, 0], [0.96, 0.28], [0, 1]], dtype=np.float32)  # two close, one apart
     distances = sorted([1 - 0.96, 1 - 0.96, 1 - 0.28])
     assert novelty.leave_one_out_threshold(close, 0.5) == pytest.approx(distances[1])
+
+
+def test_a_big_training_set_is_compared_through_a_seeded_sample(own_run, monkeypatch):
+    monkeypatch.setattr(novelty, "MAX_REFERENCE", 10)
+    first = novelty.novelty_of(own_run)
+    runs.RunFolder(own_run).novelty.unlink()
+    again = novelty.novelty_of(own_run)
+    assert first.features.shape[0] == 10 and np.array_equal(first.features, again.features)
+    assert "10 training pictures" in first.sentence()

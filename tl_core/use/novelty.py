@@ -26,6 +26,9 @@ from .predict import Predictor
 # 99 % none, while photos of brick, grass, gravel and noise lay far beyond either (tests/test_novelty.py).
 QUANTILE = 0.99
 _BATCH = 64
+# The training pictures compared with: all of them up to this many, else a seeded sample. Computed in the app's
+# process on first use, so bounded (a minute or two on a CPU); beyond a few thousand the threshold barely moves.
+MAX_REFERENCE = 2000
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Novelty:
     def sentence(self) -> str:
         """The rule, in words, for the page."""
         return (f"A picture is called unlike the training pictures when its features are farther from every one of "
-                f"the {len(self.features)} training pictures than {self.quantile:.0%} of those are from their own "
+                f"{len(self.features)} training pictures than {self.quantile:.0%} of those are from their own "
                 f"nearest neighbour (distance {self.threshold:.3f}); so about {1 - self.quantile:.0%} of ordinary "
                 "pictures are flagged too.")
 
@@ -75,8 +78,12 @@ def novelty_of(run_dir: str | Path, predictor: Predictor | None = None) -> Novel
                          "compare a picture with") from None
     if len(dataset.items) < 3:
         raise ValueError("too few training pictures to set a threshold on")
+    paths = dataset.paths()
+    if len(paths) > MAX_REFERENCE:  # a seeded sample: the same pictures each time, and a bounded first wait
+        keep = np.random.default_rng(0).choice(len(paths), MAX_REFERENCE, replace=False)
+        paths = [paths[i] for i in sorted(keep)]
     preprocess = predictor.preprocess
-    pixels = decode_images(dataset.paths(), predictor.size, preprocess["crop_pct"], preprocess["interpolation"],
+    pixels = decode_images(paths, predictor.size, preprocess["crop_pct"], preprocess["interpolation"],
                            cache_dir=workspace_root() / "cache" / "pixels")
     features = pooled_features(predictor, pixels)
     novelty = Novelty(features, leave_one_out_threshold(features, QUANTILE), QUANTILE)
