@@ -79,3 +79,11 @@ def test_the_results_page_tests_an_uploaded_zip_and_shows_accuracy_confusion_and
     captions = at.image[-1].captions if result["mistakes"] else []
     assert [plain(c) for c in captions] == [f"{m['name']}: {m['label']} → {m['predicted']} ({m['confidence']:.0%})"
                                             for m in result["mistakes"][:24]]
+
+
+def test_uploaded_files_of_a_single_class_are_tested(own_run, fashion_test_dir):
+    files = [(path.name, path.read_bytes(), "Bag") for path in sorted((fashion_test_dir / "Bag").glob("*.png"))]
+    result = heldout.test_heldout(own_run, files, label="bags")
+    assert result["images"] == 10 and result["per_class"]["Bag"]["support"] == 10
+    assert result["confusion"][result["classes"].index("Bag")][result["classes"].index("Bag")] == round(
+        10 * result["accuracy"])

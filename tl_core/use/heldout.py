@@ -51,7 +51,7 @@ def _ingest(source, label: str, workspace: Path):
         return ingest_zip(bytes(source), name=label, workspace=workspace, min_classes=1)
     if isinstance(source, (str, Path)):
         return ingest_folder(source, name=label, workspace=workspace, min_classes=1)
-    return ingest_files(list(source), name=label, workspace=workspace)
+    return ingest_files(list(source), name=label, workspace=workspace, min_classes=1)
 
 
 def _score(predictor: Predictor, dataset, label: str, progress) -> tuple[dict, list[tuple[str, bytes]]]:

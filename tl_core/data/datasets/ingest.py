@@ -115,10 +115,11 @@ def ingest_zip(src: str | Path | bytes, name: str | None = None, workspace: Path
 
 
 def ingest_files(files: list[tuple], name: str | None = None, workspace: Path | None = None, *,
-                 progress: Callable[[int, int], None] | None = None) -> Dataset:
+                 progress: Callable[[int, int], None] | None = None, min_classes: int = 2) -> Dataset:
     """Ingest uploaded files given as (file name, bytes, class name), as an upload widget hands them over.
 
-    A fourth element, when given, names the sub-folder of the class folder the file came from.
+    A fourth element, when given, names the sub-folder of the class folder the file came from. `min_classes=1`
+    takes a single class (a held-out test of one class: tl_core.use.heldout).
     """
     entries = []
     for file_name, data, label, *subfolder in files:
@@ -128,7 +129,8 @@ def ingest_files(files: list[tuple], name: str | None = None, workspace: Path | 
         entries.append(_Entry(file_name, label or None, partial(bytes, data), None if label else "no class given",
                               (subfolder or [None])[0] or None))
     default_name = time.strftime("upload %Y-%m-%d %H:%M")
-    return _ingest(entries, [], name or default_name, {"kind": "upload", "files": len(files)}, workspace, progress)
+    return _ingest(entries, [], name or default_name, {"kind": "upload", "files": len(files)}, workspace, progress,
+                   min_classes)
 
 
 def _walk_folder(src: Path) -> tuple[list[_File], list[tuple[str, tuple[str, ...]]]]:
