@@ -68,3 +68,17 @@ def test_the_predict_page_tables_a_zip_flags_the_brick_wall_and_offers_the_csv(h
     assert len(at.get("download_button")) == 1
     assert any("99%" in caption.value for caption in at.caption)
     assert len(at.subheader) == 1 + DETAILED  # "13 pictures", then the first DETAILED one by one with heat maps
+
+
+def test_one_picture_of_a_wall_is_said_to_look_like_none_of_the_classes(head_run, _workspace):
+    from apptest_support import open_page, plain
+
+    run_dir = Path(shutil.copytree(head_run, _workspace / "runs" / head_run.name))
+    at = open_page("pages/6_Predict.py", predict_run=str(run_dir))
+    wall = png(good_image("gravel", np.random.default_rng(1), size=128))
+    at.file_uploader(key="predict_uploads").set_value(("wall.png", wall, "image/png")).run()
+    assert not at.exception, at.exception
+    assert [plain(w.value) for w in at.warning] == ["wall.png: looks like none of the classes; its answer below is a "
+                                                    "guess."]
+    assert not at.dataframe  # one picture: no table, its answer and heat map as before
+    assert len(at.subheader) == 1 and plain(at.subheader[0].value).startswith("wall.png: ")
