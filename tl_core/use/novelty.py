@@ -59,7 +59,8 @@ class Novelty:
         return (f"A picture is called unlike the training pictures when its features are farther from every one of "
                 f"{len(self.features)} training pictures than {self.quantile:.0%} of those are from their own "
                 f"nearest neighbour (distance {self.threshold:.3f}); so about {1 - self.quantile:.0%} of ordinary "
-                "pictures are flagged too.")
+                "pictures are flagged too. A picture close to the classes (a shirt, for a model of dresses and "
+                "trousers) is often not flagged: this is a warning, not a verdict.")
 
 
 def novelty_of(run_dir: str | Path, predictor: Predictor | None = None) -> Novelty:
