@@ -63,3 +63,27 @@ def test_the_sign_in_form_tells_the_teacher_where_the_teacher_code_goes(classroo
 
     at = open_page()
     assert any("teacher code goes in the Access code box" in plain(c.value) for c in at.caption)
+
+
+def test_a_student_who_lost_their_address_is_pointed_to_the_teacher_and_comes_back_to_their_runs(classroom_app,
+                                                                                                  _workspace):
+    from test_classroom import CODE, open_page_with_token
+    from pages.ui import gate
+
+    erin = sign_in("erin")
+    erin_run = run_of(spaces.Space(_workspace, "erin"), dataset_of(spaces.Space(_workspace, "erin")), "done")
+    again = sign_in("erin")  # a new browser, without her address: her name is hers, so it is refused, with the way back
+    assert "ask your teacher for a fresh one" in plain(again.error[0].value)
+    teacher = sign_in("", code=TEACHER_CODE)
+    teacher.switch_page(nav.CLASS_PAGE).run()
+    assert any("lost their address" in expander.label for expander in teacher.expander)
+    teacher.selectbox(key="class_student").set_value("erin").run()
+    teacher.button(key="class_fresh_link").click().run()
+    token = teacher.code[0].value.split(f"{gate.IDENTITY_PARAM}=")[1]
+    back = open_page_with_token(token)
+    back.text_input(key="access_code_given").set_value(CODE)
+    back.button[0].click().run()
+    assert not back.exception, back.exception
+    back.switch_page(nav.RESULTS_PAGE).run()
+    assert back.selectbox(key="results_run").value == str(erin_run)  # her own run, as before
+    assert erin.query_params[gate.IDENTITY_PARAM] != token
