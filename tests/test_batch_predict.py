@@ -2,6 +2,7 @@
 these', and its CSV (tl_core.use.batch, pages/ui/batch_predict.py)."""
 import csv
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from tl_core.anomaly.synthetic import good_image
 from pages.ui.batch_predict import DETAILED
+from tl_core.ops import runs
 from tl_core.use import batch
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
@@ -82,3 +84,20 @@ def test_one_picture_of_a_wall_is_said_to_look_like_none_of_the_classes(head_run
                                                     "guess."]
     assert not at.dataframe  # one picture: no table, its answer and heat map as before
     assert len(at.subheader) == 1 and plain(at.subheader[0].value).startswith("wall.png: ")
+
+
+def test_without_the_training_pictures_predict_says_none_of_these_is_not_measured(head_run, _workspace, tmp_path):
+    from apptest_support import open_page
+
+    from tl_core.ops.storage import atomic_write_json
+
+    run_dir = Path(shutil.copytree(head_run, _workspace / "runs" / head_run.name))
+    record = json.loads(runs.RunFolder(run_dir).config.read_text())
+    record["config"]["dataset_dir"] = str(tmp_path / "deleted dataset")
+    atomic_write_json(runs.RunFolder(run_dir).config, record)
+    at = open_page("pages/6_Predict.py", predict_run=str(run_dir))
+    picture = png(good_image("brick", np.random.default_rng(0), size=96))
+    at.file_uploader(key="predict_uploads").set_value(("a.png", picture, "image/png")).run()
+    assert not at.exception, at.exception
+    assert any("is not measured" in caption.value for caption in at.caption)
+    assert not at.warning and len(at.subheader) == 1  # the answer still comes

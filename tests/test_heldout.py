@@ -87,3 +87,15 @@ def test_uploaded_files_of_a_single_class_are_tested(own_run, fashion_test_dir):
     assert result["images"] == 10 and result["per_class"]["Bag"]["support"] == 10
     assert result["confusion"][result["classes"].index("Bag")][result["classes"].index("Bag")] == round(
         10 * result["accuracy"])
+
+
+def test_a_damaged_model_is_a_message_on_the_results_page_not_a_crash(own_run, fashion_test_dir):
+    from apptest_support import open_page
+
+    runs.RunFolder(own_run).weights.write_bytes(b"garbage")
+    at = open_page("pages/5_Results.py", results_run=str(own_run))
+    at.file_uploader(key="heldout_zip").set_value(("t.zip", zipped(fashion_test_dir), "application/zip")).run()
+    at.button(key="heldout_zip_test").click().run()
+    assert not at.exception, at.exception
+    assert any("could not be tested" in error.value for error in at.error)
+    assert runs.read_heldout(own_run) is None

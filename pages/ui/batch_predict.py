@@ -53,7 +53,7 @@ def novelty_model(run_dir: str, _predictor) -> novelty.Novelty | str:
     """The run's novelty model (computed once and kept in the run folder), or why there is none, in words."""
     try:
         return novelty.novelty_of(run_dir, _predictor)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # no training pictures left to compare with: said, and predict goes on
         return str(error)
 
 

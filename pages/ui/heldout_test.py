@@ -46,6 +46,8 @@ def _test(run_dir: Path, source, label: str) -> None:
         st.error(literal(error))
         for refused in getattr(error, "refused", [])[:20]:
             st.text(f"{refused['name']}: {refused['reason']}")
+    except Exception as error:  # a damaged model file is this run's problem, said here, not a crash
+        st.error(f"This run's model could not be tested: {literal(error)}")
     finally:
         bar.empty()
 
