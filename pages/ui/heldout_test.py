@@ -59,7 +59,7 @@ def show_result(run_dir: Path, result: dict) -> None:
     low, high = result["interval"]
     accuracy_col, balanced_col, count_col = st.columns(3)
     accuracy_col.metric("Held-out accuracy", f"{accuracy:.1%}", delta=f"95 %: {low:.0%}–{high:.0%}",
-                        delta_color="off", help="The true accuracy on pictures like these lies in this interval "
+                        delta_color="off", delta_arrow="off", help="The true accuracy on pictures like these lies in this interval "
                                                 "19 times out of 20 (Wilson interval).")
     balanced_col.metric("Balanced accuracy", f"{result['balanced_accuracy']:.1%}",
                         help="The mean of the per-class recalls: every class counts the same.")
