@@ -1,6 +1,7 @@
 """Testing a finished classifier on a held-out set it never saw: in the engine (tl_core.use.heldout) and on the
 Results page (pages/ui/heldout_test.py)."""
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -99,3 +100,11 @@ def test_a_damaged_model_is_a_message_on_the_results_page_not_a_crash(own_run, f
     assert not at.exception, at.exception
     assert any("could not be tested" in error.value for error in at.error)
     assert runs.read_heldout(own_run) is None
+
+
+def test_the_command_line_saves_a_big_test_for_the_results_page(own_run, fashion_test_dir, capsys):
+    from tl_core.__main__ import main as cli
+
+    assert cli(["evaluate", str(own_run), "--data", str(fashion_test_dir), "--save"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["images"] == 40 and runs.read_heldout(own_run) == printed

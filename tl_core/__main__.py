@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True, help="a folder of class folders (or of images named by --labels)")
     evaluate.add_argument("--labels", help="a CSV labels table for a multi-task run's images")
+    evaluate.add_argument("--save", action="store_true",
+                          help="a classifier: keep the result (and its mistakes) with the run, for its Results page")
 
     predict = commands.add_parser("predict", help="top-k classes of images")
     predict.add_argument("run_dir")
@@ -264,6 +266,14 @@ def _task_weights(text: str) -> dict[str, float]:
 def _evaluate(args) -> int:
     from . import kinds
 
+    if args.save:  # the app's held-out test, without its size bound: the Results page shows it afterwards
+        from .use.heldout import test_heldout
+
+        data = Path(args.data)
+        result = test_heldout(args.run_dir, data if data.is_dir() else data.read_bytes(), label=data.name,
+                              max_images=sys.maxsize)
+        print(json.dumps(result, indent=2))
+        return 0
     labels = {"labels": args.labels} if args.labels else {}  # passed on only when given (see _prepare_run)
     print(json.dumps(kinds.run_kind(args.run_dir).call("evaluate", Path(args.run_dir), Path(args.data), **labels),
                      indent=2))

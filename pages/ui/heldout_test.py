@@ -21,7 +21,8 @@ def heldout_section(run_dir: Path) -> None:
     """Upload a labelled set the model never saw; the last test of this run, read back from its folder."""
     st.subheader("Test on pictures it never saw")
     st.caption("A folder or zip with one folder per class, named like the model's classes. The pictures are tested "
-               f"here, on this server (at most {heldout.MAX_IMAGES}; more with `python -m tl_core evaluate`), "
+               f"here, on this server (at most {heldout.MAX_IMAGES}; more with `python -m tl_core evaluate RUN --data "
+               "FOLDER --save`, whose result shows here too), "
                "and are not kept as a dataset; only the result and the pictures it got wrong are kept with the run.")
     zip_tab, folder_tab = st.tabs([":material/folder_zip: A zip", ":material/folder_open: A folder"])
     with zip_tab:

@@ -38,7 +38,7 @@ def test_heldout(run_dir: str | Path, source, label: str = "held-out set", max_i
         if len(dataset.items) > max_images:
             raise ValueError(f"{label}: {len(dataset.items)} pictures, more than the app tests at once "
                              f"({max_images}); test it from the command line: python -m tl_core evaluate "
-                             f"{run_dir} --data FOLDER")
+                             f"{run_dir} --data FOLDER --save")
         result, mistakes = _score(predictor, dataset, label, progress)
         result["in_training"] = _seen_in_training(run_dir, dataset)
         runs.write_heldout(run_dir, result, mistakes)
