@@ -108,3 +108,17 @@ def test_the_command_line_saves_a_big_test_for_the_results_page(own_run, fashion
     assert cli(["evaluate", str(own_run), "--data", str(fashion_test_dir), "--save"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["images"] == 40 and runs.read_heldout(own_run) == printed
+
+
+def test_the_results_page_tests_an_uploaded_folder(own_run, fashion_test_dir):
+    from apptest_support import open_page
+
+    at = open_page("pages/5_Results.py", results_run=str(own_run))
+    files = [(f"fashion/{name}/{path.name}", path.read_bytes(), "image/png") for name in ("Bag", "Dress")
+             for path in sorted((fashion_test_dir / name).glob("*.png"))[:5]]
+    at.file_uploader(key="heldout_folder").set_value(files).run()
+    at.button(key="heldout_folder_test").click().run()
+    assert not at.exception, at.exception
+    result = runs.read_heldout(own_run)
+    assert result["images"] == 10 and result["per_class"]["Bag"]["support"] == 5
+    assert {metric.label: metric.value for metric in at.metric}["Pictures tested"] == "10"
