@@ -33,7 +33,9 @@ def free_port() -> int:
 class Server:
     """`streamlit run app.py` on a free port of 127.0.0.1, with the environment given; stop() ends it."""
 
-    def __init__(self, workspace: Path, log: Path, **env: str):
+    def __init__(self, workspace: Path, log: Path, root: Path = ROOT, argv: list[str] | None = None, **env: str):
+        self.root = Path(root)  # another checkout's app (bench/: the code before a change)
+        self.argv = argv or ["-m", "streamlit", "run", "app.py"]  # bench/profile_server.py runs it under a profiler
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, TL_STUDIO_HOME=str(workspace), **env)
@@ -43,10 +45,10 @@ class Server:
     def start(self) -> "Server":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+            [sys.executable, *self.argv, "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1",
              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
