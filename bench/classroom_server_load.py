@@ -1,8 +1,8 @@
 """A classroom's load through the real server: server CPU per page rerun, and N websocket clients rerunning at once.
 
 `streamlit run app.py` serves the clients over Streamlit's own protocol (tests/live_server.py), each client signed
-in through the gate as a student who took the sample dataset (the Data page's button), so the sidebar, Data and
-Layers pages work on a real dataset. Two measures:
+in through the gate as a student who took the sample dataset (the Data page's button) and owns finished runs (a
+real run trained once, copied), so every page has a dataset and runs to show. Two measures:
 
 1. CPU per rerun, per page: one client reruns each page (warm-up reruns first, then `--cpu-reruns`), and the
    server process's CPU time (utime + stime from /proc/<pid>/stat) over those reruns is divided by their number:
@@ -26,7 +26,9 @@ import argparse
 import json
 import os
 import pstats
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +40,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from live_server import Client, Server, click, sign_in  # noqa: E402
+from tl_core.data.sample_data import SAMPLE_DIR  # noqa: E402
+from tl_core.ops.runs import RunFolder  # noqa: E402
+from tl_core.ops.storage import atomic_write_json  # noqa: E402
 
 CODE, TEACHER_CODE = "bench-class", "bench-teacher"
 STUDENT_PAGES = ["Backbone", "Data", "Layers", "Train", "Results", "Predict", "Export", "Runs"]
@@ -61,6 +66,35 @@ def cpu_s(pid: int) -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def trained_run() -> Path:
+    """A real finished run (embedded EfficientNet-Lite0, head only, 2 epochs at 96 px on 4 × 8 sample images),
+    trained once and kept in the temporary folder for the next draws."""
+    cache = Path(tempfile.gettempdir()) / "tl_bench_run"
+    run_dir = cache / "workspace" / "runs" / "20260101-000000-bench"
+    if RunFolder(run_dir).weights.exists():
+        return run_dir
+    shutil.rmtree(cache, ignore_errors=True)
+    for name in ("Trouser", "Bag", "Sneaker", "Dress"):
+        (cache / "data" / name).mkdir(parents=True)
+        for image in sorted((SAMPLE_DIR / name).glob("*.png"))[:8]:
+            shutil.copy(image, cache / "data" / name / image.name)
+    subprocess.run([sys.executable, "-m", "tl_core", "train", "--data", str(cache / "data"), "--freeze", "head",
+                    "--epochs", "2", "--features", "last", "--image-size", "96", "--run-dir", str(run_dir)],
+                   cwd=ROOT, env=dict(os.environ, TL_STUDIO_HOME=str(cache / "workspace")), check=True,
+                   stdout=subprocess.DEVNULL)
+    return run_dir
+
+
+def seed_runs(workspace: Path, names: list[str], per_student: int) -> None:
+    """`per_student` finished runs owned by each name, in the server's one runs folder (as a class after a lesson)."""
+    source = trained_run()
+    for name in names:
+        for index in range(per_student):
+            run_dir = workspace / "runs" / f"2026010{index + 1}-000000-{name}"
+            shutil.copytree(source, run_dir)
+            atomic_write_json(RunFolder(run_dir).owner, {"owner": name})
 
 
 def student(url: str, name: str) -> Client:
@@ -126,6 +160,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 10, 30])
     parser.add_argument("--reruns", type=int, default=3)
     parser.add_argument("--cpu-reruns", type=int, default=10)
+    parser.add_argument("--runs-per-student", type=int, default=2, help="finished runs each student owns")
     parser.add_argument("--profile", type=Path, help="profile each page's reruns (cProfile) into this folder")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="classroom-server-load.json", help="file name under bench/results/")
@@ -135,6 +170,8 @@ def main() -> None:
         summarize(args.summarize)
         return
     home = Path(tempfile.mkdtemp(prefix="tl_load_"))
+    seed_runs(home / "workspace", [f"load-{index:02d}" for index in range(max(args.clients + [1]))],
+              args.runs_per_student)
     env = dict(TL_STUDIO_ACCESS_CODE=CODE, TL_STUDIO_TEACHER_CODE=TEACHER_CODE, TL_STUDIO_NAMES_PER_ADDRESS="1000",
                TL_STUDIO_GUESSES_PER_SERVER="100000", TL_STUDIO_MAX_DATASETS="1000")
     argv = None

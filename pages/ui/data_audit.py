@@ -7,7 +7,7 @@ import streamlit as st
 from tl_core import plots
 from tl_core.data import datasets
 
-from pages.ui import labels, multitask_data, uploads, widgets
+from pages.ui import cached, labels, multitask_data, uploads, widgets
 from pages.ui.text import literal
 
 THUMBNAILS_PER_CLASS = 8
@@ -24,7 +24,7 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
     classes_col.metric("Classes", len(report["classes"]))
     balance_col.metric("Largest ÷ smallest class", f"{report['imbalance_ratio']:.1f}×")
     refused_col.metric("Files refused", len(report["refused"]))
-    st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
+    st.plotly_chart(cached.figure(dataset.root, lambda: plots.counts_figure(report["counts"]), "counts"), key="counts_chart")
     for warning in report["warnings"]:
         st.warning(literal(warning), icon=":material/warning:")
     if report["single_image_classes"] or report["from_subfolders"]:
@@ -37,11 +37,12 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
     with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
         for label in dataset.classes:
             paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
-            images = [image for image in map(widgets.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
+            images = [image for image in (cached.thumbnail_jpeg(path, 72) for path in paths[:THUMBNAILS_PER_CLASS])
+                      if image is not None]
             label_col, images_col = st.columns([1, 6])
             label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
             if images:
-                images_col.image(images, width=72)
+                images_col.image(images, width=72, output_format="JPEG")
 
 
 def _leave_out(dataset: datasets.Dataset, report: dict) -> None:

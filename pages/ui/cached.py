@@ -1,0 +1,70 @@
+"""What pages compute from a folder's files (a run's, a dataset's), kept between reruns while the files are unchanged.
+
+A classroom server reruns a page for every click of every user; a run's figures and its parsed predictions do
+not change between those reruns. Each value here is kept under a stamp of its folder (tl_core.ops.filecache:
+every entry's inode, modification time and size), taken again on every call, so a run that trains on, or a
+dataset made again, is read again on the next rerun. One server process shares these between its sessions.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+from tl_core.ops.filecache import file_stamp, folder_stamp
+
+MAX_KEPT = 4096  # thumbnails are a few kB, figures a few tens
+_kept: OrderedDict = OrderedDict()  # key -> (stamp, value)
+_lock = threading.Lock()
+
+
+def _get(key: tuple, stamp, make: Callable[[], object]):
+    with _lock:
+        kept = _kept.get(key)
+        if kept is not None:
+            _kept.move_to_end(key)
+    if kept is None or kept[0] != stamp:
+        kept = (stamp, make())
+        with _lock:
+            _kept[key] = kept
+            while len(_kept) > MAX_KEPT:
+                _kept.popitem(last=False)
+    return kept[1]
+
+
+def figure(folder: str | Path, build: Callable[[], object], *name):
+    """The plotly figure build() makes from `folder`'s files, made again only when they change. `name` tells the
+    folder's figures apart (and holds whatever else the figure depends on, such as a chosen cell). The figure
+    is shared: st.plotly_chart copies it, and nobody may change it."""
+    return _get(("figure", str(folder), *name), folder_stamp(folder), build)
+
+
+def from_folder(function: Callable, folder: str | Path, *args):
+    """function(folder, *args), computed again only when the folder's files change; each caller gets a copy."""
+    value = _get(("value", function.__module__, function.__qualname__, str(folder), *args), folder_stamp(folder),
+                 lambda: function(folder, *args))
+    return copy.deepcopy(value)
+
+
+def thumbnail_jpeg(path: str | Path, size: int) -> bytes | None:
+    """A JPEG of the image at most `size` pixels wide and high, for st.image(..., width=size,
+    output_format="JPEG"): drawn at its own size and format, Streamlit sends the bytes as they are, where a
+    PIL image is encoded, decoded, resized and encoded again on every rerun. None when the file cannot be read."""
+    return _get(("thumbnail", str(path), size), file_stamp(path), lambda: _encode_thumbnail(path, size))
+
+
+def _encode_thumbnail(path: str | Path, size: int) -> bytes | None:
+    import io
+
+    from tl_core.data.datasets import ImageRefused, open_image
+
+    try:
+        image = open_image(path, draft_size=2 * size)
+        image.thumbnail((size, size))
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=85)
+    except (ImageRefused, OSError, ValueError):
+        return None
+    return out.getvalue()
