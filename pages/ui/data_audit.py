@@ -36,9 +36,9 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
                                     "reason": st.column_config.TextColumn("Why it was refused", width="large")})
     with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
         for label in dataset.classes:
-            paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
-            images = [image for image in (cached.thumbnail_jpeg(path, 72) for path in paths[:THUMBNAILS_PER_CLASS])
-                      if image is not None]
+            paths = [item["path"] for item in dataset.items if item["label"] == label]  # joined only when shown
+            images = [image for image in (cached.thumbnail_jpeg(dataset.root / path, 72)
+                                          for path in paths[:THUMBNAILS_PER_CLASS]) if image is not None]
             label_col, images_col = st.columns([1, 6])
             label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
             if images:
