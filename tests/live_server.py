@@ -82,12 +82,16 @@ class Server:
 class Client:
     """One browser session over a websocket: rerun(page, widgets) returns what the script run drew."""
 
-    def __init__(self, url: str, query: str = "", cookies: dict[str, str] | None = None, timeout: float = 60):
+    def __init__(self, url: str, query: str = "", cookies: dict[str, str] | None = None, timeout: float = 60,
+                 source: str | None = None):
         ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else None
+        # `source`: the client's own address (127.0.0.2...), as another computer of the class would have one
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) if source else None
         # no keepalive pings: a server busy with 30 script runs answers late, and that is what is measured
         self.ws = connect(ws_url, legacy=True, subprotocols=["streamlit"], additional_headers=headers, max_size=2**26,
-                          ping_interval=None,
+                          ping_interval=None, sock=sock,
                           open_timeout=timeout)
         self.query, self.timeout = query, timeout
         self.session_id = None

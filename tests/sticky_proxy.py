@@ -50,7 +50,10 @@ class StickyProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         self._ready.set()
         async with self._server:
-            await self._server.serve_forever()
+            try:
+                await self._server.serve_forever()
+            except asyncio.CancelledError:  # stop() closed it
+                pass
 
     def start(self) -> "StickyProxy":
         threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True).start()
