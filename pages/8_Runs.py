@@ -97,5 +97,11 @@ def chosen_runs() -> list[str]:
     return chosen
 
 
+@st.fragment  # choosing runs to compare redraws the comparison alone, not the table of every run above it
+def compare_section() -> None:
+    """The chosen runs side by side."""
+    run_compare.side_by_side(chosen_runs())
+
+
 damaged_section(runs_table())
-run_compare.side_by_side(chosen_runs())
+compare_section()

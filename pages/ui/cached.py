@@ -41,6 +41,12 @@ def figure(folder: str | Path, build: Callable[[], object], *name):
     return _get(("figure", str(folder), *name), folder_stamp(folder), build)
 
 
+def figure_for(key: tuple, build: Callable[[], object]):
+    """The figure build() makes, kept under `key`, which must name all it depends on: for a live run, the run and
+    how many events it has read (its event log only grows, so that many events are the same events)."""
+    return _get(("keyed", *key), None, build)
+
+
 def from_folder(function: Callable, folder: str | Path, *args):
     """function(folder, *args), computed again only when the folder's files change; each caller gets a copy."""
     value = _get(("value", function.__module__, function.__qualname__, str(folder), *args), folder_stamp(folder),
