@@ -74,3 +74,38 @@ def _encode_thumbnail(path: str | Path, size: int) -> bytes | None:
     except (ImageRefused, OSError, ValueError):
         return None
     return out.getvalue()
+
+
+def thumbnail_strip(paths: list, size: int, gap: int = 8) -> bytes | None:
+    """One PNG of the images side by side, each at most `size` pixels, `gap` transparent pixels apart: one element
+    for a class's row of thumbnails where one per image cost Streamlit a format check and a media file each on
+    every rerun. None when no image can be read."""
+    key = ("strip", tuple(map(str, paths)), size, gap)
+    return _get(key, tuple(file_stamp(path) for path in paths), lambda: _encode_strip(paths, size, gap))
+
+
+def _encode_strip(paths: list, size: int, gap: int) -> bytes | None:
+    import io
+
+    from PIL import Image
+
+    from tl_core.data.datasets import ImageRefused, open_image
+
+    tiles = []
+    for path in paths:
+        try:
+            image = open_image(path, draft_size=2 * size)
+            image.thumbnail((size, size))
+            tiles.append(image.convert("RGBA"))
+        except (ImageRefused, OSError, ValueError):
+            continue  # one unreadable image leaves a gap in the row, never the row
+    if not tiles:
+        return None
+    strip = Image.new("RGBA", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)))
+    x = 0
+    for tile in tiles:
+        strip.paste(tile, (x, 0))
+        x += tile.width + gap
+    out = io.BytesIO()
+    strip.save(out, format="PNG")
+    return out.getvalue()

@@ -37,12 +37,11 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
     with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
         for label in dataset.classes:
             paths = [item["path"] for item in dataset.items if item["label"] == label]  # joined only when shown
-            images = [image for image in (cached.thumbnail_jpeg(dataset.root / path, 72)
-                                          for path in paths[:THUMBNAILS_PER_CLASS]) if image is not None]
+            strip = cached.thumbnail_strip([dataset.root / path for path in paths[:THUMBNAILS_PER_CLASS]], 72)
             label_col, images_col = st.columns([1, 6])
             label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
-            if images:
-                images_col.image(images, width=72, output_format="JPEG")
+            if strip is not None:
+                images_col.image(strip, output_format="PNG")  # drawn at its own size: sent as it is
 
 
 def _leave_out(dataset: datasets.Dataset, report: dict) -> None:
