@@ -77,7 +77,7 @@ def _encode_thumbnail(path: str | Path, size: int) -> bytes | None:
 
 
 def thumbnail_strip(paths: list, size: int, gap: int = 8) -> bytes | None:
-    """One PNG of the images side by side, each at most `size` pixels, `gap` transparent pixels apart: one element
+    """One PNG of the images side by side, each `size` pixels wide, `gap` transparent pixels apart: one element
     for a class's row of thumbnails where one per image cost Streamlit a format check and a media file each on
     every rerun. None when no image can be read."""
     key = ("strip", tuple(map(str, paths)), size, gap)
@@ -95,8 +95,9 @@ def _encode_strip(paths: list, size: int, gap: int) -> bytes | None:
     for path in paths:
         try:
             image = open_image(path, draft_size=2 * size)
-            image.thumbnail((size, size))
-            tiles.append(image.convert("RGBA"))
+            # `size` wide, as st.image(..., width=size) showed each (a 28-pixel image too)
+            height = max(1, round(image.height * size / image.width))
+            tiles.append(image.convert("RGBA").resize((size, height), Image.Resampling.LANCZOS))
         except (ImageRefused, OSError, ValueError):
             continue  # one unreadable image leaves a gap in the row, never the row
     if not tiles:
