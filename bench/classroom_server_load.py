@@ -225,8 +225,13 @@ def main() -> None:
 def summarize(pattern: str) -> None:
     """Markdown tables over the draws matching `pattern`: mean ± sd per page, and per clients and page."""
     draws = [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results").glob(pattern))]
+    # the first version of this bench wrote only the load rows, without CPU figures or load averages
+    draws = [d if isinstance(d, dict) else {"loadavg_start": [float("nan")], "cpu_ms_per_rerun": {}, "load": d}
+             for d in draws]
 
     def cell(values: list[float], digits: int) -> str:
+        if any(value != value for value in values):  # not measured (NaN) in the first format
+            return "–"
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
@@ -237,7 +242,7 @@ def summarize(pattern: str) -> None:
         print(f"| {page} | {cell([d['cpu_ms_per_rerun'][page] for d in draws], 0)} |")
     print("\n| clients | page | p50 (s) | p95 (s) | max (s) | server CPU (% of a core) |\n|---|---|---|---|---|---|")
     for index, row in enumerate(draws[0]["load"]):
-        cells = [cell([d["load"][index][key] for d in draws], digits)
+        cells = [cell([d["load"][index].get(key, float("nan")) for d in draws], digits)
                  for key, digits in (("p50_s", 2), ("p95_s", 2), ("max_s", 2), ("cpu_pct", 0))]
         print(f"| {row['clients']} | {row['page']} | " + " | ".join(cells) + " |")
 
