@@ -6,7 +6,8 @@ load, 0.3 s on average and up to 0.6 s, with every session's script waiting (ben
 rerun"). gc.freeze() moves the objects alive now into a permanent generation that collections skip. It is
 called after each script run and acts only when that run imported new modules (the first visit of a page), so
 a frozen heap follows what the server has loaded; before freezing, the young generations are collected, so
-little garbage of that moment is kept for the process's life.
+little garbage of that moment is kept for the process's life. Only a real server freezes: a test process
+(AppTest: no browser's request headers) lets go of its apps between tests, and frozen cycles are never freed.
 """
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import gc
 import sys
 import threading
 
+import streamlit as st
+
 _lock = threading.Lock()
 _modules_frozen = [0]  # how many modules were loaded at the last freeze
 
 
 def freeze_what_is_loaded() -> None:
     """Exempt every object alive now from full collections, when modules were imported since the last time."""
-    if len(sys.modules) == _modules_frozen[0]:
+    if len(sys.modules) == _modules_frozen[0] or not _served():
         return
     with _lock:
         if len(sys.modules) == _modules_frozen[0]:
@@ -28,3 +31,11 @@ def freeze_what_is_loaded() -> None:
         gc.collect(1)
         gc.freeze()
         _modules_frozen[0] = len(sys.modules)
+
+
+def _served() -> bool:
+    """Whether a browser's (or websocket client's) request runs this script: a server, not AppTest."""
+    try:
+        return bool(st.context.headers)
+    except Exception:  # no script run context
+        return False
