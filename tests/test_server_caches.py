@@ -114,3 +114,13 @@ def test_the_data_page_shows_a_dataset_made_again(small_sample, _workspace, tmp_
     at.session_state["dataset_dir"] = str(again.root)
     at.run()
     assert [m.value for m in at.metric][:2] == ["24", "3"]
+
+
+def test_only_a_real_server_freezes_its_heap():
+    import gc
+
+    from pages.ui import heap
+
+    frozen = gc.get_freeze_count()
+    heap.freeze_what_is_loaded()  # no browser's request here (a test process): nothing is frozen for good
+    assert gc.get_freeze_count() == frozen
