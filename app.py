@@ -5,7 +5,7 @@ On a shared server (a classroom) the app asks for an access code before any page
 """
 import streamlit as st
 
-from pages.ui import gate, jobs, nav, session, sidebar
+from pages.ui import gate, heap, jobs, nav, session, sidebar
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 gate.harden_process()  # workspace files 0600, folders 0700
@@ -44,3 +44,4 @@ try:
 finally:  # also when the page stops or reruns itself
     sidebar.draw(sidebar_slot.container())
     session.remember_session()
+    heap.freeze_what_is_loaded()  # the modules a page loaded stay out of the collector's full walks

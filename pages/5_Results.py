@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui import (data_quality, grow_model, heldout_test, jobs, kinds, labels, nav, results_headline,
+from pages.ui import (cached, data_quality, grow_model, heldout_test, jobs, kinds, labels, nav, results_headline,
                       results_images, session, sidebar, transfer, widgets)
 from pages.ui.text import literal
 from tl_core import plots
@@ -43,13 +43,14 @@ def run_state(run_dir: Path, status: dict) -> None:
                    icon=":material/broken_image:")
 
 
-def curves(events: list[dict]) -> None:
+def curves(run_dir: Path, events: list[dict]) -> None:
     """Loss and accuracy per epoch, as the Train page drew them live."""
     if any(event.get("event") == "epoch_end" for event in events):
         st.subheader("Training curves")
         loss_col, accuracy_col = st.columns(2)
-        loss_col.plotly_chart(plots.loss_figure(events), key="results_loss_chart")
-        accuracy_col.plotly_chart(plots.accuracy_figure(events), key="results_accuracy_chart")
+        loss_col.plotly_chart(cached.figure(run_dir, lambda: plots.loss_figure(events), "loss"), key="results_loss_chart")
+        accuracy_col.plotly_chart(cached.figure(run_dir, lambda: plots.accuracy_figure(events), "accuracy"),
+                                  key="results_accuracy_chart")
 
 
 def classifier_results(run_dir: Path, status: dict) -> None:
@@ -60,7 +61,7 @@ def classifier_results(run_dir: Path, status: dict) -> None:
         results_images.predictions_section(run_dir, metrics, events, status)
     elif status.get("state") == "done":
         st.warning("This run has no metrics.json: its results were not saved.")
-    curves(events)
+    curves(run_dir, events)
     if metrics and status.get("state") == "done":
         if not metrics.get("tasks"):  # a multi-task model is tested with a labels table (the command line)
             heldout_test.heldout_section(run_dir)

@@ -33,7 +33,9 @@ def free_port() -> int:
 class Server:
     """`streamlit run app.py` on a free port of 127.0.0.1, with the environment given; stop() ends it."""
 
-    def __init__(self, workspace: Path, log: Path, **env: str):
+    def __init__(self, workspace: Path, log: Path, root: Path = ROOT, argv: list[str] | None = None, **env: str):
+        self.root = Path(root)  # another checkout's app (bench/: the code before a change)
+        self.argv = argv or ["-m", "streamlit", "run", "app.py"]  # bench/profile_server.py runs it under a profiler
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, TL_STUDIO_HOME=str(workspace), **env)
@@ -43,10 +45,10 @@ class Server:
     def start(self) -> "Server":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+            [sys.executable, *self.argv, "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1",
              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -80,12 +82,16 @@ class Server:
 class Client:
     """One browser session over a websocket: rerun(page, widgets) returns what the script run drew."""
 
-    def __init__(self, url: str, query: str = "", cookies: dict[str, str] | None = None, timeout: float = 60):
+    def __init__(self, url: str, query: str = "", cookies: dict[str, str] | None = None, timeout: float = 60,
+                 source: str | None = None):
         ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else None
+        # `source`: the client's own address (127.0.0.2...), as another computer of the class would have one
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) if source else None
         # no keepalive pings: a server busy with 30 script runs answers late, and that is what is measured
         self.ws = connect(ws_url, legacy=True, subprotocols=["streamlit"], additional_headers=headers, max_size=2**26,
-                          ping_interval=None,
+                          ping_interval=None, sock=sock,
                           open_timeout=timeout)
         self.query, self.timeout = query, timeout
         self.session_id = None

@@ -254,6 +254,7 @@ def test_a_student_deletes_their_own_dataset_on_the_data_page(classroom_app, _wo
     erin = spaces.Space(_workspace, "erin")
     kept, gone = dataset_of(erin, name="kept"), dataset_of(erin, classes=("Sneaker", "Dress"), name="gone")
     at.session_state["dataset_dir"] = str(gone.root)
+    at.session_state["data_source_tab"] = ":material/history: Earlier datasets"  # drawn only while it is open
     at.switch_page("pages/2_Data.py").run()
     at.selectbox(key="earlier_dataset").set_value(str(gone.root)).run()
     at.button(key="delete_earlier").click().run()

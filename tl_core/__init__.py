@@ -18,6 +18,7 @@ LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
     }),
     ("ops", {
         "ops.storage": "the workspace, atomic writes, reads that survive damage, a full disk said plainly",
+        "ops.filecache": "results read from files, kept while the files' stamps (inode, mtime, size) are unchanged",
         "ops.runs": "the run folder: every run file's name, reading and writing; the OS locks of a run",
         "ops.words": "runs in words for a person: progress line, durations, validation protocol, a row per run",
         "ops.jobs": "the local job queue: one worker process per run, device slots, claiming a run",

@@ -7,7 +7,7 @@ import streamlit as st
 from tl_core import plots
 from tl_core.data import datasets
 
-from pages.ui import image_quality, labels, multitask_data, uploads, widgets
+from pages.ui import cached, image_quality, labels, multitask_data, uploads, widgets
 from pages.ui.text import literal
 
 THUMBNAILS_PER_CLASS = 8
@@ -24,7 +24,7 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
     classes_col.metric("Classes", len(report["classes"]))
     balance_col.metric("Largest ÷ smallest class", f"{report['imbalance_ratio']:.1f}×")
     refused_col.metric("Files refused", len(report["refused"]))
-    st.plotly_chart(plots.counts_figure(report["counts"]), key="counts_chart")
+    st.plotly_chart(cached.figure(dataset.root, lambda: plots.counts_figure(report["counts"]), "counts"), key="counts_chart")
     for warning in report["warnings"]:
         st.warning(literal(warning), icon=":material/warning:")
     image_quality.section(dataset)
@@ -37,12 +37,12 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
                                     "reason": st.column_config.TextColumn("Why it was refused", width="large")})
     with st.expander("A few images of each class", expanded=True, icon=":material/grid_view:"):
         for label in dataset.classes:
-            paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
-            images = [image for image in map(widgets.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
+            paths = [item["path"] for item in dataset.items if item["label"] == label]  # joined only when shown
+            strip = cached.thumbnail_strip([dataset.root / path for path in paths[:THUMBNAILS_PER_CLASS]], 72)
             label_col, images_col = st.columns([1, 6])
             label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
-            if images:
-                images_col.image(images, width=72)
+            if strip is not None:
+                images_col.image(strip, output_format="PNG")  # drawn at its own size: sent as it is
 
 
 def _leave_out(dataset: datasets.Dataset, report: dict) -> None:

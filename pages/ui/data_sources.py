@@ -40,7 +40,8 @@ def bring_images() -> None:
     with webcam_tab:
         webcam.webcam_tab()
     with earlier_tab:
-        earlier_datasets()
+        if earlier_tab.open is not False:  # read every manifest only when the tab shows (the others keep widgets)
+            earlier_datasets()
     multitask_data.upload_section()
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 from tl_core import plots
 from tl_core.ops import runs
 
-from pages.ui import jobs, kinds, labels, nav, sidebar
+from pages.ui import cached, jobs, kinds, labels, nav, sidebar
 from pages.ui.text import literal
 from tl_core.ops import words
 
@@ -37,11 +37,15 @@ def charts(run_dir: str, events: list[dict]) -> None:
     headline metrics of the run's kind (a detector's mAP, say): whatever its epoch_end events carry."""
     epochs = [event for event in events if event.get("event") == "epoch_end"]
     figures = []
+
+    def drawn(build, name):  # redrawn only when new events came (the timer redraws every second)
+        return cached.figure_for((run_dir, name, len(events)), build)
+
     if any(name in event for event in epochs for name in ("train_loss", "val_loss")):
-        figures.append((plots.loss_figure(events), f"loss::{run_dir}"))
+        figures.append((drawn(lambda: plots.loss_figure(events), "loss"), f"loss::{run_dir}"))
     if any(name in event for event in epochs for name in ("train_acc", "val_acc")):
-        figures.append((plots.accuracy_figure(events), f"accuracy::{run_dir}"))
-    figures += [(plots.compare_figure({name: events}, name), f"{name}::{run_dir}")
+        figures.append((drawn(lambda: plots.accuracy_figure(events), "accuracy"), f"accuracy::{run_dir}"))
+    figures += [(drawn(lambda name=name: plots.compare_figure({name: events}, name), name), f"{name}::{run_dir}")
                 for name in epoch_metrics(events, kinds.of_run(run_dir))]
     for start in range(0, len(figures), 2):
         for column, (figure, key) in zip(st.columns(2), figures[start:start + 2]):

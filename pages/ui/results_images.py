@@ -14,7 +14,7 @@ from tl_core import plots
 from tl_core.fit import metrics as evaluate
 from tl_core.ops import runs
 
-from pages.ui import data_quality, models, multitask_results, widgets
+from pages.ui import cached, data_quality, models, multitask_results, widgets
 from pages.ui.text import literal
 
 MISTAKES_SHOWN = 24
@@ -39,11 +39,12 @@ def gallery(rows: list[dict], captions: list[str], run_dir: Path, heat_maps: boo
             if explained and explained["class"] != row["predicted"]:
                 caption += f" · final model: {explained['class']} ({explained['prob']:.0%})"
         else:
-            image = widgets.thumbnail(row["path"], 128)
+            image = cached.thumbnail_jpeg(row["path"], 128)
         if image is not None:
             shown.append((image, caption))
     if shown:
-        st.image([image for image, _ in shown], width=128, caption=[literal(caption) for _, caption in shown])
+        st.image([image for image, _ in shown], width=128, caption=[literal(caption) for _, caption in shown],
+                 output_format="PNG" if heat_maps else "JPEG")
     else:
         st.warning("The image files of this run's validation set are no longer on disk.")
 
@@ -52,11 +53,12 @@ def predictions_section(run_dir: Path, metrics: dict, events: list[dict], status
     """Per class, the confusion matrix, the images of a cell, the mistakes, then calibration."""
     state = st.session_state
     try:
-        predictions = evaluate.read_predictions(run_dir)
+        predictions = cached.from_folder(evaluate.read_predictions, run_dir)
     except Exception as error:  # a damaged predictions.csv: the rest of the results still show
         st.warning(f"predictions.csv cannot be read ({literal(error)}): the images are not shown.",
                    icon=":material/broken_image:")
         predictions = []
+    task = None
     if metrics.get("tasks"):  # a multi-task run: its tasks side by side, then one task at a time below
         task = multitask_results.section(run_dir, metrics, events, status)
         metrics, predictions = multitask.task_view(metrics, predictions, task)
@@ -82,8 +84,9 @@ def predictions_section(run_dir: Path, metrics: dict, events: list[dict], status
         })
     with confusion_col:
         if metrics.get("confusion"):
-            figure = widgets.clickable_confusion(plots.confusion_figure(metrics), metrics,
-                                                (state.cell_true, state.cell_predicted))
+            chosen = (state.cell_true, state.cell_predicted)
+            figure = cached.figure(run_dir, lambda: widgets.clickable_confusion(plots.confusion_figure(metrics), metrics,
+                                                                              chosen), "confusion", task, chosen)
             st.plotly_chart(figure, key="confusion_chart", on_select=on_confusion_click, selection_mode="points")
             st.caption("Click a cell to see its images below.")
 
@@ -136,12 +139,13 @@ def calibration_section(run_dir: Path) -> None:
     """Whether a confidence of 80 % means right 80 % of the time."""
     st.subheader("Can you trust its confidence?")
     try:
-        calibration = evaluate.run_calibration(run_dir)
+        calibration = cached.from_folder(evaluate.run_calibration, run_dir)
     except Exception:  # a damaged predictions.csv, reported above
         calibration = {"count": 0, "text": "The saved predictions cannot be read: calibration is not measured."}
     if calibration["count"]:
         reliability_col, words_col = st.columns([3, 2])
-        reliability_col.plotly_chart(plots.reliability_figure(calibration["table"]), key="reliability_chart")
+        reliability_col.plotly_chart(cached.figure(run_dir, lambda: plots.reliability_figure(calibration["table"]),
+                                                   "reliability"), key="reliability_chart")
         words_col.markdown(calibration["text"])
         words_col.caption("Each point is a group of images with about the same confidence; on the dotted line, "
                           "a model that says 80 % is right 80 % of the time.")

@@ -11,9 +11,10 @@ from tl_core import plots
 from tl_core.use import compare
 from tl_core.ops import runs
 
-from pages.ui import labels
+from pages.ui import cached, labels
 from pages.ui.text import literal
 from tl_core.ops import words
+from tl_core.ops.filecache import folder_stamp
 
 HIGHLIGHT = "background-color: rgba(255, 170, 0, 0.25)"  # a setting that differs
 
@@ -72,7 +73,13 @@ def side_by_side(chosen: list[str]) -> None:
     names = [short_name(path) for path in chosen]
     curves = compare.curves(run_dirs, names if len(set(names)) == len(names) else run_labels)
     accuracy_col, loss_col, train_loss_col = st.columns(3)
-    accuracy_col.plotly_chart(plots.compare_figure(curves, "val_acc"), key="compare_val_acc")
-    loss_col.plotly_chart(plots.compare_figure(curves, "val_loss"), key="compare_val_loss")
-    train_loss_col.plotly_chart(plots.compare_figure(curves, "train_loss"), key="compare_train_loss")
+    for column, measure in ((accuracy_col, "val_acc"), (loss_col, "val_loss"), (train_loss_col, "train_loss")):
+        column.plotly_chart(compare_figure(run_dirs, curves, measure), key=f"compare_{measure}")
+
+
+def compare_figure(run_dirs: list[Path], curves, measure: str):
+    """The runs' curves of one measure overlaid, drawn again only when one of the runs' files changed."""
+    stamps = [folder_stamp(path) for path in run_dirs]  # the figure depends on every run: keyed on all of them
+    return cached.figure(run_dirs[0], lambda: plots.compare_figure(curves, measure), "compare", measure,
+                         tuple(map(str, run_dirs)), tuple(map(hash, stamps)))
 

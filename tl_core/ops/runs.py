@@ -8,6 +8,8 @@ that say who trains a run; nothing else names a run file (the exported bundle's 
 Every whole-file write is atomic, so a reader never sees half a file; every reader survives a file
 that was damaged anyway (an empty, cut or garbage file is reported, never raised).
 A run is being trained exactly while a process holds the OS lock on its worker.lock.
+The readers a page calls on every rerun (the record, metrics, events, damage) keep what they read while the
+files are unchanged (tl_core.ops.filecache): a rerun stats the files instead of parsing them again.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
+from .filecache import file_stamp, folder_stamp, keyed_on
 from .storage import (DamagedFile, atomic_file, atomic_write_bytes, atomic_write_json, parse_json, read_json,
                       workspace_root)
 
@@ -126,6 +129,7 @@ def record_facts(run_dir: Path, **facts) -> None:
     atomic_write_json(RunFolder(run_dir).facts, {**known, **facts})
 
 
+@keyed_on(lambda run_dir: (file_stamp(RunFolder(run_dir).config), file_stamp(RunFolder(run_dir).facts)))
 def read_config_record(run_dir: Path) -> dict:
     """The run's record: config.json ({"config", "versions"}) with the facts learnt while running;
     {} when config.json is missing or damaged (damage() says which)."""
@@ -246,10 +250,13 @@ def _parse_event(line: bytes) -> tuple[dict | None, str | None]:
     return event, None
 
 
+@keyed_on(lambda run_dir: file_stamp(RunFolder(run_dir).events))
 def read_events(run_dir: Path) -> list[dict]:
+    """The complete lines of events.jsonl (a partial last line waits); damaged lines are skipped."""
     return EventReader(run_dir).read_new()
 
 
+@keyed_on(lambda run_dir: file_stamp(RunFolder(run_dir).metrics))
 def read_metrics(run_dir: Path) -> dict | None:
     """metrics.json; None when it is missing or damaged (damage() says which)."""
     return _read_metrics(Path(run_dir))[0]
@@ -301,6 +308,14 @@ def _read_object(path: Path) -> tuple[dict | None, str | None]:
     return value, None
 
 
+def run_stamp(run_dir: Path) -> tuple:
+    """Changes whenever a file of the run changes: a cache key. The worker's lock is not probed (a probe is a
+    brief flock that a claiming worker could meet): a worker takes it before it writes "running" and drops it
+    after its final status, and the scheduler writes "failed" for one that died holding it."""
+    return folder_stamp(run_dir)
+
+
+@keyed_on(run_stamp)
 def damage(run_dir: Path) -> list[str]:
     """What is wrong with the run's files, one "file: reason" each; [] for a healthy run."""
     run_dir = Path(run_dir)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from .runs import damage, read_config_record, read_metrics, read_status, validation_kind
+from .filecache import keyed_on
+from .runs import damage, read_config_record, read_metrics, read_status, run_stamp, validation_kind
 
 
+@keyed_on(run_stamp)  # a table of runs summarizes every run on every rerun: only a changed run is read again
 def summarize(run_dir: Path) -> dict:
     """One row for a table of runs: id, state, key settings and scores; `damaged` names broken files."""
     record = read_config_record(run_dir)
