@@ -16,10 +16,13 @@ from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, choose_features, l2_at, one_
 from .prototypes import PrototypeFits, head_for
 
 
-def run(fit, epochs: int) -> None:
-    """The probe phase of `fit` (a tl_core.fit.loop.Fit): `epochs` steps of the regularisation path."""
-    fit.start_phase("probe", epochs, message="fitting the new head on the backbone's frozen features")
-    fit.sources.features = frozen_features(fit)
+def run(fit, epochs: int, message: str = "fitting the new head on the backbone's frozen features",
+        reuse_features: bool = False) -> None:
+    """The probe phase of `fit` (a tl_core.fit.loop.Fit): `epochs` steps of the regularisation path
+    (`reuse_features`: on the frozen features an earlier probe of this fit computed)."""
+    fit.start_phase("probe", epochs, message=message)
+    if not (reuse_features and fit.sources.features is not None):
+        fit.sources.features = frozen_features(fit)
     # The probe's matrices are small: on the CPU they skip thousands of tiny kernel launches and
     # the start-up of CUDA's solver library (seconds on an H100, for a fit that takes 0.3 s here).
     feats = fit.sources.features.features_all.float().cpu()

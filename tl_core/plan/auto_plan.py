@@ -116,7 +116,8 @@ def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: fl
         row["gain_se"] = choice["gain_se"] if choice else 0.0
         return row
     by_phase = fit.best["by_phase"]
-    probe, tuned = by_phase.get("probe"), by_phase.get("finetune")
+    # The probe fine-tuning was judged against, on the same held-out images (a kept probe is refitted after).
+    probe, tuned = by_phase.get("held_out_probe") or by_phase.get("probe"), by_phase.get("finetune")
     row["features"] = fit.net.feature_kind
     row["probe_acc"] = probe["val_acc"] if probe else None
     row["finetune_acc"] = tuned["val_acc"] if tuned else None
