@@ -87,6 +87,21 @@ def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int, size: in
             "auto_words": plan.get("words")}
 
 
+def table(results: dict) -> str:
+    """The markdown table of bench/RESULTS.md: one row per (set, images a class, recipe)."""
+    lines = ["| set | a class | recipe | test accuracy | vs default | wall (mean) | kept (each draw) |",
+             "|---|---|---|---|---|---|---|"]
+    for key, summary in results.items():
+        data, shots, recipe, *_ = key.split("/")
+        default = results.get("/".join([data, shots, "default", *key.split("/")[3:]]))
+        delta = f"{summary['mean'] - default['mean']:+.1f}" if default and recipe != "default" else ""
+        kept = ", ".join(r["kept_phase"] + (f" ({r['auto_chose']} measured best)" if r.get("auto_chose") else "")
+                         for r in summary["draws"])
+        lines.append(f"| {data} | {shots} | {recipe} | {summary['mean']:.1f} ± {summary['sd']:.1f} % "
+                     f"({len(summary['draws'])}) | {delta} | {summary['wall_mean_s']:.0f} s | {kept} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="fashion", choices=["fashion", "digits"])
@@ -97,9 +112,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="fine-tune epochs of the top-k and all plans")
     parser.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "tl_accuracy_data"))
     parser.add_argument("--out", default=str(HERE / "results" / "plans-cpu.json"))
+    parser.add_argument("--table", action="store_true", help="print the markdown table of the saved results")
     args = parser.parse_args()
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
+    if args.table:
+        print(table(results))
+        return
     for shots in map(int, args.shots.split(",")):
         for recipe in args.recipes.split(","):
             key = f"{args.data}/{shots}/{recipe}/{args.size}px/{args.epochs}ep"

@@ -10,7 +10,9 @@ The state is three objects (tl_core.fit.state): the Net (model and groups), the 
 Progress. The seams: a Task computes the loss of a batch (tl_core.fit.tasks), a batch source feeds
 pixels, cached prefix activations or cached features (tl_core.fit.batches), a Strategy owns the device,
 backward and step (tl_core.fit.strategy). The best epoch of either phase is kept (BestCheckpoint
-restores it on "before_save"), and tl_core.fit.outputs writes what the run folder promises.
+restores it on "before_save"), and tl_core.fit.outputs writes what the run folder promises. When a
+fine-tune's probe is kept, its head is refitted on every image as a head-only run fits it
+(Fit.refit_kept_probe): a fine-tune run never keeps less than feature extraction would.
 """
 from __future__ import annotations
 
