@@ -33,10 +33,13 @@ sys.path.insert(0, str(HERE))
 
 from accuracy import write_draw  # noqa: E402
 from compare import test_accuracy  # noqa: E402
+from finetune import _test_set  # noqa: E402
 from tl_core import worker  # noqa: E402
 from tl_core.config import RunConfig  # noqa: E402
 from tl_core.data.datasets import ingest_folder  # noqa: E402
 from tl_core.fit import optim  # noqa: E402
+from tl_core.fit.callbacks import Callback, _changeable_state  # noqa: E402
+from tl_core.use.predict import Predictor  # noqa: E402
 from tl_core.fit.regularize import L2SP  # noqa: E402
 from tl_core.ops.runs import create_run, read_plan  # noqa: E402
 
@@ -65,6 +68,31 @@ def recipe_config(recipe: str, epochs: int) -> tuple[dict, dict]:
     return changes, extra
 
 
+class _BestTuned(Callback):
+    """The weights of the fine-tune phase's best validation epoch, kept or not: what fine-tuning itself reached."""
+
+    def __init__(self):
+        self.best, self.state = None, None
+
+    def on_epoch_end(self, info, fit):
+        if info.get("phase") == "finetune" and (self.best is None or info["val_acc"] > self.best):
+            self.best, self.state = info["val_acc"], _changeable_state(fit.model)
+
+
+def _tuned_accuracy(run_dir: Path, test_dir: Path, tuned: _BestTuned) -> float | None:
+    """Test accuracy of the fine-tune's best weights (None without a fine-tune, or when the refitted probe
+    reads other features than the fine-tune did)."""
+    if tuned.state is None:
+        return None
+    predictor = Predictor(run_dir)
+    try:
+        predictor.model.load_state_dict(tuned.state, strict=False)
+    except RuntimeError:
+        return None
+    pixels, labels = _test_set(test_dir, predictor)
+    return (predictor.predict_pixels(pixels).argmax(1) == labels).float().mean().item()
+
+
 def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int, size: int, epochs: int) -> dict:
     changes, extra = recipe_config(recipe, epochs)
     os.environ["TL_STUDIO_HOME"] = tempfile.mkdtemp(prefix=f"tl_plans_{recipe}_")
@@ -75,7 +103,8 @@ def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int, size: in
         dataset = ingest_folder(train_dir)
         run_dir = create_run(RunConfig(dataset_dir=str(dataset.root), seed=draw, image_size=size, device="cpu",
                                        **changes))
-        metrics = worker.run(run_dir, extra_callbacks=[L2SP(extra["l2sp"])] if "l2sp" in extra else None)
+        tuned = _BestTuned()
+        metrics = worker.run(run_dir, extra_callbacks=[tuned, *([L2SP(extra["l2sp"])] if "l2sp" in extra else [])])
         wall = time.perf_counter() - start
     finally:
         optim.LAYER_LR_DECAY = saved_decay
@@ -83,22 +112,25 @@ def run_recipe(recipe: str, train_dir: Path, test_dir: Path, draw: int, size: in
     kept = metrics["kept"]
     return {"test_acc": test_accuracy(run_dir, test_dir, "cpu"), "wall_s": round(wall, 1),
             "val_acc": metrics["val_acc"], "kept_phase": kept["phase"], "kept_plan": kept.get("plan"),
-            "features": metrics.get("features"), "auto_chose": (plan.get("chosen") or {}).get("plan"),
+            "features": metrics.get("features"), "tuned_val_acc": tuned.best,
+            "tuned_test_acc": _tuned_accuracy(run_dir, test_dir, tuned), "auto_chose": (plan.get("chosen") or {}).get("plan"),
             "auto_words": plan.get("words")}
 
 
 def table(results: dict) -> str:
     """The markdown table of bench/RESULTS.md: one row per (set, images a class, recipe)."""
-    lines = ["| set | a class | recipe | test accuracy | vs default | wall (mean) | kept (each draw) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| set | a class | recipe | test accuracy (kept model) | vs default | fine-tune's best epoch, on test |"
+             " wall (mean) | kept (each draw) |", "|---|---|---|---|---|---|---|---|"]
     for key, summary in results.items():
         data, shots, recipe, *_ = key.split("/")
         default = results.get("/".join([data, shots, "default", *key.split("/")[3:]]))
         delta = f"{summary['mean'] - default['mean']:+.1f}" if default and recipe != "default" else ""
         kept = ", ".join(r["kept_phase"] + (f" ({r['auto_chose']} measured best)" if r.get("auto_chose") else "")
                          for r in summary["draws"])
+        tuned = [100 * r["tuned_test_acc"] for r in summary["draws"] if r.get("tuned_test_acc") is not None]
+        tuned_words = (f"{statistics.mean(tuned):.1f} % ({len(tuned)})" if tuned else "")
         lines.append(f"| {data} | {shots} | {recipe} | {summary['mean']:.1f} ± {summary['sd']:.1f} % "
-                     f"({len(summary['draws'])}) | {delta} | {summary['wall_mean_s']:.0f} s | {kept} |")
+                     f"({len(summary['draws'])}) | {delta} | {tuned_words} | {summary['wall_mean_s']:.0f} s | {kept} |")
     return "\n".join(lines)
 
 
@@ -127,7 +159,8 @@ def main() -> None:
                 train_dir, test_dir = write_draw(args.data, shots, draw, Path(args.root))
                 rows.append(run_recipe(recipe, train_dir, test_dir, draw, args.size, args.epochs))
                 row = rows[-1]
-                print(f"{key} draw {draw}: test {row['test_acc']:.1%} val {row['val_acc']:.1%} "
+                tuned_words = f"fine-tune's best: test {row['tuned_test_acc']:.1%} " if row["tuned_test_acc"] else ""
+                print(f"{key} draw {draw}: test {row['test_acc']:.1%} val {row['val_acc']:.1%} {tuned_words}"
                       f"kept {row['kept_phase']}/{row['kept_plan']} ({row['wall_s']} s) "
                       f"{row['auto_words'] or ''}", flush=True)
                 accs = [100 * r["test_acc"] for r in rows]
