@@ -134,6 +134,17 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def expectations_table(results: dict, suffix: str = "64px/5ep") -> str:
+    """tl_core/plan/expectations.py's BENCH, from the plain plans' results (3 draws or more)."""
+    table: dict = {}
+    for key, summary in results.items():
+        data, shots, recipe, *rest = key.split("/")
+        if "/".join(rest) == suffix and recipe in PLANS and len(summary["draws"]) >= 3:
+            table.setdefault((data, int(shots)), {})[recipe] = (round(summary["mean"], 1), round(summary["sd"], 1),
+                                                               len(summary["draws"]))
+    return "BENCH = {\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(table.items())) + "}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="fashion", choices=["fashion", "digits"])
@@ -150,6 +161,7 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.table:
         print(table(results))
+        print(expectations_table(results))
         return
     for shots in map(int, args.shots.split(",")):
         for recipe in args.recipes.split(","):

@@ -175,7 +175,8 @@ class BestCheckpoint(Callback):
         if info.get("phase") == self.best_phase:
             return True
         n_val = max(len(getattr(fit, "val_idx", ()) or ()), 1)
-        p = self.best_key[0]
+        # A fine-tune run also clears the default's own probe on the same images (Fit.set_probe_bar).
+        p = max(self.best_key[0], getattr(fit, "probe_bar", None) or 0.0)
         return info["val_acc"] - p > NOISE_SE * math.sqrt(max(p * (1 - p), 1 / n_val) / n_val)
 
     def refit(self, fit) -> None:

@@ -58,7 +58,9 @@ def kept_weights(fit) -> dict:
     tuned = best["by_phase"].get("finetune")
     if from_probe and fit.net.trainable != {fit.net.head_name}:
         if tuned:
-            probe = best["by_phase"].get("held_out_probe") or best["by_phase"]["probe"]
+            probe = dict(best["by_phase"].get("held_out_probe") or best["by_phase"]["probe"])
+            if fit.probe_bar is not None:  # the bar fine-tuning had to clear (Fit.set_probe_bar)
+                probe["val_acc"] = max(probe["val_acc"], fit.probe_bar)
             n_val = fit.held_out_n_val or len(fit.val_idx)
             if tuned["val_acc"] > probe["val_acc"]:
                 kept["reason"] = (f"fine-tuning's best ({tuned['val_acc']:.1%} at epoch {tuned['epoch']}) beat the "

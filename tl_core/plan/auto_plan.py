@@ -121,7 +121,10 @@ def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: fl
     row["features"] = fit.net.feature_kind
     row["probe_acc"] = probe["val_acc"] if probe else None
     row["finetune_acc"] = tuned["val_acc"] if tuned else None
-    row["gain_over_probe"] = (tuned["val_acc"] - probe["val_acc"]) if probe and tuned else None
+    # Against the higher of that probe and the default's own probe on the same images (Fit.set_probe_bar).
+    bar = max(probe["val_acc"], facts.get("probe_bar") or 0.0) if probe else None
+    row["probe_bar"] = facts.get("probe_bar")
+    row["gain_over_probe"] = (tuned["val_acc"] - bar) if probe and tuned else None
     # The probe's own gain over the last layer, in the head candidate's frame (cross-validated) when both
     # probes read the same features, so that a fine-tune is chosen only for what it adds beyond that probe.
     choice = facts.get("features_choice")
