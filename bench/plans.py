@@ -123,7 +123,7 @@ def table(results: dict) -> str:
              " wall (mean) | kept (each draw) |", "|---|---|---|---|---|---|---|---|"]
     for key, summary in results.items():
         data, shots, recipe, *_ = key.split("/")
-        default = results.get("/".join([data, shots, "default", *key.split("/")[3:]]))
+        default = results.get("/".join([data, shots, "default", *key.split("/")[3:5]]))
         delta = f"{summary['mean'] - default['mean']:+.1f}" if default and recipe != "default" else ""
         kept = ", ".join(r["kept_phase"] + (f" ({r['auto_chose']} measured best)" if r.get("auto_chose") else "")
                          for r in summary["draws"])

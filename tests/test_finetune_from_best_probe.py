@@ -3,6 +3,7 @@ they validate better), keeps that head attached while layers learn, and never ke
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from tl_core.__main__ import main as cli
@@ -71,3 +72,33 @@ def test_the_kept_model_predicts_explains_and_exports(tuned_run, sample_dir, tmp
     assert report["verified"] and report["top1_agreement"] == 1.0
     explained = explain_image(predictor, Image.open(image))
     assert explained["class"] == top["label"] and explained["cam"].max() > 0
+
+
+def test_a_fine_tune_must_also_beat_the_defaults_probe_on_the_held_out_images():
+    """Beating the probe fitted on the training split is not enough: the default's head is fitted on every
+    image, and scores higher out of fold on the same held-out images (Fit.set_probe_bar)."""
+    import types
+
+    from tl_core.fit.callbacks import BestCheckpoint
+
+    fit = types.SimpleNamespace(model=torch.nn.Linear(3, 2), val_idx=list(range(100)), best=None, probe_bar=0.86,
+                                emit=lambda *a, **k: None)
+    best = BestCheckpoint()
+
+    def epoch(n, phase, acc):
+        best.on_epoch_end({"epoch": n, "phase": phase, "val_acc": acc, "val_loss": 1 - acc}, fit)
+        return fit.best["epoch"]
+
+    assert epoch(1, "probe", 0.78) == 1
+    assert epoch(2, "finetune", 0.85) == 1  # +7 points over the split probe, but below the default's 86 %
+    assert epoch(3, "finetune", 0.92) == 3  # clears 86 % by more than the noise
+    fit.probe_bar = None
+    best = BestCheckpoint()
+    assert epoch(1, "probe", 0.78) == 1 and epoch(2, "finetune", 0.85) == 2  # without the bar, it would be kept
+
+
+def test_the_run_records_the_bar_it_judged_fine_tuning_by(tuned_run):
+    facts = _facts(tuned_run)
+    assert 0 <= facts["probe_bar"] <= 1
+    events = [json.loads(line) for line in (tuned_run / "events.jsonl").read_text().splitlines()]
+    assert any(e.get("kind") == "probe_bar" and "fine-tuning must beat" in e["message"] for e in events)
