@@ -11,6 +11,7 @@ from pages.ui.text import code, literal
 from tl_core.use import compare
 from tl_core.ops import runs
 from tl_core.ops import words
+from tl_core.use import run_facts
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own
@@ -44,20 +45,33 @@ def delete_run(run_dir: str) -> None:
 def runs_table() -> list[dict]:
     """Every run in one table; returns their summaries."""
     summaries = [words.summarize(Path(path)) for path in all_runs]
-    table_rows = [{**row, "weights": labels.weights_label(row["weights"]) if row["weights"] else None}
-                  for row in summaries]
-    styled = pd.DataFrame(table_rows).style.format(  # what a run has not measured (yet) reads "–", not "None"
-        {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": words.format_seconds},
-        na_rep="–")
+    numeric = ("val_acc", "target_acc", "val_loss", "wall_s", "epochs", "learnt_params")
+    table_rows = []
+    for row in summaries:
+        known = run_facts.facts(row["run_dir"])  # the same name, time and learnt count as Results
+        shown = {**row, "name": known["name"], "wall_s": known["wall_s"], "learnt_params": known["learnt_params"],
+                 "weights": labels.weights_label(row["weights"]) if row["weights"] else None}
+        # text columns: a missing value reads "—", never Python's None
+        table_rows.append({key: ("—" if value is None and key not in numeric else value)
+                           for key, value in shown.items()})
+    styled = pd.DataFrame(table_rows).style.format(  # what a run has not measured (yet) reads "—", not "None"
+        {"val_acc": "{:.1%}", "target_acc": "{:.1%}", "val_loss": "{:.3f}", "wall_s": words.format_seconds,
+         "learnt_params": "{:,.0f}", "epochs": "{:.0f}"},
+        na_rep="—")
     st.dataframe(
         styled, hide_index=True, key="runs_table",
-        column_order=["run_id", "name", "state", "val_acc", "validation", "target_acc", "adapt", "val_loss", "backbone",
-                      "weights", "freeze", "epochs", "augment", "dataset", "device", "wall_s", "error", "damaged"],
+        column_order=["name", "state", "val_acc", "validation", "target_acc", "adapt", "val_loss", "backbone",
+                      "weights", "freeze", "learnt_params", "epochs", "augment", "dataset", "device", "wall_s",
+                      "error", "damaged", "run_id"],
         column_config={
-            "run_id": "Run", "name": "Name", "state": "State", "backbone": "Backbone", "weights": "Weights",
-            "freeze": "Learns", "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
-            "val_acc": "Val. accuracy", "validation": "Validated by", "target_acc": "Target accuracy",
-            "adapt": "Adapted by", "val_loss": "Val. loss", "wall_s": "Training time",
+            "run_id": "Run id", "name": st.column_config.TextColumn("Name", width="medium"), "state": "State",
+            "backbone": "Backbone", "weights": "Weights", "freeze": "Plan",
+            "learnt_params": st.column_config.NumberColumn(
+                "Learnt", help="Parameters the kept model learnt (only the head's when the probe was kept)"),
+            "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
+            "val_acc": "Accuracy", "validation": "Validated by", "target_acc": "Target acc.",
+            "adapt": "Adapted by", "val_loss": "Val. loss",
+            "wall_s": st.column_config.Column("Time", help="The whole run, from its start to its end"),
             "error": st.column_config.TextColumn("Error", width="large"),
             "damaged": st.column_config.TextColumn("Damaged files", width="large"),
         })

@@ -95,6 +95,7 @@ LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
         "use.predict": "a finished run as a classifier; evaluation on labelled images",
         "use.explain": "Grad-CAM heat maps",
         "use.export": "verified ONNX / TorchScript / safetensors bundles",
+        "use.run_facts": "a finished run's facts, each worked out once: name, accuracy and interval, images, wall",
         "use.model_card": "the bundle's MODEL_CARD.md",
         "use.bundle": "an exported bundle's file names",
         "use.bundle.predict_example": "the standalone program shipped in every bundle",

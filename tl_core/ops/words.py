@@ -61,11 +61,29 @@ def validation_protocol(metrics: dict) -> str | None:
     return {"separate": "a separate set", "none": "not validated"}.get(kind, str(metrics.get("validation")))
 
 
+def plural(count, noun: str, plural_form: str | None = None) -> str:
+    """A count with its noun agreeing: "1 image", "2 images", "1 class", "3 classes"; "—" when unknown."""
+    if not isinstance(count, (int, float)) or isinstance(count, bool):
+        return f"— {plural_form or _plural(noun)}"
+    shown = f"{count:,}" if float(count).is_integer() else f"{count:g}"
+    return f"{shown} {noun if count == 1 else (plural_form or _plural(noun))}"
+
+
+def _plural(noun: str) -> str:
+    """The English plural of the nouns the app counts (images, classes, mistakes, epochs...)."""
+    last = noun.split()[-1]
+    if last.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    return noun + "s"
+
+
 def format_seconds(seconds: float | None, short: bool = False) -> str:
     """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min; `short` (for a metric
     tile, which cuts long values): 42 s, 3.1 min, 1.0 h."""
     if seconds is None:
         return "–"
+    if 0 < seconds < 1:  # a fast epoch is not "0 s"
+        return "< 1 s"
     if short and seconds >= 60:
         return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
     seconds = max(0, round(seconds))
