@@ -63,8 +63,8 @@ def _live(run_dir: Path, extra_callbacks: list | None, task: Task | None, strate
         kind = kinds.kind_of(config)
         if strategy is not None and strategy.facts():
             record_facts(run_dir, **strategy.facts())
-        config = _settle(kind, config, run_dir, lambda message: log(
-            "notice", {"phase": "plan", "message": message}, None))
+        config = _settle(kind, config, run_dir, lambda message, **progress: log(
+            "notice", {"phase": "plan", "message": message, **progress}, None))
         plan_done = time.time()
         if not settled:
             settled = strategy.broadcast(config) is not None

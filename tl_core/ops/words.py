@@ -112,7 +112,10 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
     if fit_start is None:
         planning = [e for e in events if e["event"] == "notice" and e.get("phase") == "plan"]
         if planning and status.get("state") == "running":  # the Auto plan measures its candidates first
-            return 0.0, str(planning[-1].get("message", ""))
+            said = planning[-1]
+            fraction = min(max(_number(said.get("fraction"), 0.0), 0.0), 1.0)
+            eta = _number(said.get("eta_s"))
+            return fraction, str(said.get("message", "")) + (f" · about {format_seconds(eta)} left" if eta else "")
         return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
     total = max(_number(fit_start.get("epochs"), 1), 1)
     probe_epochs = _number(fit_start.get("probe_epochs"))
@@ -135,13 +138,29 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
     if last["event"] == "batch_end" and _number(last.get("batches")) and _number(last.get("epoch")) is not None \
             and _number(last.get("batch")) is not None:
         fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
-    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
-                  and _number(e.get("seconds")) is not None] if epoch_ends else []
-    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
-    eta = f" · about {format_seconds((total - done) * mean_epoch_s)} left" if mean_epoch_s is not None else ""
-    speed = _number(last.get("images_per_s")) or (_number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
+    fraction = max(0.0, min(fraction, 1.0))
+    # The phase running now sets the pace: the head's epochs on cached features take milliseconds, a
+    # fine-tune's epochs on images take seconds, so one phase's epochs never time the other's.
+    current = (phase_start.get("phase") if phase_start is not None
+               else epoch_ends[-1].get("phase") if epoch_ends else None)
+    this_phase = [e for e in epoch_ends if e.get("phase") == current and _number(e.get("seconds")) is not None]
+    left_epochs = total - fraction * total
+    eta = ""
+    if this_phase:
+        eta = f" · about {format_seconds(left_epochs * sum(e['seconds'] for e in this_phase) / len(this_phase))} left"
+    elif last["event"] == "batch_end" and last.get("phase") == current and phase_start is not None \
+            and _number(last.get("batch")) and _number(last.get("batches")) and _number(last.get("t")) \
+            and _number(phase_start.get("t")):  # the phase's first epoch: timed from its batches so far
+        epoch_s = (last["t"] - phase_start["t"]) / (last["batch"] / last["batches"])
+        eta = f" · about {format_seconds(left_epochs * epoch_s)} left"
+    if eta and current == "probe" and probe_epochs and probe_epochs < total:
+        eta = " · time left known once fine-tuning starts"  # the probe's pace says nothing of fine-tuning's
+    in_phase = last["event"] in ("batch_end", "epoch_end") and last.get("phase") == current
+    speed = _number(last.get("images_per_s")) if in_phase else None
+    if speed is None and this_phase:
+        speed = _number(this_phase[-1].get("images_per_s"))
     speed_text = f" · {speed:,.0f} images/s" if speed else ""
     of_what = ""
     if probe_epochs and 0 < probe_epochs < total:  # a fine-tune follows the probe: say what the total holds
         of_what = f" (the {total - probe_epochs} you set, after {probe_epochs} fitting the head)"
-    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total}{of_what}{eta}{speed_text}"
+    return fraction, f"Epoch {done} of {total}{of_what}{eta}{speed_text}"

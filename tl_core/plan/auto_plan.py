@@ -41,7 +41,7 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     root = RunFolder(run_dir).candidates
     t0 = time.time()
     notice("Auto plan: measuring feature extraction on your images")
-    head = _measure(config.replace(freeze="head", features="auto", lr=None), root / "head", run_dir)
+    head = _measure(config.replace(freeze="head", features="auto", lr=None), root / "head", run_dir, notice=notice)
     budget_s = config.auto_budget * head["seconds"]
     rows = [head]
     model = create_model(architecture_for(config.backbone, config.weights), len(head["classes"]), weights="none")
@@ -66,7 +66,8 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
             continue
         notice(f"Auto plan: measuring fine-tuning with {plan} (about {estimate:.0f} s)")
         rows.append(_measure(config.replace(freeze=plan, features="last", epochs=FINETUNE_EPOCHS, lr=None,
-                                            augment="none"), root / plan, run_dir, deadline=t0 + budget_s))
+                                            augment="none"), root / plan, run_dir, deadline=t0 + budget_s,
+                             notice=notice))
     chosen, words = _choose(rows)
     measured = {"rows": rows, "chosen": chosen, "words": words, "budget_s": budget_s,
                 "seconds": time.time() - t0, "last_layer_acc": head["last_acc"]}
@@ -77,6 +78,40 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     features = "auto" if chosen["plan"] == "head" else "last"
     return config.replace(freeze=chosen["plan"], features=features, lr=lr,
                           epochs=config.epochs if chosen["plan"] == "head" else FINETUNE_EPOCHS)
+
+
+class PlanProgress(Callback):
+    """Relays a candidate's progress to the run's own event log as plan notices (with `fraction` and
+    `eta_s`), at most twice a second, so the live view is not an empty bar while the plan measures."""
+
+    def __init__(self, notice, plan: str, every_s: float = 0.5):
+        self.notice, self.plan, self.every_s = notice, plan, every_s
+        self.start, self.said, self.epochs = time.time(), 0.0, 0
+
+    def _say(self, what: str, fraction: float) -> None:
+        now = time.time()
+        if now - self.said < self.every_s and fraction < 1.0:
+            return
+        self.said = now
+        elapsed = now - self.start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.02 else None
+        self.notice(f"Auto plan, measuring {_measuring(self.plan)}: {what}", fraction=round(fraction, 3),
+                    eta_s=None if eta is None else round(eta, 1))
+
+    def on_fit_start(self, info, fit):
+        self.epochs = info.get("epochs") or 0
+
+    def on_batch_end(self, info, fit):
+        if info.get("phase") == "features" and info.get("total"):
+            self._say(f"features of {info.get('done', 0)} of {info['total']} images",
+                      min(info.get("done", 0) / info["total"], 1.0))
+        elif info.get("batches") and info.get("epoch") and self.epochs:
+            done = (info["epoch"] - 1 + info["batch"] / info["batches"]) / self.epochs
+            self._say(f"epoch {info['epoch']} of {self.epochs}", min(done, 1.0))
+
+
+def _measuring(plan: str) -> str:
+    return "feature extraction" if plan == "head" else f"fine-tuning {plan}"
 
 
 class Deadline(Callback):
@@ -90,12 +125,15 @@ class Deadline(Callback):
             fit.stop_phase = self.cut = True
 
 
-def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: float = math.inf) -> dict:
-    """Train one candidate in its own folder; its scores relative to the last-layer probe."""
+def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: float = math.inf,
+             notice=None) -> dict:
+    """Train one candidate in its own folder; its scores relative to the last-layer probe (`notice`, when
+    given, hears its progress)."""
     start, stop = time.time(), Deadline(deadline)
     create_run(config.replace(name=f"auto plan candidate {config.freeze}"), run_dir=candidate_dir)
+    relay = [PlanProgress(notice, config.freeze)] if notice is not None else []
     fit = Fit(config, candidate_dir, [EventLog.for_run(candidate_dir), StopFile(run_dir),
-                                      *standard_callbacks(config), stop])
+                                      *standard_callbacks(config), stop, *relay])
     metrics = fit.run()
     facts = read_config_record(candidate_dir)
     row = {"plan": config.freeze, "groups": len(fit.net.trainable) - 1, "seconds": time.time() - start,
