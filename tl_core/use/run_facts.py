@@ -129,15 +129,20 @@ def wall(metrics: dict) -> dict:
             "wall_parts": dict(parts), "wall_parts_words": "; ".join(listed)}
 
 
+def facts_interval(metrics: dict) -> tuple[float, float] | None:
+    """The 95 % Wilson interval of metrics' validation accuracy on its n_val images; None without them."""
+    accuracy, n_val = _number(metrics.get("val_acc")), _number(metrics.get("n_val"))
+    return accuracy_interval(accuracy, int(n_val)) if accuracy is not None and n_val else None
+
+
 def facts(run_dir) -> dict:
     """Every fact above of one run, from its folder (metrics.json, config, name); {} parts read "—"."""
     run_dir = Path(run_dir)
     metrics = runs.read_metrics(run_dir) or {}
     record = runs.read_config_record(run_dir)
     config = record.get("config", {}) if isinstance(record.get("config"), dict) else {}
-    accuracy = _number(metrics.get("val_acc"))
-    n_val = _number(metrics.get("n_val"))
-    interval = accuracy_interval(accuracy, int(n_val)) if accuracy is not None and n_val else None
+    accuracy, n_val = _number(metrics.get("val_acc")), _number(metrics.get("n_val"))
+    interval = facts_interval(metrics)
     return {
         "run_id": run_dir.name, "name": run_name(run_dir),
         "dataset": dataset_name(config.get("dataset_dir")),

@@ -1,0 +1,125 @@
+"""Issue 25: every figure a person reads about a finished run — on Results, on Runs, in the model card,
+on the command line and in metrics.json — is the same fact, worked out once (tl_core.use.run_facts).
+
+Three real runs on small real images (the bundled Fashion-MNIST sample, timm's tiny test model, no
+pretrained weights): a head-only run held out by a split, a fine-tune whose probe was kept (fine-tuning
+at a learning rate of 1 never beats it), and a head-only run validated by 5-fold cross-validation."""
+import shutil
+
+import pytest
+
+from apptest_support import open_page, plain
+from tl_core import worker
+from tl_core.config import RunConfig
+from tl_core.data.datasets import ingest_folder
+from tl_core.data.sample_data import SAMPLE_DIR
+from tl_core.ops import runs, words
+from tl_core.use import run_facts
+from tl_core.use.model_card import model_card
+
+pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
+
+TINY = dict(backbone="test_efficientnet", weights="none", image_size=64, batch_size=16)
+
+
+def _dataset(tmp_path, per_class: int, name: str):
+    """`per_class` images of 4 classes of the bundled sample, ingested as a dataset called `name`."""
+    folder = tmp_path / name
+    for label in ("Trouser", "Bag", "Sneaker", "Dress"):
+        (folder / label).mkdir(parents=True)
+        for image in sorted((SAMPLE_DIR / label).glob("*.png"))[:per_class]:
+            shutil.copy(image, folder / label / image.name)
+    return ingest_folder(folder, name=name)
+
+
+def _train(config: RunConfig):
+    run_dir = runs.create_run(config)
+    worker.run(run_dir)
+    assert runs.read_status(run_dir)["state"] == "done"
+    return run_dir
+
+
+def _head_holdout(tmp_path):
+    # augmented, the head trains on images: a 20 % hold-out, not cross-validation
+    dataset = _dataset(tmp_path, 20, "clothes held out")
+    return _train(RunConfig(dataset_dir=str(dataset.root), freeze="head", augment="light", epochs=2, **TINY))
+
+
+def _finetune_kept_probe(tmp_path):
+    dataset = _dataset(tmp_path, 20, "clothes all layers")
+    return _train(RunConfig(dataset_dir=str(dataset.root), freeze="all", lr=1.0, epochs=2, early_stopping=0,
+                            warmup_epochs=0, **TINY))
+
+
+def _cross_validated(tmp_path):
+    dataset = _dataset(tmp_path, 8, "clothes cross-validated")
+    return _train(RunConfig(dataset_dir=str(dataset.root), freeze="head", epochs=2, **TINY))
+
+
+@pytest.mark.parametrize("make, validation, fine_tuned", [
+    (_head_holdout, "holdout", False), (_finetune_kept_probe, "holdout", False), (_cross_validated, "cv", False)],
+    ids=["head-only", "fine-tune-kept-probe", "cross-validated"])
+def test_the_same_facts_everywhere(tmp_path, make, validation, fine_tuned):
+    run_dir = make(tmp_path)
+    metrics = runs.read_metrics(run_dir)
+    known = run_facts.facts(run_dir)
+
+    # metrics.json: the facts are its figures, the wall the whole run's (claim to end) with its parts
+    assert known["validation"] == validation == runs.validation_kind(metrics)
+    assert known["fine_tuned"] is fine_tuned
+    assert known["accuracy"] == metrics["val_acc"] and known["n_val"] == metrics["n_val"]
+    assert known["learnt_params"] == metrics["kept"]["trainable_params"]
+    assert known["wall_s"] == metrics["wall_s"] >= metrics["fit_wall_s"]
+    assert sum(metrics["wall_parts"].values()) == pytest.approx(metrics["wall_s"], abs=0.05)
+    assert known["dataset"].startswith("clothes")
+    assert known["name"] == f"{run_facts.plan_name(runs.read_config(run_dir).freeze)} · {known['dataset']} · " \
+                            f"{known['accuracy_words']}"
+    if make is _finetune_kept_probe:  # the plan could train every layer; the model kept learnt its head only
+        assert metrics["kept"]["phase"] == "probe" and known["learnt_params"] < metrics["trainable_params"]
+
+    # Results
+    at = open_page("pages/5_Results.py", run_dir=str(run_dir))
+    tile = next(m for m in at.metric if m.label == "Accuracy")
+    assert tile.value == known["accuracy_words"] and tile.delta == f"95 %: {known['interval_words']}"
+    time_tile = next(m for m in at.metric if m.label == "Time")
+    assert time_tile.value == words.format_seconds(known["wall_s"], short=True)
+    assert known["wall_words"] in time_tile.proto.help and "features" in time_tile.proto.help
+    captions = " ".join(plain(c.value) for c in at.caption)
+    assert f"{known['learnt_params']:,} of {known['total_params']:,} parameters learnt" in captions
+    assert known["learnt_words"] in captions
+    assert ("instead of a hold-out" in captions) == (validation == "cv")
+    assert words.plural(known["n_val"], "image") in captions
+    assert any(option.startswith(known["name"]) for option in at.selectbox(key="results_run").options)
+
+    # Runs
+    at = open_page("pages/8_Runs.py")
+    row = at.dataframe[0].value.set_index("run_id").loc[run_dir.name]
+    assert row["name"] == known["name"] and row["learnt_params"] == known["learnt_params"]
+    assert row["wall_s"] == known["wall_s"] and row["validation"] == known["validation_words"]
+    assert "None" not in at.dataframe[0].value.astype(str).to_numpy().ravel().tolist()
+
+    # the model card
+    card = model_card(run_dir, "onnx")
+    assert f"# Model card: {known['name']}" in card
+    assert f"Accuracy: {known['accuracy_words']} on {known['n_val']:,} images; 95% interval " \
+           f"{known['interval_words']}" in card
+    assert f"\"{known['dataset']}\"" in card and "?" not in card.split("## Data")[1].split("|")[0]
+    assert known["images_words"][1:] in card
+    assert ("fine-tuned" in card) == fine_tuned
+    assert f"{known['learnt_params']:,} parameters" in card and known["wall_words"] in card
+    if validation == "cv":
+        assert "of it held out" not in card and "% held out" not in card and "cross-validation" in card
+    assert "trained on ?" not in card and "trained on an unrecorded device" not in card
+
+
+def test_the_command_line_says_the_same(small_sample, capsys):
+    from tl_core.__main__ import main as cli
+
+    assert cli(["train", "--data", str(small_sample), "--freeze", "head", "--epochs", "2", "--backbone",
+                "test_efficientnet", "--weights", "none", "--image-size", "64"]) == 0
+    out = capsys.readouterr().out
+    run_dir = runs.list_runs()[0]
+    known = run_facts.facts(run_dir)
+    assert f"validation accuracy {known['accuracy_words']} (95 % interval {known['interval_words']})" in out
+    assert known["images_words"] in out and f"{known['learnt_params']:,} parameters" in out
+    assert f"time: {known['wall_words']}" in out and known["name"] in out
