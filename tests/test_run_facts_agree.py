@@ -123,3 +123,20 @@ def test_the_command_line_says_the_same(small_sample, capsys):
     assert f"validation accuracy {known['accuracy_words']} (95 % interval {known['interval_words']})" in out
     assert known["images_words"] in out and f"{known['learnt_params']:,} parameters" in out
     assert f"time: {known['wall_words']}" in out and known["name"] in out
+
+
+def test_a_run_renamed_on_results_is_called_so_everywhere(tmp_path):
+    run_dir = _cross_validated(tmp_path)
+    default = run_facts.run_name(run_dir)
+    assert default.startswith("Head only · clothes cross-validated · ") and default.endswith("%")
+    at = open_page("pages/5_Results.py", run_dir=str(run_dir))
+    at.text_input(key=f"rename::{run_dir}").input("  my   best <b>shirt</b> model ").run()
+    assert not at.exception
+    assert runs.read_run_name(run_dir) == "my best <b>shirt</b> model"  # one line, kept as typed
+    assert any(o.startswith("my best <b>shirt</b> model (done, ") for o in at.selectbox(key="results_run").options)
+    assert run_facts.facts(run_dir)["name"] == "my best <b>shirt</b> model"
+    assert "# Model card: my best <b>shirt</b> model" in model_card(run_dir, "onnx")
+    at = open_page("pages/8_Runs.py")
+    assert at.dataframe[0].value["name"].tolist() == ["my best <b>shirt</b> model"]
+    runs.write_run_name(run_dir, " ")  # emptied: back to the default
+    assert run_facts.run_name(run_dir) == default

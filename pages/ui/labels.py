@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import streamlit as st
+
 from tl_core.models import backbones
 from tl_core.ops import runs
 from tl_core.data.datasets import Dataset
@@ -64,3 +66,15 @@ def validation_words(metrics: dict) -> str:
                 f"{plural(n_train, 'other image')} trained the model.")
     return (f"Validated on {plural(n_val, 'image')} held out from training ({how}); "
             f"{plural(n_train, 'image')} trained the model.")
+
+
+def rename_box(run_dir) -> None:
+    """The run's name, editable: an empty box brings back the default ("Auto · materials · 98.6%")."""
+    key = f"rename::{run_dir}"
+
+    def save() -> None:
+        runs.write_run_name(Path(run_dir), st.session_state[key])
+
+    st.text_input("Name", value=run_facts.run_name(run_dir), key=key, on_change=save, max_chars=120,
+                  help="A name to find this run again in every list; leave it empty for the default "
+                       f"({run_facts.default_name(run_dir)}).")
