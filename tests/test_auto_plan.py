@@ -34,14 +34,15 @@ def test_multi_layer_features_raise_the_bar_for_fine_tuning():
     chosen, _ = auto_plan._choose(rows)
     assert chosen["plan"] == "all"  # +12 beats multi-layer's +5 by more than the noise; top-2's +6 does not
     chosen, words = auto_plan._choose(rows[:2])
-    assert chosen["plan"] == "head" and "multi-layer features gained +5.0 points" in words
+    assert chosen["plan"] == "head" and "multi-layer features were kept for their lower validation loss; in accuracy they gained +5.0 points" in words
 
 
 def test_skipped_candidates_are_said_and_never_chosen():
     skipped = {"plan": "all", "groups": 8, "skipped": True, "estimate_s": 500.0,
                "why": "about 500 s, beyond what is left of the budget"}
     chosen, words = auto_plan._choose([_head(), skipped])
-    assert chosen["plan"] == "head" and "not measured (beyond the time budget): all" in words
+    assert chosen["plan"] == "head" and "no fine-tuning candidate was measured (beyond the time budget: all)" in words
+    assert "not compared with fine-tuning" in words
 
 
 def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir, tmp_path, monkeypatch):

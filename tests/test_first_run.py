@@ -116,7 +116,9 @@ def test_sidebar_follows_the_layers_choice_at_once_and_says_which_run_is_shown()
     assert not at.exception
     text = sidebar_text(at)
     assert "Next run" in text and "Trains: head" in text
-    assert f"Showing run: {full.name}" in text and "trained all" in text
+    from tl_core.use.run_facts import run_name
+
+    assert f"Showing run: {run_name(full)}" in text and "trained all" in text  # its name, not its id
 
 
 # ---------------------------------------------------------------- Layers: sizes and times of the real model

@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, dict[str, str]], ...] = (
         "ops.storage": "the workspace, atomic writes, reads that survive damage, a full disk said plainly",
         "ops.runs": "the run folder: every run file's name, reading and writing; the OS locks of a run",
         "ops.words": "runs in words for a person: progress line, durations, validation protocol, a row per run",
+        "ops.glossary": "the words of the trade (probe, layer groups, ECE...) explained once, for the help icons",
         "ops.jobs": "the local job queue: one worker process per run, device slots, claiming a run",
         "ops.executors": "where runs execute: the local queue or a Ray cluster (the Executor seam)",
         "ops.spaces": "who owns which run and dataset on a classroom server, and each user's limits",

@@ -12,6 +12,7 @@ from tl_core.ops import runs
 from pages.ui import data_quality, labels, target_domain
 from pages.ui.text import literal
 from tl_core.ops import words
+from tl_core.ops import glossary
 from tl_core.ops.words import plural
 from tl_core.use import run_facts
 
@@ -51,14 +52,18 @@ def headline_section(run_dir, metrics: dict, events: list[dict]) -> None:
     weights = runs.read_config_record(run_dir).get("config", {}).get("weights")
     started_from = f" Started from {literal(labels.weights_label(weights))} weights." if weights else ""
     st.caption(f"Trained on {literal(metrics.get('device', 'unknown device'))}{trained}. "
-               f"{labels.validation_words(metrics)}{started_from}")
+               f"{labels.validation_words(metrics)}{started_from}",
+               help=glossary.explain("probe") + "\n\n" + glossary.explain(
+                   "cross-validation" if known["validation"] == "cv" else "hold-out"))
     record = runs.read_config_record(run_dir)
     if choice := record.get("features_choice"):
-        st.caption(literal(choice["words"][:1].upper() + choice["words"][1:] + "."))
+        st.caption(literal(choice["words"][:1].upper() + choice["words"][1:] + "."),
+                   help=glossary.explain("multi-layer features") + "\n\n" + glossary.explain("validation loss"))
     if measured := auto_plan.read_measurement(run_dir):
         with st.expander(f"Auto plan: {measured['words'][:80]}…" if len(measured["words"]) > 80
                          else f"Auto plan: {measured['words']}"):
-            st.plotly_chart(plots.plan_figure(measured), key="results_plan_chart")
+            if plots.plan_is_chart(measured):
+                st.plotly_chart(plots.plan_figure(measured), key="results_plan_chart")
             st.text(measured["words"])
     for step in advice.next_steps(metrics, events, record):
         st.warning(literal(step), icon=":material/lightbulb:")

@@ -177,8 +177,12 @@ def _choose(rows: list[dict]) -> tuple[dict, str]:
         parts.append(f"fine-tuning's gains over the last-layer probe on held-out images, in points: {gains} "
                      f"(noise: ±{100 * tried[0]['gain_se']:.1f})")
     if head.get("features") == "multi-layer":
-        parts.append(f"multi-layer features gained {100 * head['gain']:+.1f} points by cross-validation")
-    if skipped:
+        parts.append(f"multi-layer features were kept for their lower validation loss; in accuracy they gained "
+                     f"{100 * head['gain']:+.1f} points by cross-validation")
+    if skipped and not tried:  # said plainly: nothing chose feature extraction over fine-tuning by measurement
+        parts.append(f"no fine-tuning candidate was measured ({'; '.join(reasons)}: {', '.join(skipped)}), so "
+                     f"feature extraction was not compared with fine-tuning")
+    elif skipped:
         parts.append(f"not measured ({'; '.join(reasons)}): {', '.join(skipped)}")
     return chosen, "; ".join(parts)
 
