@@ -44,13 +44,11 @@ def delete_run(run_dir: str) -> None:
 
 def runs_table() -> list[dict]:
     """Every run in one table; returns their summaries."""
-    summaries = [words.summarize(Path(path)) for path in all_runs]
+    summaries = [run_facts.summary(path) for path in all_runs]  # the same name, time and learnt count as Results
     numeric = ("val_acc", "target_acc", "val_loss", "wall_s", "epochs", "learnt_params")
     table_rows = []
     for row in summaries:
-        known = run_facts.facts(row["run_dir"])  # the same name, time and learnt count as Results
-        shown = {**row, "name": known["name"], "wall_s": known["wall_s"], "learnt_params": known["learnt_params"],
-                 "weights": labels.weights_label(row["weights"]) if row["weights"] else None}
+        shown = {**row, "weights": labels.weights_label(row["weights"]) if row["weights"] else None}
         # text columns: a missing value reads "—", never Python's None
         table_rows.append({key: ("—" if value is None and key not in numeric else value)
                            for key, value in shown.items()})

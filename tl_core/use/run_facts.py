@@ -170,3 +170,13 @@ def measured_wall(events: list[dict], started: float, settled: float, ended: flo
         parts["features"], mark = feature_ends[-1] - probe_start, feature_ends[-1]
     parts["fitting"] = max(0.0, ended - mark)
     return {"wall_s": round(ended - started, 2), "wall_parts": {k: round(v, 2) for k, v in parts.items()}}
+
+
+def summary(run_dir) -> dict:
+    """A row for a table of runs (tl_core.ops.words.summarize) with the facts above in place of raw fields:
+    the readable name, the dataset's own name (not its id), what the kept model learnt, the whole wall."""
+    from ..ops.words import summarize
+
+    row, known = summarize(Path(run_dir)), facts(run_dir)
+    return {**row, "name": known["name"], "dataset": known["dataset"] or row["dataset"],
+            "learnt_params": known["learnt_params"], "wall_s": known["wall_s"]}
