@@ -140,3 +140,38 @@ def test_a_run_renamed_on_results_is_called_so_everywhere(tmp_path):
     assert at.dataframe[0].value["name"].tolist() == ["my best <b>shirt</b> model"]
     runs.write_run_name(run_dir, " ")  # emptied: back to the default
     assert run_facts.run_name(run_dir) == default
+
+
+def test_words_that_are_true():
+    """Issue 25's grammar and wording, each as a person reads it."""
+    from tl_core import plots
+    from tl_core.fit.metrics import _calibration_words
+    from tl_core.ops import glossary
+    from tl_core.use import advice
+
+    assert [words.plural(n, "image") for n in (0, 1, 2, 1500)] == ["0 images", "1 image", "2 images", "1,500 images"]
+    assert words.plural(1, "mistake") == "1 mistake" and words.plural(5, "other class") == "5 other classes"
+    assert words.format_seconds(0.3) == "< 1 s" and words.format_seconds(0) == "0 s"
+    # every class equally thin is a small set, not one weaker class to handle with care
+    classes = ["brick", "glass", "metal", "paper", "stone", "wood"]
+    metrics = {"val_acc": 0.95, "classes": classes, "per_class": {name: {"support": 2} for name in classes}}
+    said = advice.headline(metrics, [])
+    assert said.startswith("Few validation images: every class has only 2 validation images") and "brick" not in said
+    metrics["per_class"]["brick"] = {"support": 1}
+    said = advice.headline(metrics, [])
+    assert said.startswith("Few validation images: every class has at most 2 validation images")
+    metrics["per_class"] = {**{name: {"support": 10} for name in classes}, "brick": {"support": 1}}
+    assert advice.headline(metrics, []).startswith("Handle with care: brick has only 1 validation image:")
+    assert "poorly calibrated" in _calibration_words(0.115, 0.9, 0.95, 120)
+    assert "well calibrated" in _calibration_words(0.03, 0.9, 0.91, 120)
+    # one measured candidate is a sentence, not a chart; the axes span whole layer groups and 0–100 %
+    one = {"rows": [{"plan": "head", "groups": 0, "gain": 0.0, "gain_se": 0.0},
+                    {"plan": "all", "groups": 8, "skipped": True}], "last_layer_acc": 0.99,
+           "chosen": {"plan": "head"}}
+    assert not plots.plan_is_chart(one)
+    two = {**one, "rows": [one["rows"][0], {"plan": "top-1", "groups": 1, "gain": 0.01, "gain_se": 0.02}]}
+    layout = plots.plan_figure(two).layout
+    assert plots.plan_is_chart(two) and layout.xaxis.dtick == 1 and layout.yaxis.range[1] <= 1.0
+    assert layout.xaxis.range[0] == -0.5
+    for term in ("probe", "multi-layer features", "layer groups", "time budget", "ECE", "cross-validation"):
+        assert len(glossary.explain(term)) > 60

@@ -40,7 +40,7 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
             paths = [str(dataset.root / item["path"]) for item in dataset.items if item["label"] == label]
             images = [image for image in map(widgets.thumbnail, paths[:THUMBNAILS_PER_CLASS]) if image is not None]
             label_col, images_col = st.columns([1, 6])
-            label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
+            label_col.markdown(f"**{literal(label)}**  \n{plural(len(paths), 'image')}")
             if images:
                 images_col.image(images, width=72)
 

@@ -19,8 +19,8 @@ from tl_core.use import run_facts
 def dataset_label(dataset: Dataset) -> str:
     """Name and size of a dataset: its images and classes (or tasks, for a labels table)."""
     if dataset.tasks:  # a labels table
-        return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.tasks)} tasks)"
-    return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.classes)} classes)"
+        return f"{dataset.name} ({plural(len(dataset.items), 'image')}, {plural(len(dataset.tasks), 'task')})"
+    return f"{dataset.name} ({plural(len(dataset.items), 'image')}, {plural(len(dataset.classes), 'class')})"
 
 
 def weights_label(weights: str) -> str:

@@ -109,7 +109,7 @@ def predictions_section(run_dir: Path, metrics: dict, events: list[dict], status
                 f"{literal(state.cell_predicted)}.")
     else:
         verdict = "right" if state.cell_true == state.cell_predicted else "wrong"
-        st.caption(f"{len(in_cell)} images of {literal(state.cell_true)} predicted as "
+        st.caption(f"{plural(len(in_cell), 'image')} of {literal(state.cell_true)} predicted as "
                    f"{literal(state.cell_predicted)} ({verdict}), "
                    f"the most confident first" + (f" (showing {CELL_SHOWN})" if len(in_cell) > CELL_SHOWN else "")
                    + ". Caption: file (confidence).")

@@ -27,8 +27,8 @@ SETTING_WORDS = {"val_acc": "validation accuracy", "macro_f1": "macro F1", "val_
 
 def short_name(run_dir: str) -> str:
     """A legend entry: the run's name (or id), where its weights came from and what learnt."""
-    row = words.summarize(Path(run_dir))
-    return f"{row['name'] or row['run_id']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
+    row = run_facts.summary(run_dir)
+    return f"{row['name']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
 
 
 def shown(setting: str, value) -> str:

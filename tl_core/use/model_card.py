@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..ops.runs import RunFolder, read_config_record
 from ..ops.storage import read_json
+from ..ops.words import plural
 from . import run_facts
 from .bundle import MODEL_FILES
 
@@ -55,7 +56,7 @@ def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str
         f"- Backbone: `{preprocess.get('backbone') or config.get('backbone')}` (timm), starting from {weights}.",
         f"- Training: freeze plan `{config.get('freeze', '?')}` (which layer groups could train), "
         f"BatchNorm `{config.get('bn_policy', '?')}`, augmentation `{config.get('augment', '?')}`, "
-        f"{metrics.get('epochs_run', '?')} epochs (best at epoch {metrics.get('best_epoch', '?')}), "
+        f"{plural(metrics.get('epochs_run'), 'epoch')} (best at epoch {metrics.get('best_epoch', '?')}), "
         f"learning rate {config.get('lr', '?')}, seed {config.get('seed', '?')}.",
         f"- What learnt: {known['learnt_words']}"
         + (f"; {known['learnt_params']:,} parameters" if known["learnt_params"] is not None else "") + ".",
