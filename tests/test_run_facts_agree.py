@@ -175,3 +175,28 @@ def test_words_that_are_true():
     assert layout.xaxis.range[0] == -0.5
     for term in ("probe", "multi-layer features", "layer groups", "time budget", "ECE", "cross-validation"):
         assert len(glossary.explain(term)) > 60
+
+
+def test_layers_counts_the_split_the_run_will_make_and_train_says_cv_replaces_the_hold_out(tmp_path):
+    """Issue 25: 72 images of 6 classes read "58 + 14" on Layers where the run used 60 + 12."""
+    from tl_core.data.datasets import stratified_split
+    from tl_core.models import backbones
+
+    folder = tmp_path / "six"
+    for label in ("Trouser", "Bag", "Sneaker", "Dress", "Coat", "Shirt"):
+        (folder / label).mkdir(parents=True)
+        for image in sorted((SAMPLE_DIR / label).glob("*.png"))[:12]:
+            shutil.copy(image, folder / label / image.name)
+    dataset = ingest_folder(folder, name="six")
+    train_idx, val_idx = stratified_split(dataset.labels(), 0.2, 0)
+    assert (len(train_idx), len(val_idx)) == (60, 12)
+    at = open_page("pages/3_Layers.py", dataset_dir=str(dataset.root), image_size=64,
+                   image_size_backbone=backbones.EMBEDDED_MODEL)
+    at.radio(key="freeze_preset").set_value("all").run()
+    tile = next(m for m in at.metric if m.label == "Estimated time per epoch")
+    assert tile.delta.startswith("60 + 12 images at 64 px") and " 0 s" not in f" {tile.value}"
+    at.radio(key="freeze_preset").set_value("head").run()
+    at.switch_page("pages/4_Train.py").run()
+    assert not at.exception
+    said = [plain(i.value) for i in at.info if "instead of the 20% hold-out" in plain(i.value)]
+    assert said and said[0].startswith("Validation: 5-fold cross-validation")
