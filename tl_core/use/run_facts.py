@@ -161,10 +161,10 @@ def measured_wall(events: list[dict], started: float, settled: float, ended: flo
                         and _number(e.get("t"))), None)
     feature_ends = [e["t"] for e in events if e.get("event") == "batch_end" and e.get("phase") == "features"
                     and _number(e.get("t"))]
-    parts = {"measuring": max(0.0, settled - started)}
-    mark = settled
-    if fit_start is not None and settled <= fit_start <= ended:
-        parts["loading"], mark = fit_start - settled, fit_start
+    # A run without an Auto plan settles in milliseconds: no "measuring" part to list, its instant is loading's
+    parts, mark = ({"measuring": settled - started}, settled) if settled - started >= 0.5 else ({}, started)
+    if fit_start is not None and mark <= fit_start <= ended:
+        parts["loading"], mark = fit_start - mark, fit_start
     if probe_start is not None and feature_ends and mark <= probe_start <= feature_ends[-1] <= ended:
         parts["loading"] = parts.get("loading", 0.0) + probe_start - mark
         parts["features"], mark = feature_ends[-1] - probe_start, feature_ends[-1]
