@@ -50,16 +50,19 @@ def catalogue_section() -> None:
         selection_default={"selection": {"rows": current_rows}}, hide_index=True, height=36 * (len(catalogue) + 1) + 4,
         column_order=["name", "offline", "family", "params_m", "gmacs", "top1", "input_size", "note"],
         column_config={
-            "name": st.column_config.TextColumn("Backbone", width="large"),
-            "offline": st.column_config.CheckboxColumn("Works offline", help="Weights are on this computer"),
+            "name": st.column_config.TextColumn("Backbone", width="medium"),
+            "offline": st.column_config.CheckboxColumn("Offline", help="Works offline: the weights are on this "
+                                                                       "computer"),
             "family": "Family",
             "params_m": st.column_config.NumberColumn("Params (M)", format="%.1f"),
             "gmacs": st.column_config.NumberColumn("GMACs", format="%.2f"),
             "top1": st.column_config.NumberColumn("Top-1 %", format="%.1f"),
-            "input_size": st.column_config.NumberColumn("Image size", format="%d px"),
+            "input_size": st.column_config.NumberColumn("Size", format="%d px", help="Input image size"),
             "note": st.column_config.TextColumn("Why pick it", width="large"),
         },
     )
+    if current_rows:  # a long note is cut in its cell: the chosen backbone's is said in full
+        st.caption(f"Why pick {catalogue.loc[current_rows[0], 'name']}: {catalogue.loc[current_rows[0], 'note']}")
 
     with st.expander("Search all timm models", icon=":material/search:"):
         query = st.text_input("Model name contains", key="model_query", placeholder="e.g. resnet, convnext, vit_small")

@@ -8,6 +8,7 @@ from pages.ui.text import literal
 from tl_core import plots
 from tl_core.plan import auto_plan
 from tl_core.models import layers
+from tl_core.ops import glossary
 
 PRESETS = {
     "auto": "Auto: measured on your images, within a time budget (recommended)",
@@ -17,7 +18,7 @@ PRESETS = {
     "custom": "Custom: choose with the switches below",
 }
 FEATURES = {
-    "auto": "Auto: cross-validation picks (every plan: fine-tuning starts from that head)",
+    "auto": "Auto: the lower validation loss picks, by cross-validation (every plan: fine-tuning starts from that head)",
     "last": "The last layer",
     "multi-layer": "Every layer, pooled",
 }
@@ -75,10 +76,11 @@ def plan_section(groups) -> set:
                   help="The Auto plan always measures feature extraction (last-layer and multi-layer features). "
                        "Fine-tuning candidates (top 1, 2, 4 groups, then all) are measured while their estimated "
                        "time fits this budget; the plan kept is the simplest one that no other beats by more than "
-                       "the noise.")
+                       "the noise. " + glossary.explain("time budget"))
         measured = auto_plan.latest_measurement(state.dataset_dir, state.backbone) if state.dataset_dir else None
-        if measured:
+        if measured and plots.plan_is_chart(measured):
             st.plotly_chart(plots.plan_figure(measured), key="plan_chart")
+        if measured:
             st.caption(literal(f"From the Auto run {labels.run_label(measured['run'])}: {measured['words']}."))
         else:
             st.caption("Train once with Auto: the measurement of which layers should learn appears here, "
@@ -103,7 +105,8 @@ def stack_section(groups, trainable: set) -> None:
             count_col.markdown(f"{group.num_params:,} parameters")
             switch_col.toggle("learns", key=toggle_key(group.name), disabled=group.is_head,
                               on_change=switch_flipped, args=(groups[:-1],),
-                              help="The head always learns: it is new." if group.is_head else None)
+                              help="The head always learns: it is new." if group.is_head
+                              else glossary.explain("layer groups"))
     st.caption(":material/label: Your classes")
 
 
@@ -112,7 +115,8 @@ def head_options() -> None:
     st.radio("What the head reads", list(FEATURES), key="features", format_func=FEATURES.get, horizontal=True,
              help="The last layer sums up an image the way ImageNet photos taught it. Every layer adds the early "
                   "layers' edges and textures, which often tell apart images unlike photos (drawings, scans, "
-                  "grayscale): on Fashion-MNIST at 20 images a class they gave 82.8 % against 78.5 %.")
+                  "grayscale): on Fashion-MNIST at 20 images a class they gave 82.8 % against 78.5 %. "
+                  + glossary.explain("multi-layer features"))
 
     st.toggle("Keep BatchNorm statistics from pretraining", key="bn_keep_eval",
               help="Every BatchNorm layer keeps normalising with the statistics it learnt on ImageNet; the layers "
@@ -150,5 +154,7 @@ if (kind_layers := kinds.section(kinds.current(), "layers")) is not None:
     kind_layers()
 else:
     layer_choice()
+with st.expander("Glossary", icon=":material/menu_book:"):
+    st.markdown(glossary.glossary_markdown())
 st.divider()
 st.page_link(nav.TRAIN_PAGE, label="Next: train", icon=":material/arrow_forward:")

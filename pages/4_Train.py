@@ -37,6 +37,11 @@ else:  # a kind's own layout: its Data section checked it
 st.markdown(f"**Data** {data_words} · "
             f"**Backbone** {code(state.backbone)} ({literal(labels.weights_label(state.weights))}) · "
             f"**Learns** {code(state.freeze)}")
+if dataset is not None and "cross-validation" in validation and state.val_source == "split":
+    # said where it is seen: the Data page's hold-out does not apply to a head fitted on cached features
+    st.info(f"Validation: {validation}, instead of the {state.val_fraction:.0%} hold-out set on the Data page. "
+            "Only the head learns, on features computed once, so every image can be scored by a head fitted "
+            "without it and none is set aside.", icon=":material/rule:")
 
 run_status = runs.read_status(Path(state.run_dir)) if state.run_dir else {}
 train_settings.settings_section(dataset, default_size, fixed_size,

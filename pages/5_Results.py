@@ -74,6 +74,7 @@ if state.get("results_run") not in all_runs:
     state.results_run = default_run()
 st.selectbox("Run", all_runs, key="results_run", format_func=labels.run_label)
 run_dir = Path(state.results_run)
+labels.rename_box(run_dir)
 sidebar.show_run(run_dir)
 status = runs.read_status(run_dir)
 run_state(run_dir, status)

@@ -11,6 +11,7 @@ from pages.ui.text import code, literal
 from tl_core.use import compare
 from tl_core.ops import runs
 from tl_core.ops import words
+from tl_core.use import run_facts
 
 state = st.session_state
 session.init_state()  # idempotent; makes the page work even when run on its own
@@ -43,24 +44,29 @@ def delete_run(run_dir: str) -> None:
 
 def runs_table() -> list[dict]:
     """Every run in one table; returns their summaries."""
-    summaries = [words.summarize(Path(path)) for path in all_runs]
+    summaries = [run_facts.summary(path) for path in all_runs]  # the same name, time and learnt count as Results
     table_rows = [{**row, "weights": labels.weights_label(row["weights"]) if row["weights"] else None,
                    "wall_s": words.format_seconds(row["wall_s"]) if row["wall_s"] is not None else None}
                   for row in summaries]
     # Formats by column, not a pandas Styler: marshalling a Styler cost 15 to 30 ms of server CPU a rerun.
     st.dataframe(
         pd.DataFrame(table_rows), hide_index=True, key="runs_table",
-        placeholder="–",  # what a run has not measured (yet) reads "–", not "None"
-        column_order=["run_id", "name", "state", "val_acc", "validation", "target_acc", "adapt", "val_loss", "backbone",
-                      "weights", "freeze", "epochs", "augment", "dataset", "device", "wall_s", "error", "damaged"],
+        placeholder="—",  # what a run has not measured (yet) reads "—", not "None"
+        column_order=["name", "state", "val_acc", "validation", "target_acc", "adapt", "val_loss", "backbone",
+                      "weights", "freeze", "learnt_params", "epochs", "augment", "dataset", "device", "wall_s",
+                      "error", "damaged", "run_id"],
         column_config={
-            "run_id": "Run", "name": "Name", "state": "State", "backbone": "Backbone", "weights": "Weights",
-            "freeze": "Learns", "epochs": "Epochs", "augment": "Augmentation", "dataset": "Dataset", "device": "Device",
-            "val_acc": st.column_config.NumberColumn("Val. accuracy", format="percent"),
-            "validation": "Validated by",
-            "target_acc": st.column_config.NumberColumn("Target accuracy", format="percent"),
+            "run_id": "Run id", "name": st.column_config.TextColumn("Name", width="medium"), "state": "State",
+            "backbone": "Backbone", "weights": "Weights", "freeze": "Plan",
+            "learnt_params": st.column_config.NumberColumn(
+                "Learnt", format="localized",
+                help="Parameters the kept model learnt (only the head's when the probe was kept)"),
+            "epochs": st.column_config.NumberColumn("Epochs", format="%d"), "augment": "Augmentation",
+            "dataset": "Dataset", "device": "Device",
+            "val_acc": st.column_config.NumberColumn("Accuracy", format="percent"), "validation": "Validated by",
+            "target_acc": st.column_config.NumberColumn("Target acc.", format="percent"),
             "adapt": "Adapted by", "val_loss": st.column_config.NumberColumn("Val. loss", format="%.3f"),
-            "wall_s": "Training time",
+            "wall_s": st.column_config.TextColumn("Time", help="The whole run, from its start to its end"),
             "error": st.column_config.TextColumn("Error", width="large"),
             "damaged": st.column_config.TextColumn("Damaged files", width="large"),
         })

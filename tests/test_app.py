@@ -305,7 +305,7 @@ def test_results_show_metrics_and_the_images_it_got_wrong():
     at = open_page("pages/5_Results.py")
     assert not at.exception
     values = metric_values(at)
-    assert values["Validation accuracy"] == "80.0%" and values["Macro F1"] == "0.790"
+    assert values["Accuracy"] == "80.0%" and values["Macro F1"] == "0.790"
     assert at.dataframe[0].value["class"].tolist() == dataset.classes
     captions = at.image[-1].captions  # the mistakes, after the images of the chosen confusion cell
     assert len(captions) == 2
@@ -339,5 +339,5 @@ def test_runs_page_lists_every_run_and_compares_two_or_more():
     assert sorted(at.multiselect(key="runs_compare").value) == sorted([str(first), str(second)])
     settings = at.dataframe[1].value.set_index("setting")
     assert not settings["differs"].any()  # the same settings twice
-    assert settings.loc["val_acc"].drop("differs").tolist() == ["80.0%", "80.0%"]
+    assert settings.loc["validation accuracy"].drop("differs").tolist() == ["80.0%", "80.0%"]
     assert len(at.get("plotly_chart")) == 3

@@ -34,14 +34,15 @@ def test_multi_layer_features_raise_the_bar_for_fine_tuning():
     chosen, _ = auto_plan._choose(rows)
     assert chosen["plan"] == "all"  # +12 beats multi-layer's +5 by more than the noise; top-2's +6 does not
     chosen, words = auto_plan._choose(rows[:2])
-    assert chosen["plan"] == "head" and "multi-layer features gained +5.0 points" in words
+    assert chosen["plan"] == "head" and "multi-layer features were kept for their lower validation loss; in accuracy they gained +5.0 points" in words
 
 
 def test_skipped_candidates_are_said_and_never_chosen():
     skipped = {"plan": "all", "groups": 8, "skipped": True, "estimate_s": 500.0,
                "why": "about 500 s, beyond what is left of the budget"}
     chosen, words = auto_plan._choose([_head(), skipped])
-    assert chosen["plan"] == "head" and "not measured (beyond the time budget): all" in words
+    assert chosen["plan"] == "head" and "no fine-tuning candidate was measured (beyond the time budget: all)" in words
+    assert "not compared with fine-tuning" in words
 
 
 def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir, tmp_path, monkeypatch):
@@ -65,6 +66,14 @@ def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir
     assert plan["chosen"]["plan"] in plans and metrics["kept"]["plan"] in (plan["chosen"]["plan"], "head")
     notices = [json.loads(line) for line in RunFolder(run_dir).events.read_text().splitlines()]
     assert any(e.get("phase") == "plan" and e["message"].startswith("Auto plan: kept") for e in notices)
+    # the live view's bar moves while the plan measures (issue 25: an empty bar for 30 s)
+    measuring = [e for e in notices if e.get("phase") == "plan" and isinstance(e.get("fraction"), float)]
+    assert measuring and all(0.0 <= e["fraction"] <= 1.0 for e in measuring)
+    assert any(e["fraction"] == 1.0 for e in measuring)
+    # the wall is the whole run's, measuring included, and its parts add up to it
+    assert metrics["wall_parts"]["measuring"] > 0 and metrics["wall_s"] > metrics["fit_wall_s"]
+    assert sum(metrics["wall_parts"].values()) == pytest.approx(metrics["wall_s"], abs=0.05)
+    assert read_metrics(run_dir)["wall_s"] == metrics["wall_s"]
     figure = plots.plan_figure(plan)
     assert list(figure.data[0].x) == [r["groups"] for r in measured]
     assert list(figure.data[0].marker.symbol).count("star") == 1
@@ -78,6 +87,10 @@ def test_progress_says_what_the_auto_plan_measures():
 
     events = [{"event": "notice", "phase": "plan", "message": "Auto plan: measuring fine-tuning with top-1"}]
     assert progress(events, {"state": "running"}) == (0.0, "Auto plan: measuring fine-tuning with top-1")
+    events.append({"event": "notice", "phase": "plan", "message": "Auto plan, measuring feature extraction: "
+                   "features of 30 of 120 images", "fraction": 0.25, "eta_s": 9.0})
+    assert progress(events, {"state": "running"}) == (0.25, "Auto plan, measuring feature extraction: features of "
+                                                            "30 of 120 images · about 9 s left")
 
 
 def test_too_few_images_to_validate_a_fine_tune_measure_only_feature_extraction(small_sample, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from apptest_support import plain
 from tl_core.ops import runs, spaces
-from tl_core.use import classroom
+from tl_core.use import classroom, run_facts
 from test_classroom import TEACHER_CODE, classroom_app, dataset_of, run_of, sign_in  # noqa: F401 (a fixture)
 from pages.ui import nav
 
@@ -32,7 +32,7 @@ def test_the_class_page_shows_progress_names_and_no_none_and_follows_the_runs(cl
     assert not at.exception, at.exception
     assert {m.label: m.value for m in at.metric}["Training now"] == "1"
     progress = [plain(p.proto.text) for p in at.get("progress")]
-    assert len(progress) == 1 and progress[0].startswith(f"alice · {alice_run.name}: Epoch 2 of 5 · about 3 s left")
+    assert len(progress) == 1 and progress[0].startswith(f"alice · {run_facts.run_name(alice_run)}: Epoch 2 of 5 · about 3 s left")
     table = at.dataframe[0].value
     assert set(table["dataset"]) == {"alice's leaves", "bob's stones"}  # names, not 2026…-ids
     shown = table.drop(columns=["run_dir"]).astype(str).to_numpy().ravel().tolist()

@@ -312,7 +312,11 @@ def test_the_teacher_lists_every_run_and_cancels_one(classroom_app, _workspace):
     assert not at.exception, at.exception
     assert at.title[0].value == "Class"
     table = at.dataframe[0].value
-    assert set(table["student"]) == {"alice", "bob"} and set(table["run"]) == {alice_run.name, bob_run.name}
+    from tl_core.use.run_facts import run_name
+
+    assert "None" not in table.astype(str).to_numpy().ravel().tolist()
+    assert set(table["dataset"]) == {"mine"}  # the names the students gave, not ids
+    assert set(table["student"]) == {"alice", "bob"} and set(table["run"]) == {run_name(alice_run), run_name(bob_run)}
     at.selectbox(key="class_chosen").set_value(str(bob_run)).run()
     at.button(key="class_cancel").click().run()
     assert runs.read_status(bob_run)["state"] == "cancelled" and runs.read_status(alice_run)["state"] == "queued"

@@ -76,9 +76,11 @@ def test_runs_page_puts_both_runs_side_by_side(pair_here):
     table = at.dataframe[1].value.set_index("setting")
     run_columns = [column for column in table.columns if column != "differs"]  # one per run, named by it
     chosen = at.multiselect(key="runs_compare").value
-    assert len(run_columns) == 2 and all(Path(run).name in column for run, column in zip(chosen, run_columns))
-    assert table.loc["weights", "differs"] and table.loc["freeze", "differs"]
-    assert not table.loc["lr", "differs"]
+    from tl_core.use.run_facts import run_name
+
+    assert len(run_columns) == 2 and all(column.startswith(run_name(run)) for run, column in zip(chosen, run_columns))
+    assert table.loc["weights", "differs"] and table.loc["plan", "differs"]
+    assert not table.loc["learning rate", "differs"]
     titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
     assert titles == ["Validation accuracy", "Validation loss", "Training loss"]
     legend = [trace["name"] for trace in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]

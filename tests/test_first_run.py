@@ -116,7 +116,9 @@ def test_sidebar_follows_the_layers_choice_at_once_and_says_which_run_is_shown()
     assert not at.exception
     text = sidebar_text(at)
     assert "Next run" in text and "Trains: head" in text
-    assert f"Showing run: {full.name}" in text and "trained all" in text
+    from tl_core.use.run_facts import run_name
+
+    assert f"Showing run: {run_name(full)}" in text and "trained all" in text  # its name, not its id
 
 
 # ---------------------------------------------------------------- Layers: sizes and times of the real model
@@ -163,11 +165,11 @@ def test_an_unstable_run_is_said_above_its_accuracy_which_has_an_interval():
     first = plain(at.warning[0].value)
     assert first.startswith("Unstable run: fine-tuning collapsed to 20% validation accuracy")
     assert "Try: train fewer layers or lower the learning rate" in first
-    tile = next(m for m in at.metric if m.label == "Validation accuracy")
+    tile = next(m for m in at.metric if m.label == "Accuracy")
     assert tile.value == "90.0%" and tile.delta.startswith("95 %: ")
     low, high = (float(x.strip(" %")) / 100 for x in tile.delta[len("95 %: "):].split("–"))
     assert low < 0.9 < high
-    assert next(m for m in at.metric if m.label == "Training time").value == "3.1 min"  # fits the tile
+    assert next(m for m in at.metric if m.label == "Time").value == "3.1 min"  # fits the tile
 
 
 def test_headline_speaks_of_learning_by_heart_thin_classes_and_stays_quiet_otherwise():

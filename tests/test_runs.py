@@ -172,10 +172,29 @@ def test_progress_of_a_run_from_its_events():
     events += [{"event": "batch_end", "phase": "finetune", "epoch": 4, "batch": 1, "batches": 2, "images_per_s": 40.0}]
     fraction, text = progress(events, {"state": "running"})
     assert fraction == pytest.approx(0.35)
-    assert text == "Epoch 3 of 10 · about 14 s left · 40 images/s"
+    assert text == "Epoch 3 of 10 · about 13 s left · 40 images/s"  # 6.5 epochs of 2 s left
     events.insert(-1, {"event": "epoch_end", "epoch": "garbage"})  # a damaged line changes nothing
     assert progress(events, {"state": "running"}) == (fraction, text)
     assert [format_seconds(s) for s in (None, 42, 185, 3720)] == ["–", "42 s", "3 min 05 s", "1 h 02 min"]
+
+
+def test_eta_after_the_head_epochs_is_timed_by_the_fine_tune_not_the_probe():
+    """Issue 25: "about 0 s left" at epoch 5 of 15, right after the fast head epochs, then a jump."""
+    from tl_core.ops.words import progress
+
+    events = [{"event": "fit_start", "epochs": 15, "probe_epochs": 5, "t": 0.0},
+              {"event": "phase_start", "phase": "probe", "epochs": 5, "t": 0.0}]
+    events += [{"event": "epoch_end", "phase": "probe", "epoch": k, "seconds": 0.01, "images_per_s": 8004.0}
+               for k in range(1, 6)]
+    assert "known once fine-tuning starts" in progress(events, {"state": "running"})[1]
+    events += [{"event": "phase_start", "phase": "finetune", "epochs": 10, "epoch": 5, "t": 100.0},
+               {"event": "batch_end", "phase": "finetune", "epoch": 6, "batch": 1, "batches": 4, "t": 102.0,
+                "images_per_s": 30.0}]
+    text = progress(events, {"state": "running"})[1]
+    # a quarter of an epoch took 2 s: 8 s an epoch, 9.75 epochs left
+    assert "about 1 min 18 s left · 30 images/s" in text and "8,004" not in text
+    events += [{"event": "epoch_end", "phase": "finetune", "epoch": 6, "seconds": 8.0, "images_per_s": 30.0, "t": 108.0}]
+    assert "about 1 min 12 s left" in progress(events, {"state": "running"})[1]
 
 
 def test_validation_is_recorded_as_data(small_sample):

@@ -186,7 +186,15 @@ def _train(args) -> int:
         elif metrics.get("validation_method", {}).get("kind") == "none":
             print(f"{state} in {metrics['wall_s']:.1f} s, not validated: {metrics['validation']}")
         else:
-            print(f"{state}: validation accuracy {metrics['val_acc']:.1%} in {metrics['wall_s']:.1f} s")
+            from .use import run_facts
+
+            known = run_facts.facts(run_dir)  # the same figures as the app and the model card
+            print(f"{state}: {known['name']}: validation accuracy {known['accuracy_words']} "
+                  f"(95 % interval {known['interval_words']}); {known['images_words']}")
+            print(f"learnt: {known['learnt_words']}"
+                  + (f", {known['learnt_params']:,} parameters" if known["learnt_params"] is not None else ""))
+            print(f"time: {known['wall_words']}" + (f" ({known['wall_parts_words']})" if known["wall_parts_words"]
+                                                    else ""))
     else:
         print(state)
     print(run_dir)

@@ -24,7 +24,8 @@ The contract of each function:
   detect_layout(folder) -> True when a folder holds this kind's data layout (for the CLI's and the app's ingest)
 Optional hooks (None: nothing to do):
   plan(config, run_dir, notice) -> RunConfig: the settings the fit trains, settled first (the Auto plan
-        measures candidate plans); `notice(text)` tells the event log what happens meanwhile
+        measures candidate plans); `notice(text, **progress)` tells the event log what happens meanwhile
+        (progress, optional: `fraction` done of what is being measured and `eta_s`, read by the live view)
   after_fit(config, run_dir): checks of a finished run, before it is marked done (a grown model's recall of
         its old classes)
   refine(config) -> the name of the kind a run made under this kind's name really is (a classify run whose

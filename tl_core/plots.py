@@ -148,9 +148,21 @@ def plan_figure(plan: dict) -> go.Figure:
                                 symbol=["star" if r["plan"] == chosen else "circle" for r in rows]))
     if rows:
         fig.add_hline(y=base, line_dash="dot", annotation_text="last-layer probe", line_color="gray")
-    fig.update_layout(xaxis_title="layer groups that learn", yaxis=dict(title="estimated accuracy", tickformat=".0%"),
+    # Axes that mean something: whole layer-group counts over every candidate (measured or not), and
+    # accuracies within 0–100 %, a little room around the points.
+    widest = max([r.get("groups", 0) for r in plan.get("rows", []) if _number(r.get("groups"))] or [0])
+    accuracies = [base + r["gain"] + sign * (r.get("gain_se") or 0) for r in rows for sign in (-1, 1)] + [base]
+    low, high = max(0.0, min(accuracies) - 0.05), min(1.0, max(accuracies) + 0.05)
+    fig.update_layout(xaxis=dict(title="layer groups that learn (0: the head only)", dtick=1,
+                                 range=[-0.5, max(widest, 1) + 0.5]),
+                      yaxis=dict(title="estimated accuracy", tickformat=".0%", range=[low, max(high, low + 0.05)]),
                       showlegend=False, **_layout("Which layers should learn? Measured on your images", legend_rows=0))
     return fig
+
+
+def plan_is_chart(plan: dict) -> bool:
+    """Whether the Auto plan measured two candidates or more: one point is a sentence, not a chart."""
+    return len([r for r in plan.get("rows", []) if not r.get("skipped") and _number(r.get("gain"))]) >= 2
 
 
 def task_figure(events: list[dict]) -> go.Figure:

@@ -22,7 +22,8 @@ from . import kinds
 from .fit.callbacks import CancelFit, Emitter, EventLog, StopFile
 from .fit.tasks import Task
 from .ops.jobs import claim_run
-from .ops.runs import RunFolder, read_config, record_facts, write_status
+from .ops.runs import RunFolder, read_config, read_events, record_facts, write_metrics, write_status
+from .use.run_facts import measured_wall
 from .ops.storage import StorageFull
 
 
@@ -51,7 +52,8 @@ def _live(run_dir: Path, extra_callbacks: list | None, task: Task | None, strate
     """The claimed run, in the main process."""
     log, settled = None, strategy is None
     try:
-        write_status(run_dir, state="running", pid=os.getpid(), started=time.time(), error=None)
+        started = time.time()
+        write_status(run_dir, state="running", pid=os.getpid(), started=started, error=None)
         log = EventLog.for_run(run_dir)
         stop = RunFolder(run_dir).stop
         # A strategy of several processes checks STOP itself, so that every process stops at the same batch.
@@ -61,13 +63,15 @@ def _live(run_dir: Path, extra_callbacks: list | None, task: Task | None, strate
         kind = kinds.kind_of(config)
         if strategy is not None and strategy.facts():
             record_facts(run_dir, **strategy.facts())
-        config = _settle(kind, config, run_dir, lambda message: log(
-            "notice", {"phase": "plan", "message": message}, None))
+        config = _settle(kind, config, run_dir, lambda message, **progress: log(
+            "notice", {"phase": "plan", "message": message, **progress}, None))
+        plan_done = time.time()
         if not settled:
             settled = strategy.broadcast(config) is not None
         metrics = kind.call("fit", config, run_dir, emit, strategy, **({"task": task} if task else {}))
         if kind.after_fit:
             kind.call("after_fit", config, run_dir)
+        metrics = _whole_wall(run_dir, metrics, started, plan_done)
     except CancelFit as stop:
         if not settled:  # the other processes wait for the settled config: none, they end too
             strategy.broadcast(None)
@@ -88,6 +92,17 @@ def _live(run_dir: Path, extra_callbacks: list | None, task: Task | None, strate
             error.add_note(f"(the failure could not be recorded in {run_dir}: {unrecorded})")
         raise
     write_status(run_dir, state="done", ended=time.time())
+    return metrics
+
+
+def _whole_wall(run_dir: Path, metrics: dict, started: float, plan_done: float) -> dict:
+    """metrics.json's wall_s made the whole run's, from its claim to now (the Auto plan's measuring and the
+    feature pass included), with its parts; the fit's own time stays as fit_wall_s."""
+    if not isinstance(metrics, dict) or "wall_s" not in metrics:
+        return metrics
+    measured = measured_wall(read_events(run_dir), started, plan_done, time.time())
+    metrics = {**metrics, "fit_wall_s": metrics["wall_s"], **measured}
+    write_metrics(run_dir, metrics)
     return metrics
 
 

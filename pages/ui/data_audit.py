@@ -6,6 +6,7 @@ import streamlit as st
 
 from tl_core import plots
 from tl_core.data import datasets
+from tl_core.ops.words import plural
 
 from pages.ui import cached, image_quality, labels, multitask_data, uploads, widgets
 from pages.ui.text import literal
@@ -40,7 +41,7 @@ def audit_section(dataset: datasets.Dataset, report: dict) -> None:
             paths = [item["path"] for item in dataset.items if item["label"] == label]  # joined only when shown
             strip = cached.thumbnail_strip([dataset.root / path for path in paths[:THUMBNAILS_PER_CLASS]], 72)
             label_col, images_col = st.columns([1, 6])
-            label_col.markdown(f"**{literal(label)}**  \n{len(paths)} images")
+            label_col.markdown(f"**{literal(label)}**  \n{plural(len(paths), 'image')}")
             if strip is not None:
                 images_col.image(strip, output_format="PNG")  # drawn at its own size: sent as it is
 
@@ -69,7 +70,12 @@ def validation_section(report: dict, val_dataset: datasets.Dataset | None) -> No
         st.slider("Share of each class held out for validation", 0.05, 0.5, step=0.05, key="val_fraction",
                   format="%.2f")
         n_val = sum(max(1, round(n * state.val_fraction)) for n in report["counts"].values())
-        st.caption(f"About {report['total'] - n_val} images train and {n_val} validate (split per class, seeded).")
+        st.caption(f"About {plural(report['total'] - n_val, 'image')} train and {n_val} validate "
+                   "(split per class, seeded).")
+        if state.freeze in ("head", "auto") and state.augment == "none":  # the run's rule (run_data)
+            st.info("When only the head learns (the Layers page's feature extraction, or Auto keeping it), the "
+                    "run validates by 5-fold cross-validation instead of this hold-out: every image is scored "
+                    "by a head fitted without it. Fine-tuning uses this hold-out.", icon=":material/rule:")
     else:
         if val_dataset is not None:
             st.success(f"Validation set: {literal(labels.dataset_label(val_dataset))}.", icon=":material/check:")

@@ -2,21 +2,25 @@
 in text.literal() inside markdown, since it quotes names a user chose."""
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
+
+import streamlit as st
 
 from tl_core.models import backbones
 from tl_core.ops import runs
 from tl_core.data.datasets import Dataset
 
 from pages.ui import gate
-from tl_core.ops import words
+from tl_core.ops.words import plural
+from tl_core.use import run_facts
 
 
 def dataset_label(dataset: Dataset) -> str:
     """Name and size of a dataset: its images and classes (or tasks, for a labels table)."""
     if dataset.tasks:  # a labels table
-        return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.tasks)} tasks)"
-    return f"{dataset.name} ({len(dataset.items)} images, {len(dataset.classes)} classes)"
+        return f"{dataset.name} ({plural(len(dataset.items), 'image')}, {plural(len(dataset.tasks), 'task')})"
+    return f"{dataset.name} ({plural(len(dataset.items), 'image')}, {plural(len(dataset.classes), 'class')})"
 
 
 def weights_label(weights: str) -> str:
@@ -28,12 +32,21 @@ def weights_label(weights: str) -> str:
 
 
 def run_label(run_dir) -> str:
-    """Name, id, state and accuracy of a run (its owner's name first, for the teacher)."""
-    row = words.summarize(Path(run_dir))
-    accuracy = f", {row['val_acc']:.1%}" if row.get("val_acc") is not None else ""
-    name = f"{row['name']} · " if row.get("name") else ""
-    owner = runs.read_owner(Path(run_dir)) if gate.space().teacher else None
-    return f"{owner + ': ' if owner else ''}{name}{row['run_id']} ({row['state']}{accuracy})"
+    """A run's readable name, its state and when it was made (its owner's name first, for the teacher);
+    the id's time tells apart runs of the same name."""
+    run_dir = Path(run_dir)
+    state = runs.read_status(run_dir).get("state", "unknown")
+    owner = runs.read_owner(run_dir) if gate.space().teacher else None
+    return f"{owner + ': ' if owner else ''}{run_facts.run_name(run_dir)} ({state}, {made_at(run_dir.name)})"
+
+
+def made_at(run_id: str) -> str:
+    """When a run was made, from its id (20261204-201440-…): "4 Dec 20:14"; the id itself if it has no stamp."""
+    try:
+        stamp = datetime.datetime.strptime(run_id[:15], "%Y%m%d-%H%M%S")
+    except ValueError:
+        return run_id
+    return f"{stamp.day} {stamp:%b %H:%M}"
 
 
 def validation_words(metrics: dict) -> str:
@@ -44,10 +57,24 @@ def validation_words(metrics: dict) -> str:
     if kind == "none":
         return (f"Not validated: {how}. Add a second image to each class to measure how well it generalises.")
     if kind == "cv" and (metrics.get("validation_method") or {}).get("leave_one_out"):
-        return f"Validated by {how}: {n_val} images scored, each by a head fitted without it."
+        return f"Validated by {how}: {plural(n_val, 'image')} scored, each by a head fitted without it."
     if kind == "cv":
-        return (f"Validated by {how}: each of the {n_val} images was scored by a head fitted without it, "
-                f"and the head kept was then fitted on all of them.")
+        return (f"Validated by {how} instead of a hold-out: each of the {plural(n_val, 'image')} was scored by a "
+                f"head fitted without it, and the head kept was then fitted on all of them.")
     if kind == "separate":
-        return f"Validated on a separate validation set of {n_val} images; {n_train} other images trained the model."
-    return f"Validated on {n_val} images held out from training ({how}); {n_train} images trained the model."
+        return (f"Validated on a separate validation set of {plural(n_val, 'image')}; "
+                f"{plural(n_train, 'other image')} trained the model.")
+    return (f"Validated on {plural(n_val, 'image')} held out from training ({how}); "
+            f"{plural(n_train, 'image')} trained the model.")
+
+
+def rename_box(run_dir) -> None:
+    """The run's name, editable: an empty box brings back the default ("Auto · materials · 98.6%")."""
+    key = f"rename::{run_dir}"
+
+    def save() -> None:
+        runs.write_run_name(Path(run_dir), st.session_state[key])
+
+    st.text_input("Name", value=run_facts.run_name(run_dir), key=key, on_change=save, max_chars=120,
+                  help="A name to find this run again in every list; leave it empty for the default "
+                       f"({run_facts.default_name(run_dir)}).")

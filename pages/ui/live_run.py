@@ -12,6 +12,7 @@ from tl_core.ops import runs
 from pages.ui import cached, jobs, kinds, labels, nav, sidebar
 from pages.ui.text import literal
 from tl_core.ops import words
+from tl_core.use import run_facts
 
 PLOTTED = ("train_loss", "val_loss", "train_acc", "val_acc")  # drawn by the loss and accuracy figures
 
@@ -99,8 +100,10 @@ def finished_run(run_dir: str, status: dict) -> None:
     events = read_run_events(run_dir)
     if status.get("state") == "done":
         metrics = runs.read_metrics(Path(run_dir)) or {}
+        known = run_facts.facts(run_dir)  # the same time as Results, Runs and the command line
+        parts = f": {known['wall_parts_words']}" if known["wall_parts_words"] else ""
         st.success(f"Finished: {headline(metrics, kinds.of_run(run_dir))} "
-                   f"(best epoch {metrics.get('best_epoch')}, {words.format_seconds(metrics.get('wall_s'))}).",
+                   f"(best epoch {metrics.get('best_epoch', '—')}; {known['wall_words']} in all{parts}).",
                    icon=":material/check_circle:")
         for notice in events:
             if notice["event"] == "notice" and notice.get("kind") == "diverged":
@@ -127,7 +130,9 @@ def headline(metrics: dict, kind_name: str) -> str:
         for name in kinds.headline_metrics(kind_name):
             if isinstance(metrics.get(name), (int, float)):
                 return f"final {literal(name)} **{metrics[name]:.3g}**"
-    return f"final validation accuracy **{metrics.get('val_acc', 0):.1%}**"
+    interval = run_facts.facts_interval(metrics)
+    return (f"final validation accuracy **{run_facts.percent(metrics.get('val_acc'))}**"
+            + (f" (95 %: {run_facts.interval_text(interval)})" if interval else ""))
 
 
 def run_section(run_dir: str, status: dict) -> None:

@@ -13,6 +13,8 @@ from tl_core import multitask
 from tl_core import plots
 from tl_core.fit import metrics as evaluate
 from tl_core.ops import runs
+from tl_core.ops import glossary
+from tl_core.ops.words import plural
 
 from pages.ui import cached, data_quality, models, multitask_results, widgets
 from pages.ui.text import literal
@@ -110,7 +112,7 @@ def predictions_section(run_dir: Path, metrics: dict, events: list[dict], status
                 f"{literal(state.cell_predicted)}.")
     else:
         verdict = "right" if state.cell_true == state.cell_predicted else "wrong"
-        st.caption(f"{len(in_cell)} images of {literal(state.cell_true)} predicted as "
+        st.caption(f"{plural(len(in_cell), 'image')} of {literal(state.cell_true)} predicted as "
                    f"{literal(state.cell_predicted)} ({verdict}), "
                    f"the most confident first" + (f" (showing {CELL_SHOWN})" if len(in_cell) > CELL_SHOWN else "")
                    + ". Caption: file (confidence).")
@@ -123,7 +125,7 @@ def predictions_section(run_dir: Path, metrics: dict, events: list[dict], status
     if not mistakes:
         st.success("None: every validation image was classified correctly.", icon=":material/celebration:")
     else:
-        st.caption(f"{len(mistakes)} mistakes, the most confident first"
+        st.caption(f"{plural(len(mistakes), 'mistake')}, the most confident first"
                    + (f" (showing {MISTAKES_SHOWN})" if len(mistakes) > MISTAKES_SHOWN else "")
                    + (". Caption: true class → cross-validated prediction (confidence)" if cross_validated
                       else ". Caption: true class → predicted class (confidence)")
@@ -146,7 +148,7 @@ def calibration_section(run_dir: Path) -> None:
         reliability_col, words_col = st.columns([3, 2])
         reliability_col.plotly_chart(cached.figure(run_dir, lambda: plots.reliability_figure(calibration["table"]),
                                                    "reliability"), key="reliability_chart")
-        words_col.markdown(calibration["text"])
+        words_col.markdown(calibration["text"], help=glossary.explain("ECE"))
         words_col.caption("Each point is a group of images with about the same confidence; on the dotted line, "
                           "a model that says 80 % is right 80 % of the time.")
     else:

@@ -15,22 +15,29 @@ from pages.ui import cached, labels
 from pages.ui.text import literal
 from tl_core.ops import words
 from tl_core.ops.filecache import folder_stamp
+from tl_core.use import run_facts
 
 HIGHLIGHT = "background-color: rgba(255, 170, 0, 0.25)"  # a setting that differs
+# A row's name in words (the rest are RunConfig's own names, readable as they are).
+SETTING_WORDS = {"val_acc": "validation accuracy", "macro_f1": "macro F1", "val_loss": "validation loss",
+                 "best_epoch": "best epoch", "wall_s": "time (whole run)",
+                 "learnt_params": "parameters learnt (kept model)", "freeze": "plan", "lr": "learning rate",
+                 "batch_size": "batch size", "image_size": "image size", "bn_policy": "BatchNorm",
+                 "label_smoothing": "label smoothing", "weight_decay": "weight decay", "probe_first": "probe first"}
 
 
 def short_name(run_dir: str) -> str:
     """A legend entry: the run's name (or id), where its weights came from and what learnt."""
-    row = words.summarize(Path(run_dir))
-    return f"{row['name'] or row['run_id']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
+    row = run_facts.summary(run_dir)
+    return f"{row['name']} · {labels.weights_label(row['weights'] or '?')}, learns {row['freeze']}"
 
 
 def shown(setting: str, value) -> str:
     """A setting's value as text: the columns of the table mix numbers, words and flags."""
     if value is None:
-        return "–"
+        return "—"
     if setting == "val_acc":
-        return f"{value:.1%}"
+        return run_facts.percent(value)
     if setting in ("macro_f1", "val_loss"):
         return f"{value:.3f}"
     if setting == "wall_s":
@@ -53,7 +60,10 @@ def side_by_side(chosen: list[str]) -> None:
         st.warning(f"These runs cannot be compared: {literal(error)}", icon=":material/broken_image:")
         st.stop()
     run_labels = [labels.run_label(path) for path in chosen]
-    table = pd.DataFrame([{"setting": row["setting"], **{label: shown(row["setting"], value)
+    if len(set(run_labels)) < len(run_labels):  # two runs of one name made the same minute: their ids tell them apart
+        run_labels = [f"{label} · {Path(path).name}" for label, path in zip(run_labels, chosen)]
+    table = pd.DataFrame([{"setting": SETTING_WORDS.get(row["setting"], row["setting"]),
+                           **{label: shown(row["setting"], value)
                                                           for label, value in zip(run_labels, row["values"])},
                            "differs": row["differs"]} for row in rows])
     st.caption("Rows that differ between the runs are highlighted.")

@@ -66,8 +66,10 @@ def basics(default_size: int, fixed_size: bool) -> None:
                                "smaller is much faster, larger sees finer detail.")
     stop_col.number_input("Early stopping patience (epochs)", 0, 100, step=1, key="early_stopping",
                           help="Stop when validation loss has not improved for this many epochs; 0 never stops early.")
-    name_col.text_input("Run name (optional)", key="run_name", placeholder="e.g. first try",
-                        help="A name to find this run again among the results.")
+    name_col.text_input("Run name (optional)", key="run_name", placeholder="default: plan · dataset · accuracy",
+                        help="A name to find this run again among the results. Left empty, the run is called by "
+                             "its plan, its dataset and its accuracy (\"Auto · materials · 98.6%\"); rename it any "
+                             "time on the Results page.")
 
 
 def augmentation(dataset) -> None:

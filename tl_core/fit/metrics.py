@@ -145,8 +145,9 @@ def run_calibration(run_dir, bins: int = 10) -> dict:
 
 
 def _calibration_words(ece: float, mean_confidence: float, accuracy: float, count: int) -> str:
-    quality = ("well calibrated" if ece < 0.05 else "roughly calibrated" if ece < 0.15
-               else "poorly calibrated: do not take its percentages at face value")
+    # ECE above 10 points is not "roughly" anything: a stated 90 % would mean 80 % or 100 %
+    quality = ("well calibrated" if ece < 0.05 else "somewhat off (a stated percentage is a rough guide)"
+               if ece < 0.10 else "poorly calibrated: do not take its percentages at face value")
     if mean_confidence > accuracy + 0.02:
         lean = (f"Overall it is overconfident: {mean_confidence:.0%} sure on average, "
                 f"but right {accuracy:.0%} of the time.")
@@ -158,5 +159,5 @@ def _calibration_words(ece: float, mean_confidence: float, accuracy: float, coun
     text = (f"Expected calibration error {ece:.1%}: the confidence it states is off from how often it is "
             f"right by {100 * ece:.0f} percentage points on average, so it is {quality}. {lean}")
     if count < 100:
-        text += f" With only {count} images this is a rough estimate."
+        text += f" With only {count} image{'s' if count != 1 else ''} this is a rough estimate."
     return text

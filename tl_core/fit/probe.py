@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ..ops.words import plural
+
 # L-BFGS iterations an epoch of the probe may take (it stops earlier once converged). Enough to
 # converge at each L2 step, so validation picks the L2 and not how far the optimiser happened to get:
 # on Fashion-MNIST 8 iterations picked a worse step (test 79.6 %) than 30 or 60 (81.2 %).
@@ -174,8 +176,12 @@ def choose_features(feats: torch.Tensor, last_features: int, labels: torch.Tenso
     diff = scores["multi-layer"]["correct"].float() - scores["last"]["correct"].float()
     gain, se = diff.mean().item(), (diff.std() / len(diff) ** 0.5).item() if len(diff) > 1 else float("nan")
     clear = abs(gain) > 2 * se
-    words = (f"{chosen} features kept: validation accuracy {scores['multi-layer']['acc']:.1%} with every stage "
-             f"pooled against {scores['last']['acc']:.1%} with the last layer ({gain * 100:+.1f} ± {se * 100:.1f} "
-             f"points over {len(diff)} validation images{': a clear difference' if clear else ', within the noise'})")
+    # The choice is made on validation loss (it weighs every image's confidence, not only right or wrong):
+    # said first, since equal accuracies would otherwise leave the choice unexplained.
+    words = (f"{chosen} features kept for their lower validation loss ({scores[chosen]['loss']:.3f} against "
+             f"{scores['last' if chosen == 'multi-layer' else 'multi-layer']['loss']:.3f}); validation accuracy "
+             f"{scores['multi-layer']['acc']:.1%} with every stage pooled against {scores['last']['acc']:.1%} with "
+             f"the last layer ({gain * 100:+.1f} ± {se * 100:.1f} points over {plural(len(diff), 'validation image')}"
+             f"{': a clear difference' if clear else ', within the noise'})")
     return {"features": chosen, "scores": {n: {"acc": s["acc"], "loss": s["loss"]} for n, s in scores.items()},
             "gain": gain, "gain_se": se, "words": words}

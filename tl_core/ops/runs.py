@@ -57,6 +57,7 @@ class RunFolder:
     plan = property(lambda self: self.path / "plan.json", doc="the Auto plan's measurement and the plan kept")
     candidates = property(lambda self: self.path / "candidates", doc="the Auto plan's candidate runs, one folder each")
     owner = property(lambda self: self.path / "owner.json", doc="who started the run, on a classroom server")
+    name = property(lambda self: self.path / "name.json", doc="the name its owner gave the run after it was made")
     detections = property(lambda self: self.path / "detections.json",
                           doc="a detection run's validation pictures: true and predicted boxes (tl_core.detect)")
     export_root = property(lambda self: self.path / "export", doc="exported bundles, one folder per format")
@@ -137,6 +138,22 @@ def read_config_record(run_dir: Path) -> dict:
     if not record:
         return {}
     return {**(_read_object(RunFolder(run_dir).facts)[0] or {}), **record}
+
+
+def write_run_name(run_dir: Path, name: str) -> None:
+    """Rename a run (name.json; config.json stays as written). An empty name goes back to the default."""
+    name = " ".join(str(name).split())[:120]  # one line, bounded: it is shown in tables and select boxes
+    if name:
+        atomic_write_json(RunFolder(run_dir).name, {"name": name})
+    else:
+        RunFolder(run_dir).name.unlink(missing_ok=True)
+
+
+def read_run_name(run_dir: Path) -> str | None:
+    """The name given with write_run_name; None when the run was never renamed (or name.json is damaged)."""
+    record = _read_object(RunFolder(run_dir).name)[0] or {}
+    name = record.get("name")
+    return name if isinstance(name, str) and name.strip() else None
 
 
 def read_owner(run_dir: Path) -> str | None:

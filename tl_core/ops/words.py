@@ -63,11 +63,29 @@ def validation_protocol(metrics: dict) -> str | None:
     return {"separate": "a separate set", "none": "not validated"}.get(kind, str(metrics.get("validation")))
 
 
+def plural(count, noun: str, plural_form: str | None = None) -> str:
+    """A count with its noun agreeing: "1 image", "2 images", "1 class", "3 classes"; "—" when unknown."""
+    if not isinstance(count, (int, float)) or isinstance(count, bool):
+        return f"— {plural_form or _plural(noun)}"
+    shown = f"{count:,}" if float(count).is_integer() else f"{count:g}"
+    return f"{shown} {noun if count == 1 else (plural_form or _plural(noun))}"
+
+
+def _plural(noun: str) -> str:
+    """The English plural of the nouns the app counts (images, classes, mistakes, epochs...)."""
+    last = noun.split()[-1]
+    if last.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    return noun + "s"
+
+
 def format_seconds(seconds: float | None, short: bool = False) -> str:
     """A duration in words a person reads at a glance: 42 s, 3 min 05 s, 1 h 02 min; `short` (for a metric
     tile, which cuts long values): 42 s, 3.1 min, 1.0 h."""
     if seconds is None:
         return "–"
+    if 0 < seconds < 1:  # a fast epoch is not "0 s"
+        return "< 1 s"
     if short and seconds >= 60:
         return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
     seconds = max(0, round(seconds))
@@ -96,7 +114,10 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
     if fit_start is None:
         planning = [e for e in events if e["event"] == "notice" and e.get("phase") == "plan"]
         if planning and status.get("state") == "running":  # the Auto plan measures its candidates first
-            return 0.0, str(planning[-1].get("message", ""))
+            said = planning[-1]
+            fraction = min(max(_number(said.get("fraction"), 0.0), 0.0), 1.0)
+            eta = _number(said.get("eta_s"))
+            return fraction, str(said.get("message", "")) + (f" · about {format_seconds(eta)} left" if eta else "")
         return 0.0, "Starting: loading the images and the backbone…" if status.get("state") == "running" else ""
     total = max(_number(fit_start.get("epochs"), 1), 1)
     probe_epochs = _number(fit_start.get("probe_epochs"))
@@ -119,13 +140,29 @@ def progress(events: list[dict], status: dict) -> tuple[float, str]:
     if last["event"] == "batch_end" and _number(last.get("batches")) and _number(last.get("epoch")) is not None \
             and _number(last.get("batch")) is not None:
         fraction = (last["epoch"] - 1 + last["batch"] / last["batches"]) / total
-    this_phase = [e for e in epoch_ends if e.get("phase") == epoch_ends[-1].get("phase")
-                  and _number(e.get("seconds")) is not None] if epoch_ends else []
-    mean_epoch_s = sum(e["seconds"] for e in this_phase) / len(this_phase) if this_phase else None
-    eta = f" · about {format_seconds((total - done) * mean_epoch_s)} left" if mean_epoch_s is not None else ""
-    speed = _number(last.get("images_per_s")) or (_number(epoch_ends[-1].get("images_per_s")) if epoch_ends else None)
+    fraction = max(0.0, min(fraction, 1.0))
+    # The phase running now sets the pace: the head's epochs on cached features take milliseconds, a
+    # fine-tune's epochs on images take seconds, so one phase's epochs never time the other's.
+    current = (phase_start.get("phase") if phase_start is not None
+               else epoch_ends[-1].get("phase") if epoch_ends else None)
+    this_phase = [e for e in epoch_ends if e.get("phase") == current and _number(e.get("seconds")) is not None]
+    left_epochs = total - fraction * total
+    eta = ""
+    if this_phase:
+        eta = f" · about {format_seconds(left_epochs * sum(e['seconds'] for e in this_phase) / len(this_phase))} left"
+    elif last["event"] == "batch_end" and last.get("phase") == current and phase_start is not None \
+            and _number(last.get("batch")) and _number(last.get("batches")) and _number(last.get("t")) \
+            and _number(phase_start.get("t")):  # the phase's first epoch: timed from its batches so far
+        epoch_s = (last["t"] - phase_start["t"]) / (last["batch"] / last["batches"])
+        eta = f" · about {format_seconds(left_epochs * epoch_s)} left"
+    if eta and current == "probe" and probe_epochs and probe_epochs < total:
+        eta = " · time left known once fine-tuning starts"  # the probe's pace says nothing of fine-tuning's
+    in_phase = last["event"] in ("batch_end", "epoch_end") and last.get("phase") == current
+    speed = _number(last.get("images_per_s")) if in_phase else None
+    if speed is None and this_phase:
+        speed = _number(this_phase[-1].get("images_per_s"))
     speed_text = f" · {speed:,.0f} images/s" if speed else ""
     of_what = ""
     if probe_epochs and 0 < probe_epochs < total:  # a fine-tune follows the probe: say what the total holds
         of_what = f" (the {total - probe_epochs} you set, after {probe_epochs} fitting the head)"
-    return max(0.0, min(fraction, 1.0)), f"Epoch {done} of {total}{of_what}{eta}{speed_text}"
+    return fraction, f"Epoch {done} of {total}{of_what}{eta}{speed_text}"

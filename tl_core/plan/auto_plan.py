@@ -42,7 +42,7 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     root = RunFolder(run_dir).candidates
     t0 = time.time()
     notice("Auto plan: measuring feature extraction on your images")
-    head = _measure(config.replace(freeze="head", features="auto", lr=None), root / "head", run_dir)
+    head = _measure(config.replace(freeze="head", features="auto", lr=None), root / "head", run_dir, notice=notice)
     budget_s = config.auto_budget * head["seconds"]
     rows = [head]
     model = create_model(architecture_for(config.backbone, config.weights), len(head["classes"]), weights="none")
@@ -70,7 +70,7 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
         notice(f"Auto plan: measuring fine-tuning with {plan} (about {estimate:.0f} s)")
         rows.append(_measure(config.replace(freeze=plan, features="auto", epochs=FINETUNE_EPOCHS, lr=None,
                                             augment="none"), root / plan, run_dir, deadline=t0 + budget_s,
-                             head=head))
+                             head=head, notice=notice))
     chosen, words = _choose(rows)
     measured = {"rows": rows, "chosen": chosen, "words": words, "budget_s": budget_s,
                 "seconds": time.time() - t0, "last_layer_acc": head["last_acc"]}
@@ -81,6 +81,40 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     # and a fine-tune starts from that probe (tl_core.fit.state).
     return config.replace(freeze=chosen["plan"], features="auto", lr=lr,
                           epochs=config.epochs if chosen["plan"] == "head" else FINETUNE_EPOCHS)
+
+
+class PlanProgress(Callback):
+    """Relays a candidate's progress to the run's own event log as plan notices (with `fraction` and
+    `eta_s`), at most twice a second, so the live view is not an empty bar while the plan measures."""
+
+    def __init__(self, notice, plan: str, every_s: float = 0.5):
+        self.notice, self.plan, self.every_s = notice, plan, every_s
+        self.start, self.said, self.epochs = time.time(), 0.0, 0
+
+    def _say(self, what: str, fraction: float) -> None:
+        now = time.time()
+        if now - self.said < self.every_s and fraction < 1.0:
+            return
+        self.said = now
+        elapsed = now - self.start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.02 else None
+        self.notice(f"Auto plan, measuring {_measuring(self.plan)}: {what}", fraction=round(fraction, 3),
+                    eta_s=None if eta is None else round(eta, 1))
+
+    def on_fit_start(self, info, fit):
+        self.epochs = info.get("epochs") or 0
+
+    def on_batch_end(self, info, fit):
+        if info.get("phase") == "features" and info.get("total"):
+            self._say(f"features of {info.get('done', 0)} of {info['total']} images",
+                      min(info.get("done", 0) / info["total"], 1.0))
+        elif info.get("batches") and info.get("epoch") and self.epochs:
+            done = (info["epoch"] - 1 + info["batch"] / info["batches"]) / self.epochs
+            self._say(f"epoch {info['epoch']} of {self.epochs}", min(done, 1.0))
+
+
+def _measuring(plan: str) -> str:
+    return "feature extraction" if plan == "head" else f"fine-tuning {plan}"
 
 
 class Deadline(Callback):
@@ -95,13 +129,15 @@ class Deadline(Callback):
 
 
 def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: float = math.inf,
-             head: dict | None = None) -> dict:
+             head: dict | None = None, notice=None) -> dict:
     """Train one candidate in its own folder; its scores relative to the last-layer probe (`head`: the head
-    candidate's row, whose probe a fine-tune candidate's probe repeats)."""
+    candidate's row, whose probe a fine-tune candidate's probe repeats; `notice`, when given, hears its
+    progress)."""
     start, stop = time.time(), Deadline(deadline)
     create_run(config.replace(name=f"auto plan candidate {config.freeze}"), run_dir=candidate_dir)
+    relay = [PlanProgress(notice, config.freeze)] if notice is not None else []
     fit = Fit(config, candidate_dir, [EventLog.for_run(candidate_dir), StopFile(run_dir),
-                                      *standard_callbacks(config), stop])
+                                      *standard_callbacks(config), stop, *relay])
     metrics = fit.run()
     facts = read_config_record(candidate_dir)
     row = {"plan": config.freeze, "groups": len(fit.net.trainable) - 1, "seconds": time.time() - start,
@@ -162,8 +198,12 @@ def _choose(rows: list[dict]) -> tuple[dict, str]:
             parts.append("of which fine-tuning itself added to the probe it started from: " +
                          ", ".join(f"{r['plan']} {100 * r['gain_over_probe']:+.1f}" for r in added))
     if head.get("features") == "multi-layer":
-        parts.append(f"multi-layer features gained {100 * head['gain']:+.1f} points by cross-validation")
-    if skipped:
+        parts.append(f"multi-layer features were kept for their lower validation loss; in accuracy they gained "
+                     f"{100 * head['gain']:+.1f} points by cross-validation")
+    if skipped and not tried:  # said plainly: nothing chose feature extraction over fine-tuning by measurement
+        parts.append(f"no fine-tuning candidate was measured ({'; '.join(reasons)}: {', '.join(skipped)}), so "
+                     f"feature extraction was not compared with fine-tuning")
+    elif skipped:
         parts.append(f"not measured ({'; '.join(reasons)}): {', '.join(skipped)}")
     return chosen, "; ".join(parts)
 

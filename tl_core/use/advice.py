@@ -6,6 +6,7 @@ The Results page shows the sentences above the charts; `python -m tl_core runs` 
 from __future__ import annotations
 
 from ..fit.metrics import most_confused_pair
+from ..ops.words import plural
 
 WEAK_OVER_CHANCE = 2.0  # validation accuracy below this many times chance is weak
 WEAK_ACCURACY = 0.7  # ... and so is anything below 70 %
@@ -82,14 +83,22 @@ def headline(metrics: dict, events: list[dict]) -> str | None:
     supports = {name: scores.get("support") for name, scores in (metrics.get("per_class") or {}).items()
                 if isinstance(scores.get("support"), int)}
     thin = {name: n for name, n in supports.items() if 0 < n < FEW_VAL_PER_CLASS}
-    if thin:
+    if thin and len(thin) == len(supports):  # no class is weaker than another: the whole set is small
+        n = max(thin.values())
+        problems.append(f"every class has {'only ' if n == min(thin.values()) else 'at most '}"
+                        f"{plural(n, 'validation image')}: one image moves a class's recall by "
+                        f"{1 / min(thin.values()):.0%}, so the per-class scores are rough")
+        tries.append("more images of every class")
+    elif thin:
         name, n = min(thin.items(), key=lambda item: item[1])
-        others = f" (and {len(thin) - 1} other class{'es' if len(thin) > 2 else ''})" if len(thin) > 1 else ""
-        problems.append(f"{name}{others} has only {n} validation image{'s' if n != 1 else ''}: one image moves "
-                        f"its recall by {1 / n:.0%}, so its scores are rough")
+        others = f" (and {plural(len(thin) - 1, 'other class')})" if len(thin) > 1 else ""
+        problems.append(f"{name}{others} {'have' if len(thin) > 1 else 'has'} only {plural(n, 'validation image')}"
+                        f"{' or so' if len(thin) > 1 else ''}: one image moves its recall by {1 / n:.0%}, so its "
+                        f"scores are rough")
         tries.append(f"more images of {name}")
     if not problems:
         return None
+    # "Handle with care" names a class that really is thinner than the others; a small set as a whole says so
     kind = "Unstable run" if unstable else "Weak result" if accuracy < max(WEAK_ACCURACY, WEAK_OVER_CHANCE * chance) \
-        else "Handle with care"
+        else "Few validation images" if thin and len(thin) == len(supports) else "Handle with care"
     return f"{kind}: {'; '.join(problems)}. Try: {'; '.join(dict.fromkeys(tries))}."

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..data.datasets import load_dataset
 from ..ops import runs, words
+from . import run_facts
 
 MISSING = "–"
 
@@ -22,7 +23,7 @@ def class_row(run_dir: str | Path, position: int | None = None, wait_s: float | 
     accuracy = summary.get("val_acc")
     return {
         "student": runs.read_owner(run_dir) or MISSING,
-        "run": summary.get("name") or summary["run_id"],
+        "run": run_facts.run_name(run_dir),  # the name a person gave, else the readable default
         "state": state,
         "progress": fraction,
         "now": now,

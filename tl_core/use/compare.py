@@ -6,6 +6,7 @@ from pathlib import Path
 from ..config import PROBE_EPOCHS_BEFORE_FINETUNE, RunConfig
 from ..ops.runs import RunFolder, read_config, read_config_record, read_events, read_metrics
 from ..ops.words import validation_protocol
+from .run_facts import learnt
 
 # Settings a person compares; the rest (paths, seeds) only clutters the table.
 COMPARED_SETTINGS = ("backbone", "weights", "freeze", "epochs", "lr", "batch_size", "augment", "image_size",
@@ -25,8 +26,9 @@ def settings_table(run_dirs: list[Path]) -> list[dict]:
     for key in COMPARED_SETTINGS:
         values = [r.get(key) for r in records]
         rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
-    for key in ("val_acc", "macro_f1", "val_loss", "best_epoch", "wall_s", "trainable_params"):
-        values = [m.get(key) for m in metrics]
+    for key in ("val_acc", "macro_f1", "val_loss", "best_epoch", "wall_s", "learnt_params"):
+        # what the kept model learnt (the probe's head when fine-tuning never beat it), as Results says
+        values = [learnt(m)["learnt_params"] if key == "learnt_params" else m.get(key) for m in metrics]
         rows.append({"setting": key, "values": values, "differs": len({repr(v) for v in values}) > 1})
     return rows
 

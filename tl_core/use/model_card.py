@@ -6,8 +6,10 @@ import contextlib
 import datetime
 from pathlib import Path
 
-from ..ops.runs import RunFolder
+from ..ops.runs import RunFolder, read_config_record
 from ..ops.storage import read_json
+from ..ops.words import plural
+from . import run_facts
 from .bundle import MODEL_FILES
 
 def _kept_lines(kept: dict | None) -> list[str]:
@@ -23,42 +25,52 @@ def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str
     """MODEL_CARD.md: what the model is, what it was trained on, how well it did, and what it is not for."""
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
-    record = read_json(folder.config, {})
+    record = read_config_record(run_dir)  # with facts.json: the device the run really used
     config = record.get("config", {})
     metrics = read_json(folder.metrics, {}) or {}
     preprocess = read_json(folder.preprocess, {})
     classes = read_json(folder.labels, {}).get("classes", [])
     per_class = metrics.get("per_class", {})
-    n_val = metrics.get("n_val") or sum(c.get("support", 0) for c in per_class.values())
+    known = run_facts.facts(run_dir)
     counts = _train_counts(config)
     weights = config.get("weights", "?")
     weights = {"embedded": "ImageNet weights shipped with the app (offline)",
                "hub": "timm's pretrained weights (Hugging Face hub)",
                "none": "random initialisation (no pretraining)"}.get(weights, f"the file {Path(weights).name}")
     size = preprocess.get("input_size", ["?", "?", "?"])
+    how_trained = {True: "fine-tuned", False: "trained (a new head on a frozen backbone)"}.get(
+        known["fine_tuned"], "trained")
+    if config.get("val_dataset_dir"):
+        split = f"; validation set: {_quoted(run_facts.dataset_name(config.get('val_dataset_dir')))}"
+    elif known["validation"] == "cv":
+        split = f"; validated by {known['validation_words']} (no images held out)"
+    else:
+        split = f"; {known['validation_words']} for validation (stratified, seeded)"
     lines = [
-        f"# Model card: {config.get('name') or run_dir.name}",
+        f"# Model card: {known['name']}",
         "",
-        f"An image classifier for {len(classes)} classes, fine-tuned with Transfer Learning Studio "
+        f"An image classifier for {len(classes)} classes, {how_trained} with Transfer Learning Studio "
         f"and exported as {fmt} ({MODEL_FILES.get(fmt, '')}).",
         "",
         "## Model",
         f"- Backbone: `{preprocess.get('backbone') or config.get('backbone')}` (timm), starting from {weights}.",
-        f"- Training: freeze plan `{config.get('freeze', '?')}` (which layer groups trained), "
+        f"- Training: freeze plan `{config.get('freeze', '?')}` (which layer groups could train), "
         f"BatchNorm `{config.get('bn_policy', '?')}`, augmentation `{config.get('augment', '?')}`, "
-        f"{metrics.get('epochs_run', '?')} epochs (best at epoch {metrics.get('best_epoch', '?')}), "
+        f"{plural(metrics.get('epochs_run'), 'epoch')} (best at epoch {metrics.get('best_epoch', '?')}), "
         f"learning rate {config.get('lr', '?')}, seed {config.get('seed', '?')}.",
+        f"- What learnt: {known['learnt_words']}"
+        + (f"; {known['learnt_params']:,} parameters" if known["learnt_params"] is not None else "") + ".",
         *_kept_lines(metrics.get("kept")),
+        f"- Training time: {known['wall_words']}" + (f" ({known['wall_parts_words']})" if known["wall_parts_words"]
+                                                    else "") + ".",
         f"- Input: RGB {size[-2]}×{size[-1]} px; shorter side resized to {size[-1]}/crop_pct "
         f"({preprocess.get('interpolation', '?')}), centre-cropped, scaled to 0..1, then normalised with "
         f"mean {preprocess.get('mean')} and std {preprocess.get('std')} (see preprocess.json).",
         "- Output: one logit per class, in the order of labels.json; softmax gives probabilities.",
         "",
         "## Data",
-        f"- Dataset: {_dataset_name(config.get('dataset_dir'))}"
-        + (f"; validation set: {_dataset_name(config.get('val_dataset_dir'))}" if config.get("val_dataset_dir")
-           else f"; {config.get('val_fraction', '?')} of it held out for validation (stratified, seeded)") + ".",
-        f"- {metrics.get('n_train', '?')} training and {n_val} validation images.",
+        f"- Dataset: {_quoted(known['dataset'])}{split}.",
+        f"- {known['images_words'][:1].upper()}{known['images_words'][1:]}.",
         "",
         "| class | images | validation F1 |",
         "|---|---:|---:|",
@@ -66,12 +78,11 @@ def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str
     for name in classes:
         f1 = per_class.get(name, {}).get("f1")
         lines.append(f"| {name} | {counts.get(name, '?')} | {'?' if f1 is None else f'{f1:.3f}'} |")
-    acc = metrics.get("val_acc")
     lines += [
         "",
         "## Results (validation)",
-        f"- Accuracy: {_pct(acc)}" + (f" on {n_val} images; 95% interval {_pct(_wilson(acc, n_val)[0])} to "
-                                       f"{_pct(_wilson(acc, n_val)[1])}" if acc is not None and n_val else ""),
+        f"- Accuracy: {known['accuracy_words']}" + (
+            f" on {known['n_val']:,} images; 95% interval {known['interval_words']}" if known["interval"] else ""),
         f"- Macro F1: {metrics.get('macro_f1', float('nan')):.3f}",
     ]
     if report:
@@ -91,7 +102,7 @@ def model_card(run_dir: str | Path, fmt: str, report: dict | None = None) -> str
         "- Not for decisions about people, health, safety or money without a person reviewing each result.",
         "",
         "## Provenance",
-        f"- Run: `{run_dir.name}`; trained on {record.get('device', '?')}; "
+        f"- Run: `{run_dir.name}`; trained on {metrics.get('device') or record.get('device') or 'an unrecorded device'}; "
         f"exported {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
@@ -109,26 +120,8 @@ def _train_counts(config: dict) -> dict:
         return {}
 
 
-def _dataset_name(root) -> str:
-    from ..data.datasets import load_dataset
-
-    if not root:
-        return "?"
-    try:
-        return f"\"{load_dataset(root).name}\""
-    except Exception:
-        return f"\"{Path(root).name}\""
-
-
-def _pct(x) -> str:
-    return "?" if x is None else f"{x:.1%}"
-
-
-def _wilson(p: float, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (the Results page shows the same one)."""
-    from ..fit.metrics import accuracy_interval
-
-    return accuracy_interval(p, n)
+def _quoted(name) -> str:
+    return f"\"{name}\"" if name else "(unknown: the dataset was deleted)"
 
 
 def _export_versions(fmt: str) -> dict:
