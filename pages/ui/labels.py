@@ -12,6 +12,7 @@ from tl_core.ops import runs
 from tl_core.data.datasets import Dataset
 
 from pages.ui import gate
+from pages.ui.text import literal
 from tl_core.ops.words import plural
 from tl_core.use import run_facts
 
@@ -77,4 +78,4 @@ def rename_box(run_dir) -> None:
 
     st.text_input("Name", value=run_facts.run_name(run_dir), key=key, on_change=save, max_chars=120,
                   help="A name to find this run again in every list; leave it empty for the default "
-                       f"({run_facts.default_name(run_dir)}).")
+                       f"({literal(run_facts.default_name(run_dir))}).")  # help is markdown

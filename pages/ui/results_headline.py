@@ -24,7 +24,7 @@ def headline_section(run_dir, metrics: dict, events: list[dict]) -> None:
     known = run_facts.facts(run_dir)  # the same figures as Runs, the model card and the command line
     accuracy_col, balanced_col, f1_col, loss_col, epoch_col, time_col, speed_col = st.columns(7)
     # short labels: a metric tile cuts a long one ("Validation acc…"); the help says it in full
-    accuracy_col.metric("Task score" if metrics.get("tasks") else "Accuracy", known["accuracy_words"],
+    accuracy_col.metric("Mean task score" if metrics.get("tasks") else "Accuracy", known["accuracy_words"],
                         delta=f"95 %: {known['interval_words']}" if known["interval"] else None,
                         delta_arrow="off", delta_color="off",
                         help=(f"Validation accuracy on {plural(known['n_val'], 'image')}; with 95 % confidence the "
