@@ -219,7 +219,7 @@ def test_runs_comparison_names_dataset_and_validation_and_shows_a_dash_for_what_
     assert not at.exception
     table = at.dataframe[1].value.set_index("setting")
     assert "validation" in table.index and "dataset" in table.index
-    assert "–" in table.loc["validation accuracy"].tolist() and "None" not in table.to_string()
+    assert "—" in table.loc["validation accuracy"].tolist() and "None" not in table.to_string()
 
 
 def test_transfer_gain_is_said_in_percentage_points():
