@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tl_core.use.run_facts import run_name
+
 from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, app_url, free_port, go_to, wait_until_healthy  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -146,13 +148,13 @@ def test_the_class_page_follows_a_run_to_its_end_without_a_click(classroom_url, 
             page.get_by_role("textbox", name="Access code").fill(TEACHER_CODE)
             page.get_by_role("button", name="Enter").click()
             go_to(page, "Class")
-            expect(page.get_by_text(f"alice · {run_dir.name}: Epoch 1 of 5")).to_be_visible()
+            expect(page.get_by_text(f"alice · {run_name(run_dir)}: Epoch 1 of 5")).to_be_visible()
             training = page.get_by_test_id("stMetric").filter(has_text="Training now").get_by_test_id("stMetricValue")
             expect(training).to_have_text("1")
             runs.write_status(run_dir, state="done", ended=time.time())
             runs.unlock(lock)
             expect(training).to_have_text("0", timeout=20_000)  # the fragment read it again by itself
-            expect(page.get_by_text(f"alice · {run_dir.name}: Epoch")).to_have_count(0)
+            expect(page.get_by_text(f"alice · {run_name(run_dir)}: Epoch")).to_have_count(0)
         finally:
             browser.close()
 
