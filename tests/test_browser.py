@@ -76,8 +76,12 @@ def shoot(page, name: str) -> None:
 
 
 def go_to(page, step: str) -> None:
-    """Follow a step's link in the sidebar navigation (keeps the session, unlike a new URL)."""
+    """Follow a step's link in the sidebar navigation (keeps the session, unlike a new URL), and wait for that
+    page's title: until then the last page's widgets are still on screen, and a locator could find one of them."""
+    from playwright.sync_api import expect
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=step).click()
+    number = step.split(" · ")[0] + " · " if " · " in step else step  # "6 · Predict" -> titles start "6 · "
+    expect(page.get_by_test_id("stMain").locator("h1").first).to_have_text(re.compile("^" + re.escape(number)))
 
 
 def watch_progress(page, until, timeout_s: float) -> list[str]:

@@ -199,7 +199,8 @@ def test_held_out_test_and_batch_predict_in_chromium(app_url, head_run, fashion_
             expect(tested).to_have_text("20")
 
             go_to(page, "6 · Predict")
-            page.get_by_test_id("stFileUploader").locator("input[type=file]").first.set_input_files(
+            page.get_by_test_id("stFileUploader").filter(has_text="Images to classify").locator(
+                "input[type=file]").set_input_files(
                 files=[{"name": "many.zip", "mimeType": "application/zip", "buffer": held_out}])
             expect(page.get_by_text("20 pictures")).to_be_visible()
             with page.expect_download() as download:
