@@ -42,8 +42,9 @@ def _config(small_sample, **changes):
 
 
 def test_a_task_with_an_extra_head_trains_it_through_the_loop(small_sample):
-    run_dir = create_run(_config(small_sample))
-    task = CoarseLabelTask(num_features=1280)  # EfficientNet-Lite0's pooled features
+    # Last-layer features, so the extra head's width is known (a fine-tune reads multi-layer ones by default).
+    run_dir = create_run(_config(small_sample, features="last"))
+    task = CoarseLabelTask(num_features=1280)  # EfficientNet-Lite0's pooled last-layer features
     metrics = worker.run(run_dir, task=task)
     steps = [e for e in read_events(run_dir) if e["event"] == "batch_end" and e.get("phase") == "finetune"]
     assert task.steps == len(steps) == 2 * 3  # 2 epochs × ceil(24 training images / 8)
