@@ -187,7 +187,8 @@ class Fit:
         feature extraction would keep, scored out of fold on the same held-out images. Measured on the fine-tune
         plans of Fashion-MNIST at 20 a class, a fine-tune that beat the first by more than the noise still lost
         2.8 points of test accuracy against the default, whose head is fitted on every image."""
-        if (not self.refits_kept_probe or self.sources.features is None or self.config.val_dataset_dir
+        if (not (self.refits_kept_probe and self.task.may_keep_probe) or self.sources.features is None
+                or self.config.val_dataset_dir
                 or self.data.folds or self.best is None or self.best["phase"] != "probe"):
             return
         self.probe_bar = probe_phase.cross_validated_accuracy(self, list(self.val_idx), self.REFIT_PROBE_EPOCHS)
@@ -204,7 +205,8 @@ class Fit:
         images were needed only to judge fine-tuning). Issue 24: the held-out probe, fitted on 80 % of the
         images, cost 1-4 points against the default at 5-20 images a class."""
         keeper = next((c for c in self.callbacks if isinstance(c, BestCheckpoint)), None)
-        if (not self.refits_kept_probe or keeper is None or self.best is None or self.best["phase"] != "probe"
+        if (not (self.refits_kept_probe and self.task.may_keep_probe) or keeper is None or self.best is None
+                or self.best["phase"] != "probe"
                 or self.config.val_dataset_dir or self.sources.features is None or self.data.folds):
             return
         self.held_out_n_val = len(self.val_idx)
