@@ -12,7 +12,8 @@ recipe variants of a plan, "PLAN+VARIANT", measured to choose the fine-tune defa
 - llrd0.5: layer-wise learning-rate decay 0.5 a group instead of 0.7;
 - l2sp: L2-SP, a pull of the trained weights back toward the pretrained ones (tl_core.fit.regularize.L2SP);
 - light / strong: augmentation presets (tl_core/data/augment.py);
-- long: twice the epochs.
+- long: twice the epochs;
+several at once: "all+light+long".
 
     python bench/plans.py --data fashion --shots 20,100 --draws 3 --recipes default,head,top-1,top-2,all
 """
@@ -50,21 +51,22 @@ L2SP_ALPHA = 0.01  # L2-SP's usual strength for a few hundred images (Li et al. 
 
 def recipe_config(recipe: str, epochs: int) -> tuple[dict, dict]:
     """(RunConfig changes, bench-only settings) of "PLAN" or "PLAN+VARIANT"."""
-    plan, _, variant = recipe.partition("+")
+    plan, *variants = recipe.split("+")  # "all+light+long": several variants at once
     changes = dict(PLANS[plan])
     if plan not in ("default", "head"):
         changes["epochs"] = epochs
     extra = {}
-    if variant == "llrd0.5":
-        extra["layer_lr_decay"] = 0.5
-    elif variant == "l2sp":
-        extra["l2sp"] = L2SP_ALPHA
-    elif variant in ("light", "strong"):
-        changes["augment"] = variant
-    elif variant == "long":
-        changes["epochs"] = 2 * epochs
-    elif variant:
-        raise SystemExit(f"unknown recipe variant {variant!r}")
+    for variant in variants:
+        if variant == "llrd0.5":
+            extra["layer_lr_decay"] = 0.5
+        elif variant == "l2sp":
+            extra["l2sp"] = L2SP_ALPHA
+        elif variant in ("light", "strong"):
+            changes["augment"] = variant
+        elif variant == "long":
+            changes["epochs"] = 2 * epochs
+        else:
+            raise SystemExit(f"unknown recipe variant {variant!r}")
     return changes, extra
 
 
