@@ -3,7 +3,7 @@ from pages.ui import gate  # first: nothing of a page runs before the gate
 gate.enter_page()  # also when Streamlit runs this file without app.py (see pages/ui/gate.py)
 import streamlit as st
 
-from pages.ui import kinds, labels, layer_cost, models, nav, session, widgets
+from pages.ui import kinds, labels, layer_cost, models, nav, plan_expectations, session, widgets
 from pages.ui.text import literal
 from tl_core import plots
 from tl_core.plan import auto_plan
@@ -18,7 +18,7 @@ PRESETS = {
     "custom": "Custom: choose with the switches below",
 }
 FEATURES = {
-    "auto": "Auto: the lower validation loss picks, by cross-validation (for feature extraction)",
+    "auto": "Auto: the lower validation loss picks, by cross-validation (every plan: fine-tuning starts from that head)",
     "last": "The last layer",
     "multi-layer": "Every layer, pooled",
 }
@@ -144,6 +144,7 @@ def layer_choice() -> None:
     state.bn_policy = "eval" if state.bn_keep_eval else "train"
     session.sync_lr()
     layer_cost.cost_section(dataset, groups, trainable, n_classes)
+    plan_expectations.expectation_section(dataset, state.freeze, state.backbone)
     stack_section(groups, trainable)
     head_options()
 

@@ -29,6 +29,25 @@ def test_split_forward_equals_the_whole_model(name):
     assert getattr(model, split.container_name) is split.container  # restored after the block
 
 
+@pytest.mark.parametrize("name", ["test_efficientnet", "mobilenetv3_small_050"])
+def test_a_multi_layer_split_gives_the_multi_layer_features(name):
+    """The frozen stages' pooled outputs are cached with the activations: the features are the whole model's."""
+    from tl_core.models import multilayer
+    from tl_core.models.frozen_prefix import MultiLayerSplit, split_for
+    torch.manual_seed(0)
+    model = multilayer.build(timm.create_model(name, pretrained=False, num_classes=3), 3, "multi-layer").eval()
+    groups = layers.layer_groups(model)
+    for plan in ("top-1", "top-2"):
+        k = stage_split_point(model, groups, layers.parse_freeze(plan, groups))
+        assert k is not None and k >= 1
+        split = split_for(model, k)
+        assert isinstance(split, MultiLayerSplit)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(split.features(split.prefix(x)), model.forward_features(x), rtol=1e-5, atol=1e-5)
+    assert stage_split_point(model, groups, layers.parse_freeze("all", groups)) is None
+
+
 def test_no_split_when_the_stem_trains_or_the_layout_is_unknown():
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
     groups = layers.layer_groups(model)

@@ -68,9 +68,13 @@ def test_suspects_command_prints_json(flipped_run, capsys):
     assert len(json.loads(capsys.readouterr().out)["images"]) == 32
 
 
-def test_a_held_out_run_judges_only_its_held_out_images(small_sample, tmp_path):
+def test_a_held_out_run_judges_only_its_held_out_images(small_sample, tmp_path, monkeypatch):
     from tl_core.__main__ import main as cli
+    from tl_core.fit.loop import Fit
 
+    # Untrained weights never beat the probe, and a kept probe is refitted out of fold on every image (the next
+    # test); this run keeps its held-out split, as a fine-tune that beat its probe does.
+    monkeypatch.setattr(Fit, "refits_kept_probe", False)
     run_dir = tmp_path / "held_out"
     assert cli(["train", "--data", str(small_sample), "--backbone", "test_efficientnet", "--weights", "none",
                 "--freeze", "top-1", "--epochs", "1", "--image-size", "64", "--run-dir", str(run_dir)]) == 0
@@ -81,6 +85,19 @@ def test_a_held_out_run_judges_only_its_held_out_images(small_sample, tmp_path):
     with open(RunFolder(run_dir).predictions, newline="") as f:
         assert [image["path"] for image in report["images"]] != [] and \
             {image["path"] for image in report["images"]} == {row["path"] for row in csv.DictReader(f)}
+
+
+def test_a_fine_tune_that_kept_its_probe_judges_every_image_out_of_fold(small_sample, tmp_path):
+    from tl_core.__main__ import main as cli
+
+    run_dir = tmp_path / "kept_probe"
+    assert cli(["train", "--data", str(small_sample), "--backbone", "test_efficientnet", "--weights", "none",
+                "--freeze", "top-1", "--epochs", "1", "--image-size", "64", "--run-dir", str(run_dir)]) == 0
+    metrics = read_metrics(run_dir)
+    assert metrics["kept"]["phase"] == "probe"
+    report = label_errors.judge(run_dir)
+    assert report["judged"] == metrics["n_val"] == 32
+    assert report["scope"] == "all 32 images judged, each by a head fitted without it (cross-validation)"
 
 
 def test_fixing_labels_makes_a_new_version_and_leaves_the_old_one_readable(flipped_run):

@@ -228,6 +228,8 @@ class DomainAdversarial(Classification, Callback):
         self.phase_epochs = self.phase_first_epoch = 0
         self.last = None  # (epoch, weights) at the end of the last fine-tune epoch, while adapting
 
+    may_keep_probe = False  # keep_last_epoch keeps the last adversarial epoch, whatever validation preferred
+
     def modules(self) -> list[nn.Module]:
         return [self.domain_head] if self.domain_head is not None else []
 

@@ -90,7 +90,7 @@ class RunConfig:
     auto_budget: float = _setting(3.0, float, "the Auto plan's time, as a multiple of feature extraction's: "
                                   "fine-tuning candidates that would not fit are not measured")
     features: str = _setting("auto", str, "what the head reads: last (the backbone's pooled output), multi-layer "
-                             "(every stage pooled), auto (cross-validation picks, for head-only runs)",
+                             "(every stage pooled), auto (validation picks; a fine-tune then starts from that head)",
                              ("auto", *FEATURES))
     head: str = _setting("auto", str, "the probe's head: logistic (regression), prototype (nearest class mean, "
                          "from one image a class), auto (prototypes for classes of 5 images or fewer)", ("auto", *HEADS))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.augment import normalize
-from ..models.frozen_prefix import PrefixSplit, stage_split_point
+from ..models.frozen_prefix import MultiLayerSplit, PrefixSplit, split_for, stage_split_point
 from ..ops.storage import atomic_file
 from .tasks import Batch
 
@@ -42,17 +42,19 @@ class PixelSource:
 
 
 class PrefixSource:
-    """Activations after the frozen prefix, computed once; the rest of the model runs on them."""
+    """Activations after the frozen prefix, computed once; the rest of the model runs on them. A multi-layer
+    model's inputs are a pair: the activations and the frozen stages' pooled outputs (MultiLayerSplit)."""
 
-    def __init__(self, split: PrefixSplit, activations: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, split: PrefixSplit | MultiLayerSplit, activations, labels: torch.Tensor):
         self.split, self.activations, self.labels = split, activations, labels
 
     def batch(self, idx: torch.Tensor, train: bool = False) -> Batch:
+        if isinstance(self.activations, tuple):
+            return Batch(idx, tuple(part[idx] for part in self.activations), self.labels[idx])
         return Batch(idx, self.activations[idx], self.labels[idx])
 
-    def features(self, inputs: torch.Tensor) -> torch.Tensor:
-        with self.split.rest() as rest:
-            return rest.forward_head(rest.forward_features(inputs), pre_logits=True)
+    def features(self, inputs) -> torch.Tensor:
+        return self.split.features(inputs)
 
 
 class FeatureSource:
@@ -76,19 +78,21 @@ def prefix_source(model, groups, trainable: set[str], pixels: PixelSource, batch
     k = stage_split_point(model, groups, trainable)
     if k is None:
         return None
-    split = PrefixSplit(model, k)
+    split = split_for(model, k)
     model.eval()
     chunks, size = [], 0
     for start in range(0, len(pixels.pixels), batch_size):
         with autocast():
             chunk = split.prefix(pixels.to_device(pixels.pixels[start:start + batch_size]))
+        chunk = chunk if isinstance(chunk, tuple) else (chunk,)
         chunks.append(chunk)
-        size += chunk.numel() * chunk.element_size()
+        size += sum(part.numel() * part.element_size() for part in chunk)
         if size > ACTIVATION_CACHE_LIMIT:
             return None
     on_progress(f"the frozen layers run once: {len(pixels.pixels)} images' activations after stage {k} cached "
                 f"({size / 2**20:.0f} MiB)")
-    return PrefixSource(split, torch.cat(chunks), pixels.labels)
+    parts = tuple(torch.cat(part) for part in zip(*chunks))
+    return PrefixSource(split, parts if len(parts) > 1 else parts[0], pixels.labels)
 
 
 @torch.no_grad()  # not inference_mode: the probe's backward needs these as ordinary tensors

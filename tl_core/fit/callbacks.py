@@ -175,8 +175,19 @@ class BestCheckpoint(Callback):
         if info.get("phase") == self.best_phase:
             return True
         n_val = max(len(getattr(fit, "val_idx", ()) or ()), 1)
-        p = self.best_key[0]
+        # A fine-tune run also clears the default's own probe on the same images (Fit.set_probe_bar).
+        p = max(self.best_key[0], getattr(fit, "probe_bar", None) or 0.0)
         return info["val_acc"] - p > NOISE_SE * math.sqrt(max(p * (1 - p), 1 / n_val) / n_val)
+
+    def refit(self, fit) -> None:
+        """Put the kept weights back now and forget them: a refit of the same phase on more images follows
+        (tl_core.fit.loop.Fit.refit_kept_probe), whose best epoch is kept instead. The held-out scores stay in
+        `by_phase` ("held_out_probe", "finetune") for the words that say why."""
+        self.on_before_save({}, fit)
+        if "probe" in self.best_of_phase:
+            self.best_of_phase["held_out_probe"] = self.best_of_phase.pop("probe")
+        self.best_key = self.best_state = self.best_epoch = self.best_phase = None
+        fit.best = None
 
     def on_before_save(self, info, fit):
         if self.best_state is not None:

@@ -45,7 +45,8 @@ def run(fit, epochs: int) -> None:
 
 
 def _source(fit):
-    """Cached prefix activations when the frozen prefix sees the same input every epoch, else pixels."""
+    """Cached prefix activations when the frozen prefix sees the same input every epoch, else pixels
+    (a multi-layer model caches its frozen stages' pooled outputs with them)."""
     cfg, net = fit.config, fit.net
     if cfg.augment == "none" and cfg.bn_policy != "train":
         source = batches.prefix_source(net.model, net.groups, net.trainable, fit.sources.pixels, cfg.batch_size,

@@ -58,10 +58,13 @@ def kept_weights(fit) -> dict:
     tuned = best["by_phase"].get("finetune")
     if from_probe and fit.net.trainable != {fit.net.head_name}:
         if tuned:
-            probe = best["by_phase"]["probe"]
+            probe = dict(best["by_phase"].get("held_out_probe") or best["by_phase"]["probe"])
+            if fit.probe_bar is not None:  # the bar fine-tuning had to clear (Fit.set_probe_bar)
+                probe["val_acc"] = max(probe["val_acc"], fit.probe_bar)
+            n_val = fit.held_out_n_val or len(fit.val_idx)
             if tuned["val_acc"] > probe["val_acc"]:
                 kept["reason"] = (f"fine-tuning's best ({tuned['val_acc']:.1%} at epoch {tuned['epoch']}) beat the "
-                                  f"probe's {probe['val_acc']:.1%} by less than the noise of {len(fit.val_idx)} "
+                                  f"probe's {probe['val_acc']:.1%} by less than the noise of {n_val} "
                                   f"validation images, so the model kept is the probe's: only the head learnt")
             else:
                 kept["reason"] = (f"fine-tuning never beat the probe on validation (its best: {tuned['val_acc']:.1%} "
@@ -70,6 +73,9 @@ def kept_weights(fit) -> dict:
         else:
             kept["reason"] = ("fine-tuning ended before its first epoch, so the model kept is the probe's: "
                               "only the head learnt")
+        if "held_out_probe" in best["by_phase"]:
+            kept["reason"] += (f"; the head was then refitted on all {len(fit.paths)} images, validated by "
+                               f"{fit.validation}, as feature extraction does")
     return kept
 
 

@@ -12,14 +12,17 @@ import torch.nn.functional as F
 from ..ops.runs import record_facts
 from ..ops.storage import workspace_root
 from . import batches
-from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, choose_features, l2_at, one_thread
+from .probe import PROBE_ITERS_PER_EPOCH, HeadFits, best_on_path, choose_features, l2_at, one_thread
 from .prototypes import PrototypeFits, head_for
 
 
-def run(fit, epochs: int) -> None:
-    """The probe phase of `fit` (a tl_core.fit.loop.Fit): `epochs` steps of the regularisation path."""
-    fit.start_phase("probe", epochs, message="fitting the new head on the backbone's frozen features")
-    fit.sources.features = frozen_features(fit)
+def run(fit, epochs: int, message: str = "fitting the new head on the backbone's frozen features",
+        reuse_features: bool = False) -> None:
+    """The probe phase of `fit` (a tl_core.fit.loop.Fit): `epochs` steps of the regularisation path
+    (`reuse_features`: on the frozen features an earlier probe of this fit computed)."""
+    fit.start_phase("probe", epochs, message=message)
+    if not (reuse_features and fit.sources.features is not None):
+        fit.sources.features = frozen_features(fit)
     # The probe's matrices are small: on the CPU they skip thousands of tiny kernel launches and
     # the start-up of CUDA's solver library (seconds on an H100, for a fit that takes 0.3 s here).
     feats = fit.sources.features.features_all.float().cpu()
@@ -43,6 +46,31 @@ def run(fit, epochs: int) -> None:
             _epoch(fit, fits, val_sets, l2_at(k))
             if fit.stop_phase:
                 break
+
+
+def cross_validated_accuracy(fit, idx: list[int], steps: int) -> float | None:
+    """Accuracy on the images `idx` of the probe a head-only run would fit on every image: each image of `idx`
+    scored out of fold (k-fold cross-validation on every image, the features the probe kept, the same L2 path).
+    None when the images cannot be cross-validated. The bar a fine-tune must clear (issue 24): beating the
+    probe fitted on the training split alone is not enough, since the default fits its head on every image."""
+    from .run_data import with_cross_validation
+
+    data = with_cross_validation(fit.data, fit.config.seed)
+    if not data.folds or not idx:
+        return None
+    n = len(fit.paths)
+    train_masks = torch.ones(len(data.folds), n, dtype=torch.bool)
+    for f, fold in enumerate(data.folds):
+        train_masks[f, fold] = False
+    val_sets = [torch.tensor(fold, dtype=torch.long) for fold in data.folds]
+    fits_class = PrototypeFits if fit.net.head_kind == "prototype" else HeadFits
+    with one_thread():
+        best = best_on_path(fit.sources.features.features_all.float().cpu(), fit.labels.cpu(), train_masks, val_sets,
+                            len(fit.classes), steps, fit.config.label_smoothing, fits_class, fit.class_weights)
+    order = torch.cat(val_sets).tolist()
+    wanted = set(idx)
+    scored = [bool(ok) for i, ok in zip(order, best["correct"].tolist()) if i in wanted]
+    return sum(scored) / len(scored) if scored else None
 
 
 def fits_and_validation(fit) -> tuple[torch.Tensor, list[torch.Tensor]]:

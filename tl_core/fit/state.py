@@ -106,9 +106,10 @@ class Progress:
 
 
 def _feature_kind(config: RunConfig, body: torch.nn.Module) -> str:
-    """What the head reads. "auto": multi-layer features for a head-only run (the probe then keeps them only
-    where they validate better); a run that trains layers reads the last layer, whose frozen prefix is cached."""
+    """What the head reads. "auto": multi-layer features whenever the backbone has them, for every plan: the
+    probe keeps them only where they validate better, and a fine-tune then starts from that probe with the
+    multi-layer head attached (issue 24: a fine-tune run that read the last layer only started from a weaker
+    probe than feature extraction's, and kept a worse model on every set measured)."""
     if config.features != "auto":
         return config.features
-    head_only = config.freeze == "head" and config.augment == "none"
-    return "multi-layer" if head_only and multilayer.supports(body) else "last"
+    return "multi-layer" if multilayer.supports(body) else "last"

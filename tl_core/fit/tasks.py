@@ -30,6 +30,9 @@ class Task:
     # Per-class weights of the classification loss (a tensor on the loop's device), set by the loop when
     # the classes are weighted (tl_core.fit.imbalance); None: every image counts the same.
     class_weight: torch.Tensor | None = None
+    # Whether the run may keep the probe instead of fine-tuning's weights (and refit it: Fit.refit_kept_probe);
+    # False for a task that keeps fine-tune weights of its own choosing (DANN keeps where its warm-up ends).
+    may_keep_probe = True
 
     def modules(self) -> list[nn.Module]:
         """Trainable parts the task adds; they train at the head's learning rate."""

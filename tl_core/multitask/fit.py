@@ -14,6 +14,8 @@ from ..fit.loop import Fit
 
 
 class MultiTaskFit(Fit):
+    refits_kept_probe = False  # its probe fits a head per task (Fit.refit_kept_probe refits one)
+
     def __init__(self, config, run_dir, callbacks, task=None, strategy=None):
         super().__init__(config, run_dir, callbacks, task, strategy)
         self.layout: TaskLayout | None = None

@@ -4,12 +4,12 @@ A run with freeze="auto" first measures candidate plans, each a complete small r
 <run>/candidates/<plan>/ (same images, same seed):
 - "head": feature extraction; the probe picks last-layer or multi-layer features by cross-validation.
   Always measured: it costs one pass of the backbone over the images.
-- "top-1", "top-2", "top-4", "all": the probe on last-layer features, then fine-tuning of that many
-  layer groups on a held-out split, measured cheapest first while the estimated time fits the budget
-  (`auto_budget` × the head candidate's own time).
-Every candidate is scored as its gain over the last-layer probe on the same images (paired): the
-multi-layer features' cross-validated gain, or a fine-tune's gain over the probe it started from on
-its held-out images. The simplest candidate is kept unless a more complex one gains more than the
+- "top-1", "top-2", "top-4", "all": the same probe (last-layer or multi-layer features, chosen the same
+  way), then fine-tuning of that many layer groups with that head attached, on a held-out split, measured
+  cheapest first while the estimated time fits the budget (`auto_budget` × the head candidate's own time).
+Every candidate is scored as its gain over the last-layer probe: the multi-layer features' cross-validated
+gain; for a fine-tune, the gain of the probe it started from plus what fine-tuning added to that probe on
+its held-out images (paired: the same images). The simplest candidate is kept unless a more complex one gains more than the
 noise of its validation set (callbacks.NOISE_SE standard errors). The run then trains the plan kept,
 from the caches the candidates filled; plan.json holds the measurement and the sentence saying why.
 """
@@ -35,6 +35,7 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     what happens, for the run's event log)."""
     from ..models import layers
     from . import plan_cost
+    from ..models import multilayer
     from ..models.backbones import architecture_for, create_model
 
     run_dir = Path(run_dir)
@@ -46,6 +47,8 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
     rows = [head]
     model = create_model(architecture_for(config.backbone, config.weights), len(head["classes"]), weights="none")
     groups = layers.layer_groups(model)
+    # Fine-tune candidates' probes choose as the head candidate's did; multi-layer ones run the whole body.
+    features = head.get("features", "last") if multilayer.supports(model) else "last"
     n_train = head["n_images"] - round(head["n_images"] * config.val_fraction)
     size = head["image_size"]
     plans = [f"top-{k}" for k in FINETUNE_TOPS if k < len(groups) - 1] + ["all"]
@@ -57,7 +60,7 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
             rows.append({"plan": plan, "groups": len(trainable) - 1, "skipped": True,
                          "why": f"too few images to measure a fine-tune: {n_val} would be held out"})
             continue
-        cost = plan_cost.estimate(model, size, trainable, config.bn_policy, n_train, n_val)
+        cost = plan_cost.estimate(model, size, trainable, config.bn_policy, n_train, n_val, features=features)
         estimate = head["seconds"] * 0.5 + cost["once_s"] + FINETUNE_EPOCHS * cost["epoch_s"]
         spent = time.time() - t0
         if spent + estimate > budget_s:
@@ -65,18 +68,18 @@ def resolve(config: RunConfig, run_dir: Path, notice) -> RunConfig:
                          "why": f"about {estimate:.0f} s, beyond what is left of the budget"})
             continue
         notice(f"Auto plan: measuring fine-tuning with {plan} (about {estimate:.0f} s)")
-        rows.append(_measure(config.replace(freeze=plan, features="last", epochs=FINETUNE_EPOCHS, lr=None,
+        rows.append(_measure(config.replace(freeze=plan, features="auto", epochs=FINETUNE_EPOCHS, lr=None,
                                             augment="none"), root / plan, run_dir, deadline=t0 + budget_s,
-                             notice=notice))
+                             head=head, notice=notice))
     chosen, words = _choose(rows)
     measured = {"rows": rows, "chosen": chosen, "words": words, "budget_s": budget_s,
                 "seconds": time.time() - t0, "last_layer_acc": head["last_acc"]}
     write_plan(run_dir, measured)
     notice(f"Auto plan: {words}")
     lr = config.lr if config.lr != recommended_lr("auto") else recommended_lr(chosen["plan"])
-    # Feature extraction keeps features="auto": its choice is repeated in a second on the cached features.
-    features = "auto" if chosen["plan"] == "head" else "last"
-    return config.replace(freeze=chosen["plan"], features=features, lr=lr,
+    # features="auto" for every plan: the probe's choice is repeated in a second on the cached features,
+    # and a fine-tune starts from that probe (tl_core.fit.state).
+    return config.replace(freeze=chosen["plan"], features="auto", lr=lr,
                           epochs=config.epochs if chosen["plan"] == "head" else FINETUNE_EPOCHS)
 
 
@@ -126,9 +129,10 @@ class Deadline(Callback):
 
 
 def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: float = math.inf,
-             notice=None) -> dict:
-    """Train one candidate in its own folder; its scores relative to the last-layer probe (`notice`, when
-    given, hears its progress)."""
+             head: dict | None = None, notice=None) -> dict:
+    """Train one candidate in its own folder; its scores relative to the last-layer probe (`head`: the head
+    candidate's row, whose probe a fine-tune candidate's probe repeats; `notice`, when given, hears its
+    progress)."""
     start, stop = time.time(), Deadline(deadline)
     create_run(config.replace(name=f"auto plan candidate {config.freeze}"), run_dir=candidate_dir)
     relay = [PlanProgress(notice, config.freeze)] if notice is not None else []
@@ -148,10 +152,23 @@ def _measure(config: RunConfig, candidate_dir: Path, run_dir: Path, deadline: fl
         row["gain_se"] = choice["gain_se"] if choice else 0.0
         return row
     by_phase = fit.best["by_phase"]
-    probe, tuned = by_phase.get("probe"), by_phase.get("finetune")
+    # The probe fine-tuning was judged against, on the same held-out images (a kept probe is refitted after).
+    probe, tuned = by_phase.get("held_out_probe") or by_phase.get("probe"), by_phase.get("finetune")
+    row["features"] = fit.net.feature_kind
     row["probe_acc"] = probe["val_acc"] if probe else None
     row["finetune_acc"] = tuned["val_acc"] if tuned else None
-    row["gain"] = (tuned["val_acc"] - probe["val_acc"]) if probe and tuned else -1.0
+    # Against the higher of that probe and the default's own probe on the same images (Fit.set_probe_bar).
+    bar = max(probe["val_acc"], facts.get("probe_bar") or 0.0) if probe else None
+    row["probe_bar"] = facts.get("probe_bar")
+    row["gain_over_probe"] = (tuned["val_acc"] - bar) if probe and tuned else None
+    # The probe's own gain over the last layer, in the head candidate's frame (cross-validated) when both
+    # probes read the same features, so that a fine-tune is chosen only for what it adds beyond that probe.
+    choice = facts.get("features_choice")
+    if head is not None and head.get("features") == row["features"]:
+        probe_gain = head.get("gain", 0.0)
+    else:
+        probe_gain = choice["gain"] if choice and row["features"] == "multi-layer" else 0.0
+    row["gain"] = probe_gain + row["gain_over_probe"] if row["gain_over_probe"] is not None else -1.0
     p = row["probe_acc"] or 0.5
     row["gain_se"] = math.sqrt(max(p * (1 - p), 1 / row["n_val"]) / row["n_val"])
     return row
@@ -176,6 +193,10 @@ def _choose(rows: list[dict]) -> tuple[dict, str]:
         gains = ", ".join(f"{r['plan']} {100 * r['gain']:+.1f}" for r in tried)
         parts.append(f"fine-tuning's gains over the last-layer probe on held-out images, in points: {gains} "
                      f"(noise: ±{100 * tried[0]['gain_se']:.1f})")
+        added = [r for r in tried if r.get("gain_over_probe") is not None]
+        if added:
+            parts.append("of which fine-tuning itself added to the probe it started from: " +
+                         ", ".join(f"{r['plan']} {100 * r['gain_over_probe']:+.1f}" for r in added))
     if head.get("features") == "multi-layer":
         parts.append(f"multi-layer features were kept for their lower validation loss; in accuracy they gained "
                      f"{100 * head['gain']:+.1f} points by cross-validation")

@@ -16,16 +16,18 @@ import torch
 
 from ..models import layers
 from ..models.backbones import architecture
-from ..models.frozen_prefix import PrefixSplit, stage_split_point
+from ..models.frozen_prefix import MULTILAYER_SPLITS, PrefixSplit, stage_split_point
 from ..fit.strategy import channels_last_helps
 
 TIMING_BATCH = 8
 
 
 def estimate(model: torch.nn.Module, image_size: int, trainable: set[str], bn_policy: str, n_train: int,
-             n_val: int, augment: str = "none", batch: int = TIMING_BATCH) -> dict:
+             n_val: int, augment: str = "none", batch: int = TIMING_BATCH, features: str = "last") -> dict:
     """{"once_s": the pass through the frozen layers before the first epoch, "epoch_s": an epoch after it}.
-    The model is copied: the caller's stays as it was."""
+    `features`: what the run's head reads; a multi-layer head reads the frozen stages too, which are cached with
+    the prefix for the bodies MultiLayerSplit knows (others run the whole body every epoch). The model is
+    copied: the caller's stays as it was."""
     timed = copy.deepcopy(model)
     groups = layers.layer_groups(timed)
     trainable = set(trainable)
@@ -40,7 +42,10 @@ def estimate(model: torch.nn.Module, image_size: int, trainable: set[str], bn_po
         if augment == "none":  # features once, then the probe: milliseconds an epoch
             return {"once_s": forward_s * n_images, "epoch_s": 0.0}
         return {"once_s": 0.0, "epoch_s": forward_s * n_images}  # augmented images pass again every epoch
-    k = stage_split_point(timed, groups, trainable) if augment == "none" and bn_policy != "train" else None
+    # A multi-layer model caches the same prefix (MultiLayerSplit) when its body allows: timed as the plain one.
+    multilayer_cached = features != "multi-layer" or type(timed).__name__ in MULTILAYER_SPLITS
+    cached = augment == "none" and bn_policy != "train" and multilayer_cached
+    k = stage_split_point(timed, groups, trainable) if cached else None
     once_s = forward_s * n_images  # the probe's features
     if k is None:
         return {"once_s": once_s, "epoch_s": _train_seconds(timed, images, bn_policy) * n_train + forward_s * n_val}
