@@ -124,9 +124,15 @@ def cpu_per_page(server: Server, client: Client, teacher: Client, reruns: int) -
     return result
 
 
-def load_step(server: Server, clients: list[Client], page: str, reruns: int) -> dict:
+def load_step(server: Server, clients: list[Client], page: str, reruns: int, warm: bool = False) -> dict:
     times: list[float] = []
     lock = threading.Lock()
+    if warm:  # every client opens the page once, untimed: the step then times reruns on warm caches only
+        visits = [threading.Thread(target=client.rerun, args=(page,)) for client in clients]
+        for visit in visits:
+            visit.start()
+        for visit in visits:
+            visit.join()
 
     def work(client: Client) -> None:
         for _ in range(reruns):
@@ -163,6 +169,10 @@ def main() -> None:
     parser.add_argument("--runs-per-student", type=int, default=2, help="finished runs each student owns")
     parser.add_argument("--profile", type=Path, help="profile each page's reruns (cProfile) into this folder")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--pages", nargs="*", default=LOAD_PAGES, help="pages of the load steps")
+    parser.add_argument("--warm", action="store_true",
+                        help="each client opens the page once, untimed, before its step (by default a client's "
+                             "first visit of a page is timed with its reruns: a new student's caches are cold)")
     parser.add_argument("--out", default="classroom-server-load.json", help="file name under bench/results/")
     parser.add_argument("--summarize", metavar="GLOB", help="print mean ± sd over the draws bench/results/GLOB")
     args = parser.parse_args()
@@ -194,8 +204,9 @@ def main() -> None:
         for n in args.clients:
             while len(clients) < n:
                 clients.append(student(server.url, f"load-{len(clients):02d}"))
-            for page in LOAD_PAGES:
-                row = load_step(server, clients[:n], page, args.reruns)
+            for page in args.pages:
+                row = load_step(server, clients[:n], page, args.reruns, args.warm)
+                row["warm"] = args.warm
                 rows.append(row)
                 print(f"{n:>3} clients  {page:<9} reruns {row['reruns']:>4}  p50 {row['p50_s']:.3f} s  "
                       f"p95 {row['p95_s']:.3f} s  max {row['max_s']:.3f} s  server CPU {row['cpu_pct']:.0f} %  "

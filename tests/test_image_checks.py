@@ -1,6 +1,7 @@
 """Image-quality warnings of the data audit (tl_core.quality.image_checks, pages/ui/image_quality.py): blank,
 blurry and enlarged pictures are named with their reasons, and nothing is dropped."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -71,3 +72,21 @@ def test_the_data_page_warns_of_them_and_keeps_every_picture():
 
 def metric(at, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
+
+
+def test_a_dataset_is_looked_at_once_then_read_from_disk(monkeypatch):
+    """Issue 26: a student's first Data visit reads the numbers kept on disk, in any server process."""
+    dataset = datasets.ingest_files(sample_set(), name="quality")
+    first = image_checks.image_findings(dataset, input_size=224)
+    kept = image_checks._measures_file(dataset)
+    assert kept.is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a picture was decoded again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(image_checks, "open_image", refuse)
+        assert image_checks.image_findings(dataset, input_size=224) == first
+    kept.write_bytes(b'{"cut sh')  # a damaged cache is measured again and rewritten
+    assert image_checks.image_findings(dataset, input_size=224) == first
+    assert len(json.loads(kept.read_text())) == len({item["sha256"] for item in dataset.items})

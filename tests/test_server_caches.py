@@ -12,6 +12,7 @@ from pages.ui import cached
 from tl_core.data import datasets
 from tl_core.ops import filecache, runs, words
 from tl_core.ops.storage import atomic_write_json
+from tl_core.use import run_facts
 
 pytestmark = pytest.mark.usefixtures("navigation_pages", "fake_jobs")
 
@@ -50,6 +51,17 @@ def test_a_cached_result_is_the_callers_own(tmp_path):
     assert read(path) == {"items": [1, 2]}
 
 
+def test_a_run_s_events_are_each_callers_own(head_run):
+    events = runs.read_events(head_run)
+    first = next(event for event in events if event["event"] == "epoch_end")
+    first["val_acc"] = -1.0  # a page changing an event, or a nested value of one, changes no other page's events
+    events[-1].setdefault("details", {})["changed"] = True
+    events.append({"event": "made_up"})
+    again = runs.read_events(head_run)
+    assert next(event for event in again if event["event"] == "epoch_end")["val_acc"] != -1.0
+    assert "changed" not in again[-1].get("details", {}) and again[-1]["event"] != "made_up"
+
+
 def test_a_folder_stamp_sees_entries_come_and_go(tmp_path):
     before = filecache.folder_stamp(tmp_path)
     (tmp_path / "x").write_text("1")
@@ -67,6 +79,14 @@ def test_run_readers_see_a_run_change(head_run, _workspace):
     assert runs.read_metrics(run_dir)["val_acc"] == 0.123 and words.summarize(run_dir)["val_acc"] == 0.123
     runs.write_status(run_dir, state="failed", error="out of memory")
     assert words.summarize(run_dir)["state"] == "failed"
+    assert runs.read_status(run_dir)["error"] == "out of memory"
+    runs.write_status(run_dir, state="queued", error=None)  # the same size of file, a moment later
+    assert runs.read_status(run_dir)["state"] == "queued"
+    assert runs.read_owner(run_dir) is None
+    atomic_write_json(runs.RunFolder(run_dir).owner, {"owner": "ada"})
+    assert runs.read_owner(run_dir) == "ada"
+    runs.RunFolder(run_dir).name.write_text('{"name": "renamed"}')
+    assert run_facts.run_name(run_dir) == "renamed"
     with open(runs.RunFolder(run_dir).events, "ab") as f:
         f.write(b"garbage\n")
     assert runs.damage(run_dir) and "events.jsonl" in words.summarize(run_dir)["damaged"]
@@ -100,6 +120,13 @@ def test_the_runs_page_shows_a_new_run_and_new_scores_on_its_next_rerun(head_run
     table = at.dataframe[0].value
     assert list(table["run_id"]) == [second.name, first.name]
     assert table.set_index("run_id").loc[first.name, "val_acc"] == 0.0625
+
+
+def test_students_who_took_the_same_images_share_their_thumbnails(small_sample, _workspace):
+    mine, theirs = datasets.ingest_folder(small_sample, name="mine"), datasets.ingest_folder(small_sample, name="theirs")
+    strips = [cached.thumbnail_strip([d.root / item["path"] for item in d.items[:4]], 72,
+                                     hashes=[item["sha256"] for item in d.items[:4]]) for d in (mine, theirs)]
+    assert mine.root != theirs.root and strips[0] is strips[1] and strips[0].startswith(b"\x89PNG")
 
 
 def test_the_data_page_shows_a_dataset_made_again(small_sample, _workspace, tmp_path):

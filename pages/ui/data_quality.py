@@ -37,7 +37,7 @@ def imbalance_headline(metrics: dict) -> None:
         st.caption(literal(words[:1].upper() + words[1:] + "."))
 
 
-@st.cache_data(show_spinner=False, max_entries=20)
+@st.cache_data(show_spinner=False, max_entries=256)  # a class of 30 has more runs than 20 open at once
 def _suspects(run_dir: str, written: float) -> dict:
     """The run's likely label errors; `written` (when its probabilities were saved) keys the cache."""
     return label_errors.suspects(run_dir)

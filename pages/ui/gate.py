@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from contextlib import contextmanager
 
 import streamlit as st
@@ -27,6 +28,7 @@ from pages.ui.text import literal
 from tl_core.ops import attempts
 from tl_core.ops import identities
 from tl_core.ops import spaces
+from tl_core.ops.filecache import folder_stamp, keyed_on
 from tl_core.ops.storage import human_bytes, workspace_root
 
 ACCESS_CODE_ENV = "TL_STUDIO_ACCESS_CODE"
@@ -395,12 +397,22 @@ def check_room(*ingest_args) -> None:
     space().check_room(sum(_incoming_bytes(arg) for arg in ingest_args), new_dataset=True)
 
 
+USAGE_REFRESH_S = 30
+
+
+# The line walks the user's whole folder and runs (a few ms a rerun, at every rerun of the Data page): read again
+# when a dataset comes or goes, else every USAGE_REFRESH_S. Checks before an ingest (check_room) always walk it.
+@keyed_on(lambda mine: (folder_stamp(mine.data_workspace / "datasets"), int(time.monotonic() // USAGE_REFRESH_S)))
+def _shown_usage(mine: spaces.Space) -> tuple[int, int]:
+    return mine.usage()
+
+
 def quota_caption() -> None:
     """The Data page's line: how much of their disk and dataset limits a classroom student uses."""
     mine = space()
     if mine.user is None or mine.teacher or mine.user == spaces.NOBODY:
         return
-    used, count = mine.usage()
+    used, count = _shown_usage(mine)
     st.caption(f"Your space: {human_bytes(used)} of {human_bytes(spaces.quota_bytes())}, "
                f"{count} of {spaces.max_datasets()} datasets.")
 

@@ -17,7 +17,7 @@ SHOWN = 12
 DEFAULT_INPUT_SIZE = 224  # before a backbone is chosen: the input size of most catalogue models
 
 
-@st.cache_data(show_spinner="Looking at every picture for blank, blurry and enlarged ones…", max_entries=20)
+@st.cache_data(show_spinner="Looking at every picture for blank, blurry and enlarged ones…", max_entries=256)
 def findings(dataset_root: str, dataset_id: str, input_size: int) -> list[dict]:
     """The findings of one dataset version at one input size (a dataset never changes: its id keys the cache)."""
     return image_checks.image_findings(datasets.load_dataset(dataset_root), input_size)

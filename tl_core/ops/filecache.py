@@ -44,11 +44,11 @@ def folder_stamp(folder: str | Path) -> tuple:
     return tuple(sorted(stamps))
 
 
-def keyed_on(stamp_of: Callable[..., object], maxsize: int = 4096, copy_result: bool = True):
+def keyed_on(stamp_of: Callable[..., object], maxsize: int = 4096, copy_result: bool | Callable = True):
     """Cache a function of paths: a call whose files' stamp (stamp_of(its arguments)) differs from the one the
     kept result was read under reads them again. One result is kept per arguments, the latest, so an old stamp
-    never comes back to life. Each caller gets its own deep copy (copy_result), so changing a result changes
-    no cache. Safe from several threads (a server's sessions); the least recently used go past `maxsize`."""
+    never comes back to life. Each caller gets its own deep copy (copy_result; or copy_result(result), a cheaper
+    copy that knows the result's shape), so changing a result changes no cache. Safe from several threads (a server's sessions); the least recently used go past `maxsize`."""
     def decorate(function):
         entries: OrderedDict = OrderedDict()  # arguments -> (stamp, result)
         lock = threading.Lock()
@@ -66,8 +66,18 @@ def keyed_on(stamp_of: Callable[..., object], maxsize: int = 4096, copy_result: 
                     entries[args] = kept
                     while len(entries) > maxsize:
                         entries.popitem(last=False)
+            if callable(copy_result):
+                return copy_result(kept[1])
             return copy.deepcopy(kept[1]) if copy_result else kept[1]
 
         cached.cache_clear = entries.clear
         return cached
     return decorate
+
+
+def copy_records(records: list[dict]) -> list[dict]:
+    """A copy of a list of flat records (events, rows) for keyed_on: each record copied, and deep-copied only in
+    its values that are containers. Several times cheaper than copy.deepcopy on a run's thousands of events."""
+    return [{key: copy.deepcopy(value) if isinstance(value, (dict, list, set)) else value
+             for key, value in record.items()} if isinstance(record, dict) else copy.deepcopy(record)
+            for record in records]

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
-from .filecache import file_stamp, folder_stamp, keyed_on
+from .filecache import copy_records, file_stamp, folder_stamp, keyed_on
 from .storage import (DamagedFile, atomic_file, atomic_write_bytes, atomic_write_json, parse_json, read_json,
                       workspace_root)
 
@@ -156,6 +156,8 @@ def read_run_name(run_dir: Path) -> str | None:
     return name if isinstance(name, str) and name.strip() else None
 
 
+# Every list of a student's runs asks it of every run in the class at each rerun: read again only when it changes.
+@keyed_on(lambda run_dir: file_stamp(RunFolder(run_dir).owner), copy_result=False)
 def read_owner(run_dir: Path) -> str | None:
     """Who started the run on a classroom server; None for a laptop's run (or an unreadable owner.json)."""
     record = _read_object(RunFolder(run_dir).owner)[0] or {}
@@ -176,6 +178,7 @@ def _read_config(run_dir: Path) -> tuple[dict | None, str | None]:
     return record, problem
 
 
+@keyed_on(lambda run_dir: file_stamp(RunFolder(run_dir).status))  # written atomically: a new write, a new inode
 def read_status(run_dir: Path) -> dict:
     """status.json; {"state": "damaged", "error": "status.json: why"} when it cannot be read."""
     status, problem = _read_status(Path(run_dir))
@@ -267,7 +270,7 @@ def _parse_event(line: bytes) -> tuple[dict | None, str | None]:
     return event, None
 
 
-@keyed_on(lambda run_dir: file_stamp(RunFolder(run_dir).events))
+@keyed_on(lambda run_dir: file_stamp(RunFolder(run_dir).events), copy_result=copy_records)
 def read_events(run_dir: Path) -> list[dict]:
     """The complete lines of events.jsonl (a partial last line waits); damaged lines are skipped."""
     return EventReader(run_dir).read_new()

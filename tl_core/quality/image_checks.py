@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.datasets import Dataset, ImageRefused, open_image
+from ..ops.storage import DamagedFile, atomic_write_json, read_json, workspace_root
 
 BLANK_STD = 4.0
 DARK_MEAN = 8.0
@@ -42,16 +43,22 @@ def measure(image: Image.Image) -> dict:
 def image_findings(dataset: Dataset, input_size: int, progress=None) -> list[dict]:
     """Every finding of the dataset's pictures: {"path", "label", "problem": blank | blurry | enlarged, "reason"}."""
     findings, measured = [], []
+    kept = _kept_measures(dataset)
+    n_kept = len(kept)
     for done, item in enumerate(dataset.items, 1):
         short = min(item["width"], item["height"])
         if short * UPSCALE_LIMIT < input_size:
             findings.append(_finding(item, "enlarged", f"{item['width']}×{item['height']} px, enlarged "
                                                        f"{input_size / short:.1f}× to the model's {input_size} px"))
-        try:
-            numbers = measure(open_image(dataset.root / item["path"], draft_size=2 * FOCUS_SIDE))
-        except (ImageRefused, OSError) as error:
-            findings.append(_finding(item, "unreadable", str(error)))
-            continue
+        numbers = kept.get(item.get("sha256") or "")
+        if numbers is None:
+            try:
+                numbers = measure(open_image(dataset.root / item["path"], draft_size=2 * FOCUS_SIDE))
+            except (ImageRefused, OSError) as error:
+                findings.append(_finding(item, "unreadable", str(error)))
+                continue
+            if item.get("sha256"):
+                kept[item["sha256"]] = numbers
         blank = _blank_reason(numbers)
         if blank:
             findings.append(_finding(item, "blank", blank))
@@ -65,7 +72,32 @@ def image_findings(dataset: Dataset, input_size: int, progress=None) -> list[dic
             if focus < BLUR_SHARE * median:
                 findings.append(_finding(item, "blurry", f"sharpness {focus:.0f}, under {BLUR_SHARE:.0%} of the "
                                                          f"set's typical {median:.0f} (variance of the Laplacian)"))
+    if len(kept) > n_kept:
+        _keep_measures(dataset, kept)
     return findings
+
+
+# A picture's numbers depend only on its bytes: kept on disk by content hash, per dataset version, so a dataset is
+# looked at once, not at every server start, in every server process, or when a cache in memory lets it go.
+# (Issue 26: 30 students' first Data visits each decoded their whole set, about 0.1 s of server CPU a set.)
+def _measures_file(dataset: Dataset) -> Path:
+    return workspace_root() / "cache" / "image_checks" / f"{dataset.id}.json"
+
+
+def _kept_measures(dataset: Dataset) -> dict:
+    try:
+        kept = read_json(_measures_file(dataset), {})
+    except (DamagedFile, OSError):
+        return {}  # a damaged cache is measured again, and rewritten
+    return {sha: numbers for sha, numbers in kept.items() if isinstance(numbers, dict)} if isinstance(kept, dict) else {}
+
+
+def _keep_measures(dataset: Dataset, kept: dict) -> None:
+    try:
+        _measures_file(dataset).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(_measures_file(dataset), kept)
+    except OSError:
+        pass  # a cache: a full or read-only disk only means the pictures are looked at again next time
 
 
 def _blank_reason(numbers: dict) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.datasets import load_dataset
+from ..data.datasets import dataset_name as name_in_manifest
 from ..ops import runs, words
 from . import run_facts
 
@@ -59,6 +59,6 @@ def dataset_name(run_dir: Path) -> str:
     if not folder:
         return MISSING
     try:
-        return load_dataset(folder).name
+        return name_in_manifest(folder)
     except (ValueError, OSError):
         return f"{Path(folder).name} (deleted)"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..fit.metrics import accuracy_interval
 from ..ops import runs
-from ..ops.filecache import keyed_on
+from ..ops.filecache import file_stamp, keyed_on
 from ..ops.words import format_seconds, plural, validation_protocol
 
 # The parts of a run's wall time, in the order they happen, with the words a screen shows for each.
@@ -42,10 +42,10 @@ def dataset_name(dataset_dir) -> str | None:
     """The name the user gave a dataset (its folder name when its manifest cannot be read); None without one."""
     if not dataset_dir:
         return None
-    from ..data.datasets import load_dataset
+    from ..data.datasets import dataset_name as name_in_manifest
 
     try:
-        return load_dataset(dataset_dir).name
+        return name_in_manifest(dataset_dir)
     except Exception:  # deleted or damaged since the run: its folder's name still says something
         return Path(str(dataset_dir)).name
 
@@ -66,6 +66,13 @@ def default_name(run_dir) -> str:
     return " · ".join(parts)
 
 
+# Every select box of runs names them all at each rerun; the name is read from these three files only.
+def _name_stamp(run_dir) -> tuple:
+    folder = runs.RunFolder(run_dir)
+    return file_stamp(folder.name), file_stamp(folder.config), file_stamp(folder.metrics)
+
+
+@keyed_on(_name_stamp)
 def run_name(run_dir) -> str:
     """The run's name: the one its owner gave (the Runs or Results page, or --name), else the default."""
     given = runs.read_run_name(Path(run_dir))

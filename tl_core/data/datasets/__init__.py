@@ -20,7 +20,7 @@ from .ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, ingest_files
                      ingest_or_reuse_folder, ingest_zip)
 from .pixels import decode_images, prepare_image
 from .splits import stratified_folds, stratified_split
-from .store import Dataset, DatasetError, list_datasets, load_dataset
+from .store import Dataset, DatasetError, dataset_name, list_datasets, load_dataset
 from .versions import describe_changes, new_version
 
 __all__ = [
@@ -30,6 +30,6 @@ __all__ = [
     "ingest_zip",
     "decode_images", "prepare_image",
     "stratified_folds", "stratified_split",
-    "Dataset", "DatasetError", "list_datasets", "load_dataset",
+    "Dataset", "DatasetError", "dataset_name", "list_datasets", "load_dataset",
     "describe_changes", "new_version",
 ]

@@ -5,6 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...ops.filecache import file_stamp, keyed_on
 from ...ops.storage import read_json, workspace_root
 
 
@@ -69,6 +70,13 @@ def load_dataset(root: str | Path) -> Dataset:
         return _from_manifest(Path(root), manifest)
     except (KeyError, TypeError, AttributeError) as error:
         raise DatasetError(f"{manifest_path} is damaged (missing or wrong {error})") from None
+
+
+@keyed_on(lambda root: file_stamp(Path(root) / "manifest.json"), copy_result=False)
+def dataset_name(root: str | Path) -> str:
+    """The name of the dataset in `root` (DatasetError as load_dataset): tables of runs name every run's dataset
+    at each rerun, and a manifest lists every image, so it is read again only when it changes."""
+    return load_dataset(root).name
 
 
 def list_datasets(workspace: Path | None = None) -> list[Dataset]:
