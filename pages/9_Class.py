@@ -20,7 +20,8 @@ st.title("Class")
 gate.teacher_actions()  # sign a student out, give a fresh sign-in link
 class_live.live_section()  # redraws itself: counts, live progress, every run
 queue = jobs.queue()
-rows = [classroom.class_row(run_dir) for run_dir in jobs.visible_runs()]
+# The live section just read every run (a full rerun runs it first); on its own it reads them again.
+rows = state.get("class_rows") or [classroom.class_row(run_dir) for run_dir in jobs.visible_runs()]
 if not rows:
     st.stop()
 

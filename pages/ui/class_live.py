@@ -32,6 +32,7 @@ def rows() -> list[dict]:
 def live_section() -> None:
     """The counts, the live runs' progress bars and the table of every run, read again every REFRESH_S s."""
     found = rows()
+    st.session_state.class_rows = found  # the page's run chooser below reads them: one read of every run a rerun
     training_col, queue_col, students_col = st.columns(3)
     training_col.metric("Training now", sum(row["state"] == "running" for row in found))
     queue_col.metric("Waiting", sum(row["state"] == "queued" for row in found))
