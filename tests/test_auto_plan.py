@@ -6,7 +6,7 @@ import pytest
 from tl_core.plan import auto_plan
 from tl_core.config import RunConfig
 from tl_core.data.datasets import ingest_folder
-from tl_core.ops.runs import RunFolder, create_run, read_metrics
+from tl_core.ops.runs import RunFolder, create_run, read_metrics, write_status
 from tl_core import plots
 from tl_core import worker
 
@@ -80,6 +80,10 @@ def test_an_auto_run_measures_its_candidates_and_trains_the_plan_kept(sample_dir
     found = auto_plan.latest_measurement(str(dataset.root), "test_efficientnet")
     assert found["run"] == str(run_dir) and found["chosen"] == plan["chosen"]
     assert auto_plan.latest_measurement(str(dataset.root), "resnet18") is None
+    write_status(run_dir, state="failed", error="for the test")  # the Layers page's next rerun sees it at once
+    assert auto_plan.latest_measurement(str(dataset.root), "test_efficientnet") is None
+    write_status(run_dir, state="done", error=None)
+    assert auto_plan.latest_measurement(str(dataset.root), "test_efficientnet")["run"] == str(run_dir)
 
 
 def test_progress_says_what_the_auto_plan_measures():

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..config import RunConfig, recommended_lr
 from ..fit.callbacks import NOISE_SE, Callback, EventLog, StopFile
 from ..fit.loop import Fit, standard_callbacks
+from ..ops.filecache import folder_stamp, keyed_on
 from ..ops.runs import RunFolder, create_run, read_config_record, read_plan, write_plan
 
 FINETUNE_TOPS = (1, 2, 4)  # then "all"
@@ -215,9 +216,18 @@ def read_measurement(run_dir: Path) -> dict | None:
 
 def latest_measurement(dataset_dir: str, backbone: str, workspace: Path | None = None) -> dict | None:
     """plan.json of the newest finished Auto run on this dataset and backbone, with its "run"; None if none."""
+    from ..ops.runs import runs_root
+
+    return _latest_measurement(dataset_dir, backbone, str(runs_root(workspace)))
+
+
+# The Layers page asks at every rerun, and a class's workspace holds every student's runs: looked for again only
+# when a run comes, goes or writes a file (an atomic write renames into the run's folder, changing its stamp).
+@keyed_on(lambda dataset_dir, backbone, root: folder_stamp(root))
+def _latest_measurement(dataset_dir: str, backbone: str, root: str) -> dict | None:
     from ..ops.runs import list_runs, read_status
 
-    for run_dir in list_runs(workspace):
+    for run_dir in list_runs(Path(root).parent):
         config = read_config_record(run_dir).get("config", {})
         if config.get("freeze") != "auto" or config.get("dataset_dir") != dataset_dir \
                 or config.get("backbone") != backbone or read_status(run_dir).get("state") != "done":
