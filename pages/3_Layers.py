@@ -80,7 +80,7 @@ def plan_section(groups) -> set:
         measured = auto_plan.latest_measurement(state.dataset_dir, state.backbone) if state.dataset_dir else None
         if measured and plots.plan_is_chart(measured):
             st.plotly_chart(plots.plan_figure(measured), key="plan_chart")
-        if measured:
+        if measured and measured.get("words"):  # plan.json of a detector made before it carried words has none
             st.caption(literal(f"From the Auto run {labels.run_label(measured['run'])}: {measured['words']}."))
         else:
             st.caption("Train once with Auto: the measurement of which layers should learn appears here, "
@@ -144,7 +144,8 @@ def layer_choice() -> None:
     state.bn_policy = "eval" if state.bn_keep_eval else "train"
     session.sync_lr()
     layer_cost.cost_section(dataset, groups, trainable, n_classes)
-    plan_expectations.expectation_section(dataset, state.freeze, state.backbone)
+    if kinds.option(kinds.current(), "plan_expectations", True):  # the bench's figures are a classifier's
+        plan_expectations.expectation_section(dataset, state.freeze, state.backbone)
     stack_section(groups, trainable)
     head_options()
 

@@ -171,6 +171,25 @@ def test_auto_plan_measures_and_keeps_a_plan(tmp_path):
     assert len(progress) == 2  # each candidate's epochs are told while measured, not only the verdict
 
 
+@pytest.mark.usefixtures("navigation_pages", "fake_jobs")
+def test_the_layers_page_shows_a_detectors_auto_measurement_and_no_classifier_figures(tmp_path):
+    """The Layers page reads the latest Auto run on the chosen dataset: a detector's plan.json must show as its
+    sentence (it once lacked "words" and raised), and the classifier's accuracy bench is not offered for boxes."""
+    from apptest_support import open_page
+    from tl_core import worker as train
+    from tl_core.ops.runs import read_config_record
+
+    run_dir = _yolo_run(tmp_path, freeze="auto")
+    train.run(run_dir)
+    plan = json.loads(RunFolder(run_dir).plan.read_text())
+    at = open_page("pages/3_Layers.py", task="detect", backbone="test_efficientnet", freeze_preset="auto",
+                   freeze="auto", dataset_dir=read_config_record(run_dir)["config"]["dataset_dir"])
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert "From the Auto run" in captions and f"kept {plan['kept']}" in captions
+    assert "What each plan is expected to give" not in " ".join(m.value for m in at.markdown)
+
+
 def test_stop_file_cancels(tmp_path):
     from tl_core import worker as train
 

@@ -104,6 +104,12 @@ def headline_metrics(kind_name: str) -> tuple[str, ...]:
     return tuple(kind.metrics) if kind else ()
 
 
+def option(kind_name: str, key: str, default=None):
+    """One of TaskKind.options of a kind (`default` when the kind does not say, or is an unlisted classifier)."""
+    kind = info(kind_name)
+    return kind.options.get(key, default) if kind else default
+
+
 def current() -> str:
     """The kind of the next run (the Data page's choice), the classifier when the choice is no longer offered."""
     name = st.session_state.get("task") or CLASSIFY

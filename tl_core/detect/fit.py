@@ -259,12 +259,14 @@ def auto_plan(config, run_dir, emit, train, val, classes, size, device) -> tuple
     for candidate in measured[1:]:
         if candidate["val_map50"] > kept["val_map50"] + AUTO_MARGIN:
             kept = candidate
+    rule = f"the simplest plan unless another's validation mAP@50 is higher by more than {AUTO_MARGIN}"
+    # "words" as the classifier's plan.json has them: the Layers page shows the latest measurement's sentence.
+    words = (", ".join(f"{m['freeze']} mAP@50 {m['val_map50']:.2f} in {m['seconds']:.0f} s" for m in measured)
+             + f" after {epochs} epoch(s) each; kept {kept['freeze']} ({rule})")
     plan = {"candidates": measured, "kept": kept["freeze"], "epochs_each": epochs, "margin": AUTO_MARGIN,
-            "rule": f"the simplest plan unless another's validation mAP@50 is higher by more than {AUTO_MARGIN}"}
+            "rule": rule, "words": words}
     atomic_write_json(RunFolder(run_dir).plan, plan)
-    emit("notice", phase="plan", message="Auto plan: " + ", ".join(
-        f"{m['freeze']} mAP@50 {m['val_map50']:.2f} in {m['seconds']:.0f} s" for m in measured) +
-         f"; keeping {kept['freeze']}")
+    emit("notice", phase="plan", message="Auto plan: " + words)
     return kept["freeze"], plan
 
 
