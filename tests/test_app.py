@@ -134,6 +134,17 @@ def test_sample_button_ingests_ten_classes_and_shows_the_audit():
     assert len(datasets.list_datasets()) == 1
 
 
+def test_the_data_page_counts_the_split_the_run_will_make():
+    """Issue 25: the hold-out line once rounded 10 x 0.25 = 2.5 down (Python's round) where the split rounds half
+    up: it said 6 validate for a run that held out 9."""
+    dataset = small_dataset(per_class=10)
+    at = open_page("pages/2_Data.py", dataset_dir=str(dataset.root), val_source="split", val_fraction=0.25,
+                   freeze="all")
+    train, val = datasets.stratified_split(dataset.labels(), 0.25)
+    assert (len(train), len(val)) == (21, 9)
+    assert any(c.value.startswith("21 images train and 9 validate") for c in at.caption), [c.value for c in at.caption]
+
+
 def test_zip_upload_lists_the_refused_file_with_its_reason():
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:

@@ -73,8 +73,8 @@ def validation_section(report: dict, val_dataset: datasets.Dataset | None) -> No
     if state.val_source == "split":
         st.slider("Share of each class held out for validation", 0.05, 0.5, step=0.05, key="val_fraction",
                   format="%.2f")
-        n_val = sum(max(1, round(n * state.val_fraction)) for n in report["counts"].values())
-        st.caption(f"About {plural(report['total'] - n_val, 'image')} train and {n_val} validate "
+        n_val = sum(datasets.held_out_count(n, state.val_fraction) for n in report["counts"].values())
+        st.caption(f"{plural(report['total'] - n_val, 'image')} train and {n_val} validate "
                    "(split per class, seeded).")
         if state.freeze in ("head", "auto") and state.augment == "none":  # the run's rule (run_data)
             st.info("When only the head learns (the Layers page's feature extraction, or Auto keeping it), the "

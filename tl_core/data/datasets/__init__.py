@@ -19,7 +19,7 @@ from .images import MAX_ASPECT_RATIO, MAX_DECODE_BYTES, MAX_IMAGE_PIXELS, ImageR
 from .ingest import (MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, ingest_files, ingest_folder,
                      ingest_or_reuse_folder, ingest_zip)
 from .pixels import decode_images, prepare_image
-from .splits import stratified_folds, stratified_split
+from .splits import held_out_count, stratified_folds, stratified_split
 from .store import Dataset, DatasetError, dataset_name, list_datasets, load_dataset
 from .versions import describe_changes, new_version
 
@@ -29,7 +29,7 @@ __all__ = [
     "MAX_ZIP_BYTES", "MAX_ZIP_MEMBERS", "MAX_ZIP_RATIO", "ingest_files", "ingest_folder", "ingest_or_reuse_folder",
     "ingest_zip",
     "decode_images", "prepare_image",
-    "stratified_folds", "stratified_split",
+    "held_out_count", "stratified_folds", "stratified_split",
     "Dataset", "DatasetError", "dataset_name", "list_datasets", "load_dataset",
     "describe_changes", "new_version",
 ]

@@ -22,11 +22,16 @@ def stratified_split(labels: list[int], val_fraction: float = 0.2, seed: int = 0
     for label, indices in sorted(indices_of.items()):
         shuffled = list(indices)
         random.Random(f"{seed}/{label}").shuffle(shuffled)
-        n = len(shuffled)
-        n_val = 0 if n < 2 else min(max(math.floor(n * val_fraction + 0.5), 1), n - 1)
+        n_val = held_out_count(len(shuffled), val_fraction)
         val += shuffled[:n_val]
         train += shuffled[n_val:]
     return sorted(train), sorted(val)
+
+
+def held_out_count(n: int, val_fraction: float) -> int:
+    """How many of a class's `n` images stratified_split holds out: n * val_fraction rounded half up, at least 1
+    and at most n - 1 (a lone image trains). The Data page counts with it, so what it says is the run's split."""
+    return 0 if n < 2 else min(max(math.floor(n * val_fraction + 0.5), 1), n - 1)
 
 
 def stratified_folds(labels: list[int], k: int = 5, seed: int = 0) -> list[list[int]]:
