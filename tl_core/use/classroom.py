@@ -9,7 +9,7 @@ from ..data.datasets import dataset_name as name_in_manifest
 from ..ops import runs, words
 from . import run_facts
 
-MISSING = "–"
+MISSING = "—"  # as every other table writes what is not known (pages/8_Runs.py, run_facts)
 
 
 def class_row(run_dir: str | Path, position: int | None = None, wait_s: float | None = None) -> dict:
