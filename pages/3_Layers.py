@@ -70,13 +70,17 @@ def plan_section(groups) -> set:
         state.freeze = freeze_spec_from_preset(body)
     # Auto: the switches show what surely learns (the head); the run measures whether more should.
     trainable = layers.parse_freeze("head" if state.freeze == "auto" else state.freeze, groups)
-    if state.freeze == "auto":
+    classifier = kinds.option(kinds.current(), "classifier_plan_tools", True)
+    if state.freeze == "auto" and not classifier:
+        st.caption(literal(kinds.option(kinds.current(), "auto_words", "")))
+    if state.freeze == "auto" and classifier:
         st.slider("Time budget, as a multiple of feature extraction's time", 1.0, 20.0, key="auto_budget",
                   step=0.5,
                   help="The Auto plan always measures feature extraction (last-layer and multi-layer features). "
                        "Fine-tuning candidates (top 1, 2, 4 groups, then all) are measured while their estimated "
                        "time fits this budget; the plan kept is the simplest one that no other beats by more than "
                        "the noise. " + glossary.explain("time budget"))
+    if state.freeze == "auto":
         measured = auto_plan.latest_measurement(state.dataset_dir, state.backbone) if state.dataset_dir else None
         if measured and plots.plan_is_chart(measured):
             st.plotly_chart(plots.plan_figure(measured), key="plan_chart")
@@ -110,13 +114,14 @@ def stack_section(groups, trainable: set) -> None:
     st.caption(":material/label: Your classes")
 
 
-def head_options() -> None:
-    """What the head reads, and whether BatchNorm keeps its pretrained statistics."""
-    st.radio("What the head reads", list(FEATURES), key="features", format_func=FEATURES.get, horizontal=True,
-             help="The last layer sums up an image the way ImageNet photos taught it. Every layer adds the early "
-                  "layers' edges and textures, which often tell apart images unlike photos (drawings, scans, "
-                  "grayscale): on Fashion-MNIST at 20 images a class they gave 82.8 % against 78.5 %. "
-                  + glossary.explain("multi-layer features"))
+def head_options(classifier: bool = True) -> None:
+    """What the head reads (a classifier's head), and whether BatchNorm keeps its pretrained statistics."""
+    if classifier:
+        st.radio("What the head reads", list(FEATURES), key="features", format_func=FEATURES.get, horizontal=True,
+                 help="The last layer sums up an image the way ImageNet photos taught it. Every layer adds the early "
+                      "layers' edges and textures, which often tell apart images unlike photos (drawings, scans, "
+                      "grayscale): on Fashion-MNIST at 20 images a class they gave 82.8 % against 78.5 %. "
+                      + glossary.explain("multi-layer features"))
 
     st.toggle("Keep BatchNorm statistics from pretraining", key="bn_keep_eval",
               help="Every BatchNorm layer keeps normalising with the statistics it learnt on ImageNet; the layers "
@@ -143,11 +148,12 @@ def layer_choice() -> None:
     trainable = plan_section(groups)
     state.bn_policy = "eval" if state.bn_keep_eval else "train"
     session.sync_lr()
-    layer_cost.cost_section(dataset, groups, trainable, n_classes)
-    if kinds.option(kinds.current(), "plan_expectations", True):  # the bench's figures are a classifier's
+    classifier = kinds.option(kinds.current(), "classifier_plan_tools", True)  # timed and benched as a classifier
+    if classifier:
+        layer_cost.cost_section(dataset, groups, trainable, n_classes)
         plan_expectations.expectation_section(dataset, state.freeze, state.backbone)
     stack_section(groups, trainable)
-    head_options()
+    head_options(classifier)
 
 
 st.title("3 · Choose which layers learn")

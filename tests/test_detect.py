@@ -175,7 +175,7 @@ def test_auto_plan_measures_and_keeps_a_plan(tmp_path):
 def test_the_layers_page_shows_a_detectors_auto_measurement_and_no_classifier_figures(tmp_path):
     """The Layers page reads the latest Auto run on the chosen dataset: a detector's plan.json must show as its
     sentence (it once lacked "words" and raised), and the classifier's accuracy bench is not offered for boxes."""
-    from apptest_support import open_page
+    from apptest_support import open_page, plain
     from tl_core import worker as train
     from tl_core.ops.runs import read_config_record
 
@@ -185,9 +185,14 @@ def test_the_layers_page_shows_a_detectors_auto_measurement_and_no_classifier_fi
     at = open_page("pages/3_Layers.py", task="detect", backbone="test_efficientnet", freeze_preset="auto",
                    freeze="auto", dataset_dir=read_config_record(run_dir)["config"]["dataset_dir"])
     assert not at.exception
-    captions = " ".join(c.value for c in at.caption).replace("\\", "")
+    captions = " ".join(plain(c.value) for c in at.caption)
     assert "From the Auto run" in captions and f"kept {plan['kept']}" in captions
     assert "What each plan is expected to give" not in " ".join(m.value for m in at.markdown)
+    # the classifier's tools are not offered for boxes: its time budget, its cost estimate, its feature choice
+    assert "mAP@50 is higher by more than 0.05" in captions
+    assert not [s for s in at.slider if s.key == "auto_budget"] and not [r for r in at.radio if r.key == "features"]
+    assert not [m for m in at.metric if "per epoch" in m.label.lower()]
+    assert [t for t in at.toggle if t.key == "bn_keep_eval"]  # the BatchNorm policy applies to a detector too
 
 
 def test_stop_file_cancels(tmp_path):

@@ -17,7 +17,10 @@ DETECT = register(TaskKind(
     export_formats=("onnx",),
     detect_layout="tl_core.detect.formats:detect_layout",
     metrics=("map50", "map"),
-    # plan_expectations: the Layers page's expected accuracies per plan are the classifier's bench figures
-    options={"page": "kind_detect", "default_augment": "light", "default_image_size": 192,
-             "plan_expectations": False},
+    # classifier_plan_tools False: the Layers page's time budget, cost estimate, expected accuracies and feature
+    # choice are the classifier's (its model, its bench); auto_words says what this kind's Auto plan does instead
+    # (tl_core.detect.fit: AUTO_CANDIDATES, AUTO_MARGIN; not imported here, as it imports torch).
+    options={"page": "kind_detect", "default_image_size": 192, "classifier_plan_tools": False,
+             "auto_words": "Auto trains the frozen backbone and the top three layer groups for a few epochs each "
+                           "and keeps the top three only if their validation mAP@50 is higher by more than 0.05."},
 ))
