@@ -74,6 +74,8 @@ def test_the_results_page_tests_an_uploaded_zip_and_shows_accuracy_confusion_and
     result = runs.read_heldout(own_run)
     metrics = {metric.label: metric for metric in at.metric}
     assert metrics["Held-out accuracy"].value == f"{result['accuracy']:.1%}"
+    low, high = result["interval"]  # written as every screen writes an interval (run_facts.interval_text)
+    assert metrics["Held-out accuracy"].delta == f"95 %: {low:.1%}–{high:.1%}"
     assert metrics["Pictures tested"].value == "40"
     assert any(text.value == "Last test: fashion test.zip" for text in at.text)
     assert sum(text.value.endswith("a class the model was not trained on") for text in at.text) == 6

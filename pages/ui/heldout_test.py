@@ -9,7 +9,7 @@ import streamlit as st
 from tl_core import plots
 from tl_core.data.datasets import DatasetError
 from tl_core.ops import runs
-from tl_core.use import heldout
+from tl_core.use import heldout, run_facts
 
 from pages.ui import uploads, widgets
 from pages.ui.text import literal
@@ -57,9 +57,8 @@ def show_result(run_dir: Path, result: dict) -> None:
     """Accuracy with its 95 % interval, what could not be tested, the confusion matrix and the mistakes."""
     st.text(f"Last test: {result.get('source', 'held-out set')}")
     images, accuracy = result["images"], result["accuracy"]
-    low, high = result["interval"]
     accuracy_col, balanced_col, count_col = st.columns(3)
-    accuracy_col.metric("Held-out accuracy", f"{accuracy:.1%}", delta=f"95 %: {low:.0%}–{high:.0%}",
+    accuracy_col.metric("Held-out accuracy", f"{accuracy:.1%}", delta=f"95 %: {run_facts.interval_text(result['interval'])}",
                         delta_color="off", delta_arrow="off", help="The true accuracy on pictures like these lies in this interval "
                                                 "19 times out of 20 (Wilson interval).")
     balanced_col.metric("Balanced accuracy", f"{result['balanced_accuracy']:.1%}",
