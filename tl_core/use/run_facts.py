@@ -74,7 +74,7 @@ def _name_stamp(run_dir) -> tuple:
 
 @keyed_on(_name_stamp)
 def run_name(run_dir) -> str:
-    """The run's name: the one its owner gave (the Runs or Results page, or --name), else the default."""
+    """The run's name: the one its owner gave (renamed on the Results page), else the default."""
     given = runs.read_run_name(Path(run_dir))
     if given:
         return given
