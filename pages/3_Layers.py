@@ -52,7 +52,7 @@ def switch_flipped(body) -> None:
     state.freeze = freeze_spec_from_switches(body)
 
 
-def plan_section(groups) -> set:
+def plan_section(groups, classifier: bool = True) -> set:
     """The plan: a preset (or the switches), Auto's time budget and its last measurement; the groups that learn."""
     body = groups[:-1]
     try:
@@ -70,7 +70,6 @@ def plan_section(groups) -> set:
         state.freeze = freeze_spec_from_preset(body)
     # Auto: the switches show what surely learns (the head); the run measures whether more should.
     trainable = layers.parse_freeze("head" if state.freeze == "auto" else state.freeze, groups)
-    classifier = kinds.option(kinds.current(), "classifier_plan_tools", True)
     if state.freeze == "auto" and not classifier:
         st.caption(literal(kinds.option(kinds.current(), "auto_words", "")))
     if state.freeze == "auto" and classifier:
@@ -145,10 +144,10 @@ def layer_choice() -> None:
             widgets.show_error(error)
             nav.need_first("Choose another backbone first.", nav.BACKBONE_PAGE, "1 · Backbone")
     groups = layers.layer_groups(model)
-    trainable = plan_section(groups)
+    classifier = kinds.option(kinds.current(), "classifier_plan_tools", True)  # timed and benched as a classifier
+    trainable = plan_section(groups, classifier)
     state.bn_policy = "eval" if state.bn_keep_eval else "train"
     session.sync_lr()
-    classifier = kinds.option(kinds.current(), "classifier_plan_tools", True)  # timed and benched as a classifier
     if classifier:
         layer_cost.cost_section(dataset, groups, trainable, n_classes)
         plan_expectations.expectation_section(dataset, state.freeze, state.backbone)

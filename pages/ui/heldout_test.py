@@ -58,8 +58,9 @@ def show_result(run_dir: Path, result: dict) -> None:
     st.text(f"Last test: {result.get('source', 'held-out set')}")
     images, accuracy = result["images"], result["accuracy"]
     accuracy_col, balanced_col, count_col = st.columns(3)
-    accuracy_col.metric("Held-out accuracy", f"{accuracy:.1%}", delta=f"95 %: {run_facts.interval_text(result['interval'])}",
-                        delta_color="off", delta_arrow="off", help="The true accuracy on pictures like these lies in this interval "
+    accuracy_col.metric("Held-out accuracy", f"{accuracy:.1%}",
+                        delta=f"95 %: {run_facts.interval_text(result['interval'])}", delta_color="off",
+                        delta_arrow="off", help="The true accuracy on pictures like these lies in this interval "
                                                 "19 times out of 20 (Wilson interval).")
     balanced_col.metric("Balanced accuracy", f"{result['balanced_accuracy']:.1%}",
                         help="The mean of the per-class recalls: every class counts the same.")

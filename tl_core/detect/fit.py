@@ -24,17 +24,14 @@ from tl_core.models.devices import autocast_dtype, describe, pick_device
 from tl_core.detect import augment, batches
 from tl_core.detect.evaluate import box_metrics, map_scores
 from tl_core.detect.formats import load_boxset
+from tl_core.detect.kind import AUTO_CANDIDATES, AUTO_EPOCHS, AUTO_MARGIN, AUTO_RULE, DEFAULT_IMAGE_SIZE
 from tl_core.detect.model import build, frozen_body_outputs, given_stages, layer_groups
 from tl_core.ops.runs import RunFolder, record_facts, stop_requested
 from tl_core.ops.storage import atomic_write_bytes, atomic_write_json
 
-DEFAULT_IMAGE_SIZE = 192  # small objects survive it; a CPU trains 100 pictures an epoch in seconds
 HEAD_LR = 1e-3  # the new pyramid and detection head; trained backbone layers take BACKBONE_LR_RATIO of it
 BACKBONE_LR_RATIO = 0.1
 DIVERGED_OVER_START = 10.0  # a batch loss this many times the first batches' is a blow-up, not noise
-AUTO_CANDIDATES = ("head", "top-3")  # frozen backbone against the last three stages trained
-AUTO_EPOCHS = 4
-AUTO_MARGIN = 0.05  # mAP@50 a larger plan must win by to be kept: a few validation pictures are noisy
 GRAD_CLIP = 10.0
 
 
@@ -259,12 +256,11 @@ def auto_plan(config, run_dir, emit, train, val, classes, size, device) -> tuple
     for candidate in measured[1:]:
         if candidate["val_map50"] > kept["val_map50"] + AUTO_MARGIN:
             kept = candidate
-    rule = f"the simplest plan unless another's validation mAP@50 is higher by more than {AUTO_MARGIN}"
     # "words" as the classifier's plan.json has them: the Layers page shows the latest measurement's sentence.
     words = (", ".join(f"{m['freeze']} mAP@50 {m['val_map50']:.2f} in {m['seconds']:.0f} s" for m in measured)
-             + f" after {epochs} epoch(s) each; kept {kept['freeze']} ({rule})")
+             + f" after {epochs} epoch(s) each; kept {kept['freeze']} ({AUTO_RULE})")
     plan = {"candidates": measured, "kept": kept["freeze"], "epochs_each": epochs, "margin": AUTO_MARGIN,
-            "rule": rule, "words": words}
+            "rule": AUTO_RULE, "words": words}
     atomic_write_json(RunFolder(run_dir).plan, plan)
     emit("notice", phase="plan", message="Auto plan: " + words)
     return kept["freeze"], plan

@@ -48,7 +48,8 @@ def keyed_on(stamp_of: Callable[..., object], maxsize: int = 4096, copy_result: 
     """Cache a function of paths: a call whose files' stamp (stamp_of(its arguments)) differs from the one the
     kept result was read under reads them again. One result is kept per arguments, the latest, so an old stamp
     never comes back to life. Each caller gets its own deep copy (copy_result; or copy_result(result), a cheaper
-    copy that knows the result's shape), so changing a result changes no cache. Safe from several threads (a server's sessions); the least recently used go past `maxsize`."""
+    copy that knows the result's shape), so changing a result changes no cache. Safe from several threads (a
+    server's sessions); the least recently used go past `maxsize`."""
     def decorate(function):
         entries: OrderedDict = OrderedDict()  # arguments -> (stamp, result)
         lock = threading.Lock()
